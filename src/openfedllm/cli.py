@@ -1,0 +1,167 @@
+"""The `openfedllm` command line.
+
+    openfedllm sft [--config FILE] [--section.key VALUE ...] [--output-dir DIR] [--print-config]
+    openfedllm sft --resume DIR
+    openfedllm export DIR [--merge] --output-dir OUT
+    openfedllm algorithms
+
+A user error (bad key, value, file or row) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+USAGE_ERROR = 2
+
+
+def _quiet_libraries() -> None:
+    """Library chatter that says nothing to a user of this tool."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def split_overrides(tokens: list[str]) -> list[tuple[str, str]]:
+    """`--section.key value` / `--section.key=value` pairs from the arguments argparse left over."""
+    pairs, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or "." not in token:
+            raise UserError(f"unexpected argument {token!r} (config overrides look like --fed.rounds 3)")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise UserError(f"--{key} needs a value")
+            value = tokens[i + 1]
+            i += 2
+        pairs.append((key, value))
+    return pairs
+
+
+def _sft_parser() -> argparse.ArgumentParser:
+    from .config import help_lines
+
+    parser = argparse.ArgumentParser(
+        prog="openfedllm sft",
+        description="Federated instruction tuning (LoRA SFT) simulated on this machine, "
+        "with local-only and centralized baselines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (each settable in the YAML file or as --section.key VALUE):\n"
+        + "\n".join(help_lines()),
+    )
+    parser.add_argument("--config", help="YAML recipe (see configs/); defaults apply to keys it leaves out")
+    parser.add_argument("--output-dir", help="run directory (default: runs/sft-DATE-TIME); must not exist")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def cmd_sft(argv: list[str]) -> int:
+    from . import config as cfg_mod
+
+    args, rest = _sft_parser().parse_known_args(argv)
+    overrides = split_overrides(rest)
+    if args.resume:
+        if args.config or overrides or args.output_dir:
+            raise UserError("--resume takes the config of the run directory; drop --config, "
+                            "--output-dir and --section.key overrides")
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise UserError(f"--resume: no such run directory: {run_dir}")
+        from .rundir import read_config
+
+        config = cfg_mod.build(read_config(run_dir))
+    else:
+        raw = cfg_mod.load_yaml(args.config) if args.config else {}
+        config = cfg_mod.build(cfg_mod.apply_overrides(raw, overrides))
+        run_dir = Path(args.output_dir or time.strftime("runs/sft-%Y%m%d-%H%M%S"))
+    config.validate()
+    if args.print_config:
+        print(yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False), end="")
+        return 0
+    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"--output-dir {run_dir} already holds files; pick another, or --resume it")
+
+    _quiet_libraries()
+    from .simulation import prepare, run
+
+    setup = prepare(config)  # every check on data and model happens here, before any file is written
+    created = not run_dir.exists()
+    try:
+        run(setup, run_dir, resume=bool(args.resume))
+    except UserError:
+        if created and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+        raise
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: openfedllm sft --resume {run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="openfedllm export",
+                                     description="Write a run's trained model where other tools load it.")
+    parser.add_argument("run_dir", help="a run directory of openfedllm sft")
+    parser.add_argument("--output-dir", required=True, help="folder to write (must not exist)")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge the adapter into the base weights: a plain transformers model folder")
+    args = parser.parse_args(argv)
+    from .export import export
+
+    export(Path(args.run_dir), Path(args.output_dir), merge=args.merge)
+    return 0
+
+
+def cmd_algorithms(argv: list[str]) -> int:
+    from .algorithms import ALGORITHMS
+
+    for name, cls in ALGORITHMS.items():
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {doc}")
+    return 0
+
+
+COMMANDS = {"sft": cmd_sft, "export": cmd_export, "algorithms": cmd_algorithms}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: openfedllm {sft,export,algorithms} ...\n\n"
+              "  sft         federated instruction tuning (simulation) with baselines\n"
+              "  export      write a run's adapter, or the merged model, to a folder\n"
+              "  algorithms  list the FL algorithms\n\n"
+              "openfedllm sft --help lists every config key.")
+        return 0 if argv else USAGE_ERROR
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"openfedllm: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        return command(argv[1:])
+    except UserError as exc:
+        print(f"openfedllm {argv[0]}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""A client's local training: a plain PyTorch loop over its own tokenized examples.
+
+The same function serves the simulation and (later) a Flower node. What an FL algorithm must do
+differently on the client (a proximal term, a gradient correction) arrives as `StepHooks`,
+built by the algorithm from what the server sent; the loop itself knows no algorithm names.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .batching import collate, token_losses
+from .data.templates import Tokenized
+
+
+@dataclass
+class StepHooks:
+    """What an algorithm adds to a client's step; each hook is optional."""
+
+    extra_loss: Callable[[], torch.Tensor] | None = None  # added to the loss (e.g. FedProx)
+    after_backward: Callable[[], None] | None = None  # edits .grad before the step (e.g. SCAFFOLD)
+
+
+@dataclass
+class LocalResult:
+    loss: float  # mean training loss over the local steps
+    steps: int
+    tokens: int  # tokens that carried loss
+    seconds: float
+
+
+def batch_order(num_rows: int, num_batches: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Row indices for each micro-batch: seeded passes over the client's data, reshuffled per pass."""
+    generator = torch.Generator().manual_seed(seed)
+    needed = num_batches * batch_size
+    order: list[int] = []
+    while len(order) < needed:
+        order.extend(torch.randperm(num_rows, generator=generator).tolist())
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
+
+
+def cosine_lr(round_index: int, rounds: int, lr: float, min_lr: float) -> float:
+    """The learning rate of a round: cosine decay from lr to min_lr across the rounds."""
+    if rounds <= 1:
+        return lr
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * round_index / rounds))
+
+
+def train_local(
+    model,
+    rows: list[Tokenized],
+    *,
+    steps: int,
+    batch_size: int,
+    grad_accum: int,
+    lr: float,
+    weight_decay: float,
+    max_grad_norm: float,
+    seed: int,
+    pad_id: int,
+    hooks: StepHooks | None = None,
+    desc: str = "local steps",
+) -> LocalResult:
+    """`steps` optimizer steps of AdamW on `rows`, each over `grad_accum` micro-batches."""
+    hooks = hooks or StepHooks()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # A fresh optimizer each round, as every client starts from the new global model; the
+    # moments of an earlier round belong to weights that no longer exist.
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    torch.manual_seed(seed)  # dropout masks: deterministic per (run seed, round, client)
+    batches = batch_order(len(rows), steps * grad_accum, batch_size, seed)
+    model.train()
+    start = time.perf_counter()
+    losses, tokens = [], 0
+    bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    for step in bar:
+        micro = [collate([rows[i] for i in batches[step * grad_accum + k]], pad_id)
+                 for k in range(grad_accum)]
+        # Normalise by the loss tokens of the whole accumulated step, so that accumulation
+        # gives the same gradient as one large batch.
+        step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        step_loss = 0.0
+        for batch in micro:
+            loss_sum, _ = token_losses(model, batch)
+            loss = loss_sum / max(step_tokens, 1)
+            if hooks.extra_loss is not None:
+                loss = loss + hooks.extra_loss() / grad_accum
+            loss.backward()
+            step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
+        if hooks.after_backward is not None:
+            hooks.after_backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        tokens += step_tokens
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+    return LocalResult(
+        loss=sum(losses) / max(len(losses), 1),
+        steps=steps,
+        tokens=tokens,
+        seconds=time.perf_counter() - start,
+    )

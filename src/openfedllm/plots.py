@@ -1,0 +1,87 @@
+"""PNG plots of a run, drawn from metrics.jsonl alone (so they can be redrawn for any run)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+PHASE_STYLE = {"federated": "-", "local": "--", "centralized": ":"}
+
+
+def plot_run(records: list[dict], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_train_loss(records, out_dir / "train_loss.png"), _evaluation(records, out_dir / "evaluation.png")]
+
+
+def _train_loss(records: list[dict], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_line = defaultdict(list)
+    for r in records:
+        if r.get("type") == "client":
+            label = f"client {r['client']}" if r["phase"] == "federated" else f"{r['phase']} baseline"
+            by_line[(r["phase"], label)].append((r["round"], r["loss"]))
+    for (phase, label), points in sorted(by_line.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE.get(phase, "-"),
+                marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean training loss of the local steps")
+    ax.set_title("Training loss per client per round")
+    if by_line:
+        ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _evaluation(records: list[dict], path: Path) -> Path:
+    evals = [r for r in records if r.get("type") == "eval"]
+    has_acc = any(r.get("accuracy") for r in evals)
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(11 if has_acc else 6, 4.2), squeeze=False)
+    ax_loss = axes[0][0]
+    for phase in PHASE_STYLE:
+        points = sorted((r["round"], r["loss"]) for r in evals if r["phase"] == phase)
+        if phase != "federated" and points:  # a baseline starts from the same model as round 0
+            start = [(r["round"], r["loss"]) for r in evals if r["phase"] == "federated" and r["round"] == 0]
+            points = start + points
+        if points:
+            ax_loss.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE[phase],
+                         marker="o", markersize=3, label=phase)
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("held-out loss per response token")
+    ax_loss.set_title("Held-out loss")
+    ax_loss.legend(fontsize=8)
+    ax_loss.grid(alpha=0.3)
+    if has_acc:
+        ax = axes[0][1]
+        fed = sorted((r for r in evals if r["phase"] == "federated" and r.get("accuracy")),
+                     key=lambda r: r["round"])
+        domains = sorted({d for r in fed for d in r["accuracy"]})
+        for d in domains:
+            ax.plot([r["round"] for r in fed], [r["accuracy"][d] for r in fed], alpha=0.6,
+                    marker=".", label=d)
+        ax.plot([r["round"] for r in fed], [r["accuracy_mean"] for r in fed], "k-", linewidth=2.5,
+                marker="o", label="federated, mean")
+        for phase, marker in (("local", "s"), ("centralized", "^")):
+            ends = [r for r in evals if r["phase"] == phase and r.get("accuracy")]
+            if ends:
+                last = max(ends, key=lambda r: r["round"])
+                ax.plot([last["round"]], [last["accuracy_mean"]], marker=marker, markersize=10,
+                        linestyle="none", label=f"{phase} baseline, mean")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("round")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("Held-out accuracy of the global model")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
