@@ -145,6 +145,8 @@ COMMANDS = {"sft": cmd_sft, "export": cmd_export, "algorithms": cmd_algorithms}
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they happen
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: openfedllm {sft,export,algorithms} ...\n\n"
               "  sft         federated instruction tuning (simulation) with baselines\n"

@@ -57,19 +57,19 @@ class DataConfig:
 class FedConfig:
     algorithm: str = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
     num_clients: int = opt(5, "clients the data is partitioned over")
-    clients_per_round: int = opt(2, "clients sampled (without replacement) each round")
-    rounds: int = opt(6, "federated rounds")
+    clients_per_round: int = opt(5, "clients sampled (without replacement) each round")
+    rounds: int = opt(4, "federated rounds")
     split: str = opt("domain", "partition: iid, domain (one domain per client), dirichlet")
     dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over domains; small: more skewed")
 
 
 @dataclass
 class TrainConfig:
-    local_steps: int = opt(10, "optimizer steps per client per round")
+    local_steps: int = opt(4, "optimizer steps per client per round")
     batch_size: int = opt(8, "examples per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(5e-4, "peak learning rate (AdamW), at the first round")
-    min_lr: float = opt(5e-5, "learning rate reached by the cosine schedule at the last round")
+    lr: float = opt(1e-3, "peak learning rate (AdamW), at the first round")
+    min_lr: float = opt(1e-4, "learning rate reached by the cosine schedule at the last round")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off")
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
@@ -170,6 +170,11 @@ def _check_type(key: str, value, hint):
             raise UserError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -21,7 +21,7 @@ class Example:
 
 def first_line(response: str) -> str:
     line = response.strip().split("\n", 1)[0].strip()
-    return line.strip("`").strip().rstrip(".").strip()
+    return line.rstrip(".").strip("`").strip().rstrip(".").strip()
 
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")

@@ -1,0 +1,188 @@
+"""The CLI end to end on the tiny model: run directory, resume, export, and every bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from openfedllm import simulation
+from openfedllm.cli import main
+
+from .conftest import tiny_run_args
+
+
+def _adapter(run_dir):
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(tiny_run_args(tiny_model_dir, out)) == 0
+    return out
+
+
+def test_run_directory_holds_config_metrics_adapter_plots(finished_run):
+    out = finished_run
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "adapter/adapter_config.json",
+                 "plots/train_loss.png", "plots/evaluation.png", "checkpoints/progress.json",
+                 "baselines/local/adapter/adapter_model.safetensors",
+                 "baselines/centralized/adapter/adapter_model.safetensors"]:
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    clients = [r for r in records if r["type"] == "client" and r["phase"] == "federated"]
+    assert len(clients) == 3 * 2  # rounds x clients per round
+    assert {"loss", "examples", "seconds", "round", "client"} <= set(clients[0])
+    evals = [r["round"] for r in records if r["type"] == "eval" and r["phase"] == "federated"]
+    assert evals == [0, 1, 2, 3]  # before training, then every round
+    fed_eval = [r for r in records if r["type"] == "eval"][-1]
+    assert set(fed_eval["accuracy"]) == {"code", "finance", "general", "math", "medical"}
+    # the local baseline trains client 0 alone; the centralized one all 60 examples pooled
+    local = [r for r in records if r["type"] == "client" and r["phase"] == "local"]
+    central = [r for r in records if r["type"] == "client" and r["phase"] == "centralized"]
+    assert [r["examples"] for r in local] == [20] * 3 and [r["steps"] for r in local] == [2] * 3
+    assert [r["examples"] for r in central] == [60] * 3 and [r["steps"] for r in central] == [4] * 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["evaluation"]) == {"before", "federated", "local", "centralized"}
+
+
+def test_learning_rate_follows_a_cosine_across_rounds(finished_run):
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    lrs = sorted({(r["round"], r["lr"]) for r in records if r["type"] == "client" and r["phase"] == "federated"})
+    # lr=1e-3, min_lr=5e-5, 3 rounds: min + (lr - min) * (1 + cos(pi * r / 3)) / 2 for r = 0, 1, 2
+    assert [lr for _, lr in lrs] == pytest.approx([1e-3, 7.625e-4, 2.875e-4])
+
+
+def test_adapter_loads_with_peft_and_changes_the_model(finished_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = base(ids).logits
+    model = PeftModel.from_pretrained(base, str(finished_run / "adapter"))
+    assert not torch.allclose(model(ids).logits, before)
+
+
+def test_resume_after_interruption_gives_the_identical_adapter(tiny_model_dir, finished_run, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    real_save = simulation.save_checkpoint
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # after round 2 of the federated phase
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulation, "save_checkpoint", save_then_die)
+    assert main(tiny_run_args(tiny_model_dir, out)) == 130
+    monkeypatch.setattr(simulation, "save_checkpoint", real_save)
+    assert not (out / "adapter").exists()
+    assert main(["sft", "--resume", str(out)]) == 0
+
+    resumed, straight = _adapter(out), _adapter(finished_run)
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        assert torch.equal(resumed[name], straight[name]), name  # bit for bit
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert strip(read(out)) == strip(read(finished_run))  # no duplicated or missing records
+
+
+def test_export_merged_model_matches_base_plus_adapter(finished_run, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    assert main(["export", str(finished_run), "--merge", "--output-dir", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                          str(finished_run / "adapter"))
+    reference.eval()
+    ids = torch.tensor([[3, 9, 27, 81, 5]])
+    torch.testing.assert_close(merged(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_alpaca_file_runs_with_loss_only_evaluation(tiny_model_dir, alpaca_file, tmp_path):
+    out = tmp_path / "alpaca-run"
+    args = tiny_run_args(tiny_model_dir, out, "--data.path", str(alpaca_file), "--data.template", "alpaca",
+                         "--fed.rounds", "1", "--baselines.centralized", "false", "--baselines.local", "false")
+    assert main(args) == 0
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert evals[-1]["accuracy"] == {} and evals[-1]["loss"] > 0
+
+
+def test_print_config_shows_overrides(capsys):
+    assert main(["sft", "--print-config", "--fed.rounds", "7", "--lora.target_modules", "q_proj,v_proj"]) == 0
+    out = capsys.readouterr().out
+    assert "rounds: 7" in out and "- q_proj\n  - v_proj" in out
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2
+BAD = [
+    (["--fed.algoritm", "fedavg"], "unknown config key fed.algoritm"),
+    (["--fed.algorithm", "fedavgg"], "unknown algorithm 'fedavgg'; valid: fedavg"),
+    (["--fed.rounds", "0"], "fed.rounds must be > 0"),
+    (["--fed.rounds", "three"], "fed.rounds: expected an integer"),
+    (["--lora.rank", "0"], "lora.rank must be > 0"),
+    (["--fed.clients_per_round", "9", "--fed.num_clients", "3"], "fed.clients_per_round (9) is more than"),
+    (["--data.path", "/no/such/file.json"], "data.path: file not found"),
+    (["--modle.name", "x"], "unknown config section"),
+    (["--config", "/no/such.yaml"], "--config: file not found"),
+    (["--fed.split", "weird"], "fed.split: unknown value 'weird'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["sft", "--output-dir", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"instruction": "hi"}]', "row 1 has no string field 'output'"),
+    ('{"instruction": "a", "output": "b"}\n{"instruction": 3, "output": "b"}', "row 2 has no string field 'instruction'"),
+    ('{"instruction": "a", "output": "b"}\nnot json', "line 2 is not valid JSON"),
+    ("[]", "no rows"),
+])
+def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    out = tmp_path / "run"
+    assert main(tiny_run_args(tiny_model_dir, out, "--data.path", str(data))) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(data) in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_empty_client_partition_fails_before_training(tiny_model_dir, alpaca_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    # two categories, three clients, and a Dirichlet so skewed that each category lands on one client
+    args = tiny_run_args(tiny_model_dir, out, "--data.path", str(alpaca_file), "--fed.split", "dirichlet",
+                         "--fed.dirichlet_alpha", "0.001", "--fed.num_clients", "3")
+    assert main(args) == 2
+    assert "gets no examples" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_existing_output_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["sft", "--output-dir", str(tmp_path)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+
+
+def test_a_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "openfedllm", "sft", "--output-dir", str(tmp_path / "r"),
+                           "--fed.algorithm", "scaffoldd"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "openfedllm sft: error: fed.algorithm: unknown algorithm 'scaffoldd'; valid: fedavg"]
+    assert not (tmp_path / "r").exists()
