@@ -52,8 +52,8 @@ def test_run_directory_holds_config_metrics_adapter_plots(finished_run):
 def test_learning_rate_follows_a_cosine_across_rounds(finished_run):
     records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     lrs = sorted({(r["round"], r["lr"]) for r in records if r["type"] == "client" and r["phase"] == "federated"})
-    # lr=1e-3, min_lr=5e-5, 3 rounds: min + (lr - min) * (1 + cos(pi * r / 3)) / 2 for r = 0, 1, 2
-    assert [lr for _, lr in lrs] == pytest.approx([1e-3, 7.625e-4, 2.875e-4])
+    # lr=1e-3, min_lr=1e-4, 3 rounds: min + (lr - min) * (1 + cos(pi * r / 3)) / 2 for r = 0, 1, 2
+    assert [lr for _, lr in lrs] == pytest.approx([1e-3, 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.25])
 
 
 def test_adapter_loads_with_peft_and_changes_the_model(finished_run, tiny_model_dir):
@@ -149,7 +149,8 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ('[{"instruction": "hi"}]', "row 1 has no string field 'output'"),
-    ('{"instruction": "a", "output": "b"}\n{"instruction": 3, "output": "b"}', "row 2 has no string field 'instruction'"),
+    ('{"instruction": "a", "output": "b"}\n{"instruction": 3, "output": "b"}',
+     "row 2 has no string field 'instruction'"),
     ('{"instruction": "a", "output": "b"}\nnot json', "line 2 is not valid JSON"),
     ("[]", "no rows"),
 ])

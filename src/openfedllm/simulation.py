@@ -34,6 +34,7 @@ from .evaluate import accuracy_by_domain, generate, heldout_loss
 from .partition import client_table, partition
 from .plots import plot_run
 from .rundir import MetricsLog, load_checkpoint, save_checkpoint, save_config
+from .textfmt import text_table
 
 PHASES = ("federated", "local", "centralized")
 
@@ -295,10 +296,8 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
         rows.append([f"acc {d}"] + [f"{evaluation[n]['accuracy'].get(d, 0):.2f}" for n in names])
     if domains:
         rows.append(["acc mean"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
-    widths = [max(len(r[k]) for r in rows + [header]) for k in range(len(header))]
-    fmt = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % w for w in widths[1:]])
     lines = ["", "=" * 72, "Federated instruction tuning finished", "=" * 72]
-    lines += [fmt.format(*header)] + [fmt.format(*r) for r in rows]
+    lines += text_table(header, rows)
     lines += ["", f"adapter   {summary['adapter']}", f"plots     {summary['plots']}",
               f"metrics   {summary['metrics']}", f"resume    openfedllm sft --resume {summary['run_dir']}",
               "=" * 72]

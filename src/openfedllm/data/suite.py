@@ -24,8 +24,10 @@ _ANIMALS = {
     "mammal": ["dolphin", "bat", "horse", "whale", "tiger", "rabbit", "elephant", "goat", "wolf", "camel"],
     "bird": ["penguin", "eagle", "sparrow", "ostrich", "parrot", "owl", "swan", "crow", "pelican", "robin"],
     "fish": ["salmon", "shark", "tuna", "trout", "goldfish", "cod", "eel", "carp", "herring", "sardine"],
-    "reptile": ["crocodile", "gecko", "python", "tortoise", "iguana", "cobra", "alligator", "chameleon", "lizard", "viper"],
-    "insect": ["ant", "beetle", "butterfly", "mosquito", "wasp", "grasshopper", "moth", "ladybug", "bee", "cricket"],
+    "reptile": ["crocodile", "gecko", "python", "tortoise", "iguana", "cobra", "alligator", "chameleon",
+                "lizard", "viper"],
+    "insect": ["ant", "beetle", "butterfly", "mosquito", "wasp", "grasshopper", "moth", "ladybug",
+               "bee", "cricket"],
 }
 _ANIMAL_ASKS = [
     "Classify the animal: {x}.",
