@@ -14,10 +14,6 @@ from openfedllm.cli import main
 from .conftest import tiny_run_args
 
 
-def _adapter(run_dir):
-    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
-
-
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
@@ -67,7 +63,10 @@ def test_adapter_loads_with_peft_and_changes_the_model(finished_run, tiny_model_
     assert not torch.allclose(model(ids).logits, before)
 
 
-def test_resume_after_interruption_gives_the_identical_adapter(tiny_model_dir, finished_run, tmp_path, monkeypatch):
+# Checkpoints are written after every round: 3 federated, then 3 local-only, then 3 centralized.
+@pytest.mark.parametrize("die_after", [2, 4, 8], ids=["federated-round-2", "local-round-1", "centralized-round-2"])
+def test_resume_after_interruption_gives_the_identical_adapter(
+        die_after, tiny_model_dir, finished_run, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
     real_save = simulation.save_checkpoint
     calls = []
@@ -75,19 +74,21 @@ def test_resume_after_interruption_gives_the_identical_adapter(tiny_model_dir, f
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 2:  # after round 2 of the federated phase
+        if len(calls) == die_after:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(simulation, "save_checkpoint", save_then_die)
     assert main(tiny_run_args(tiny_model_dir, out)) == 130
     monkeypatch.setattr(simulation, "save_checkpoint", real_save)
-    assert not (out / "adapter").exists()
+    assert (out / "adapter").exists() == (die_after > 3)
     assert main(["sft", "--resume", str(out)]) == 0
 
-    resumed, straight = _adapter(out), _adapter(finished_run)
-    assert resumed.keys() == straight.keys()
-    for name in straight:
-        assert torch.equal(resumed[name], straight[name]), name  # bit for bit
+    for adapter_dir in ["adapter", "baselines/local/adapter", "baselines/centralized/adapter"]:
+        resumed = load_file(str(out / adapter_dir / "adapter_model.safetensors"))
+        straight = load_file(str(finished_run / adapter_dir / "adapter_model.safetensors"))
+        assert resumed.keys() == straight.keys()
+        for name in straight:
+            assert torch.equal(resumed[name], straight[name]), (adapter_dir, name)  # bit for bit
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert strip(read(out)) == strip(read(finished_run))  # no duplicated or missing records
@@ -106,6 +107,21 @@ def test_export_merged_model_matches_base_plus_adapter(finished_run, tiny_model_
     reference.eval()
     ids = torch.tensor([[3, 9, 27, 81, 5]])
     torch.testing.assert_close(merged(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_full_parameter_mode_trains_and_saves_a_whole_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "full-run"
+    args = tiny_run_args(tiny_model_dir, out, "--model.finetune", "full", "--fed.rounds", "1",
+                         "--baselines.local", "false", "--baselines.centralized", "false")
+    assert main(args) == 0
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    # every weight matrix trains, not just an adapter
+    assert "model.layers.0.mlp.down_proj.weight" in changed and "model.embed_tokens.weight" in changed
+    assert not (out / "adapter").exists()
 
 
 def test_alpaca_file_runs_with_loss_only_evaluation(tiny_model_dir, alpaca_file, tmp_path):

@@ -114,7 +114,7 @@ class RunConfig:
             "eval.every": self.eval.every, "eval.max_new_tokens": self.eval.max_new_tokens,
             "eval.batch_size": self.eval.batch_size, "data.train_per_domain": self.data.train_per_domain,
             "data.heldout_per_domain": self.data.heldout_per_domain,
-            "fed.dirichlet_alpha": self.fed.dirichlet_alpha,
+            "fed.dirichlet_alpha": self.fed.dirichlet_alpha, "data.max_heldout": self.data.max_heldout,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PHASE_STYLE = {"federated": "-", "local": "--", "centralized": ":"}
 
@@ -29,16 +30,8 @@ def _train_loss(records: list[dict], path: Path) -> Path:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE.get(phase, "-"),
                 marker="o", markersize=3, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("mean training loss of the local steps")
-    ax.set_title("Training loss per client per round")
-    if by_line:
-        ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _label(ax, "mean training loss of the local steps", "Training loss per client per round")
+    return _save(fig, path)
 
 
 def _evaluation(records: list[dict], path: Path) -> Path:
@@ -54,11 +47,7 @@ def _evaluation(records: list[dict], path: Path) -> Path:
         if points:
             ax_loss.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE[phase],
                          marker="o", markersize=3, label=phase)
-    ax_loss.set_xlabel("round")
-    ax_loss.set_ylabel("held-out loss per response token")
-    ax_loss.set_title("Held-out loss")
-    ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
+    _label(ax_loss, "held-out loss per response token", "Held-out loss")
     if has_acc:
         ax = axes[0][1]
         fed = sorted((r for r in evals if r["phase"] == "federated" and r.get("accuracy")),
@@ -76,11 +65,21 @@ def _evaluation(records: list[dict], path: Path) -> Path:
                 ax.plot([last["round"]], [last["accuracy_mean"]], marker=marker, markersize=10,
                         linestyle="none", label=f"{phase} baseline, mean")
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("round")
-        ax.set_ylabel("held-out accuracy")
-        ax.set_title("Held-out accuracy of the global model")
+        _label(ax, "held-out accuracy", "Held-out accuracy of the global model")
+    return _save(fig, path)
+
+
+def _label(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

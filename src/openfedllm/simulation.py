@@ -84,9 +84,9 @@ def prepare(config: RunConfig) -> Setup:
     if not rows:
         raise UserError(f"data: no training example keeps a response within data.max_length="
                         f"{config.data.max_length} tokens")
-    heldout = [e for e in heldout
-               if tokenize(e, config.data.template, tokenizer, config.data.max_length) is not None]
-    heldout_rows = [tokenize(e, config.data.template, tokenizer, config.data.max_length) for e in heldout]
+    tokenized = [(e, tokenize(e, config.data.template, tokenizer, config.data.max_length)) for e in heldout]
+    heldout = [e for e, row in tokenized if row is not None]
+    heldout_rows = [row for _, row in tokenized if row is not None]
     prompts = [prompt_ids(e, config.data.template, tokenizer, config.data.max_length) for e in heldout]
     clients = partition(domains, config.fed.num_clients, config.fed.split, config.train.seed,
                         config.fed.dirichlet_alpha)
