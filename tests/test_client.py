@@ -68,3 +68,13 @@ def test_training_lowers_the_loss_and_hooks_are_called(lora_model):
     models.load_trainable_state(model, trained)
     again, _ = _train(model, tokenizer, rows, trained, steps=1, lr=0.0)
     assert again.loss < first.loss
+
+
+def test_splitting_a_batch_into_passes_keeps_the_gradient(lora_model):
+    model, tokenizer, rows = lora_model
+    initial = models.trainable_state(model)
+    whole, state_whole = _train(model, tokenizer, rows, initial, max_tokens_per_pass=0)
+    split, state_split = _train(model, tokenizer, rows, initial, max_tokens_per_pass=1)  # one sequence a pass
+    assert split.loss == pytest.approx(whole.loss, rel=1e-5)
+    for name in state_whole:
+        torch.testing.assert_close(state_split[name], state_whole[name], rtol=1e-4, atol=1e-6)

@@ -1,6 +1,20 @@
-"""Padding token lists into batches, and the causal-LM loss on response tokens only."""
+"""Turning token lists into batches, and the causal-LM loss on response tokens only.
+
+Two ways to batch the same rows:
+- `collate` right-pads every row to the longest one (what most trainers do);
+- `pack` places whole rows one after another into as few sequences as fit (first-fit decreasing,
+  capacity = the longest row), with positions restarting at each row, so that attention stays
+  within a row. The same examples give the same loss, but the padding that `collate` computes
+  (about 30% of the tokens on Alpaca-like data) is mostly gone.
+
+The loss is computed from the decoder's hidden states at the positions that carry loss only,
+through `linear_cross_entropy`, which never stores the (tokens x vocabulary) logits.
+"""
 
 from __future__ import annotations
+
+import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +36,65 @@ def collate(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
+    """Whole rows packed into as few sequences as fit; attention kept within each row.
+
+    transformers builds a block-diagonal causal mask when it gets `position_ids` that restart
+    and no attention mask. The tail after the last row of a sequence is a pseudo-row of padding
+    (its own positions, no loss), so no real token attends to it.
+    """
+    capacity = max(len(r.input_ids) for r in rows)
+    bins: list[list[Tokenized]] = []
+    loads: list[int] = []
+    for row in sorted(rows, key=lambda r: -len(r.input_ids)):
+        n = len(row.input_ids)
+        for b, load in enumerate(loads):
+            if load + n <= capacity:
+                bins[b].append(row)
+                loads[b] += n
+                break
+        else:
+            bins.append([row])
+            loads.append(n)
+    width = max(loads)
+    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(bins), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(bins), width), dtype=torch.long)
+    for b, members in enumerate(bins):
+        offset = 0
+        for row in members:
+            n = len(row.input_ids)
+            ids[b, offset:offset + n] = torch.tensor(row.input_ids)
+            labels[b, offset:offset + n] = torch.tensor(row.labels)
+            labels[b, offset] = IGNORE  # a row's first token is never predicted (from the row before)
+            positions[b, offset:offset + n] = torch.arange(n)
+            offset += n
+        positions[b, offset:] = torch.arange(width - offset)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+
+
+def make_batch(rows: list[Tokenized], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
+    return pack(rows, pad_id) if packed else collate(rows, pad_id)
+
+
+def split_passes(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """The batch's sequences in groups of at most `max_tokens` (but at least one sequence each).
+
+    Forward and backward one group at a time, with the loss of every group divided by the
+    step's total loss tokens, give the same gradient as the whole batch at once, while only one
+    group's activations are alive: activation memory is bounded by `max_tokens`, not the batch.
+    """
+    rows, width = batch["input_ids"].shape
+    per_pass = rows if max_tokens <= 0 else max(1, max_tokens // width)
+    return [{k: v[i:i + per_pass] for k, v in batch.items()} for i in range(0, rows, per_pass)]
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
 def _split_head(model):
     """(decoder, output layer) when logits can be computed for chosen positions only."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -36,8 +109,54 @@ def _split_head(model):
     return decoder, head
 
 
+class _FrozenLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i W^T + b, y_i) for a frozen output layer, chunk by chunk.
+
+    The gradient with respect to h is (softmax - onehot) W, computed in the forward pass, chunk
+    by chunk, while each chunk's logits are at hand; only that gradient (tokens x hidden) is kept
+    for the backward pass instead of the (tokens x vocabulary) logits and their softmax. Same
+    arithmetic as autograd (one matmul forward, one for the input gradient), far less memory.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        total = torch.zeros((), dtype=torch.float32)
+        grad = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start:start + chunk]
+            t = targets[start:start + chunk]
+            logits = F.linear(h, weight, bias).float()  # (chunk, vocab)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[torch.arange(len(t)), t] -= 1.0  # d CE / d logits
+            grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total.to(grad.dtype), None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
+                         chunk: int = 256) -> torch.Tensor:
+    """Sum of token cross-entropies of `head(hidden)` against `targets`, hidden: (tokens, dim)."""
+    frozen = (isinstance(head, torch.nn.Linear) and not head.weight.requires_grad
+              and (head.bias is None or not head.bias.requires_grad))
+    if frozen and torch.is_grad_enabled() and hidden.requires_grad:
+        return _FrozenLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
+    if not torch.is_grad_enabled():
+        # Evaluation: chunked, so the full logits never exist at once either.
+        return sum((F.cross_entropy(head(hidden[s:s + chunk]).float(), targets[s:s + chunk], reduction="sum")
+                    for s in range(0, hidden.shape[0], chunk)), torch.zeros(()))
+    # A trainable or adapted output layer (full fine-tuning, LoRA on lm_head): plain autograd.
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
 def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of token losses, number of loss tokens) for a batch.
+    """(sum of token losses, number of loss tokens) for a padded or packed batch.
 
     With a 49k vocabulary the output layer costs about a fifth of the forward pass, and most
     positions (the prompt, the padding) carry no loss: so the logits are computed only at the
@@ -49,13 +168,45 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     count = int(where.sum())
     split = _split_head(model)
     if split is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        picked = logits[:, :-1][where]  # (count, vocab)
-    else:
-        decoder, head = split
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state  # (batch, seq, hidden)
-        picked = head(hidden[:, :-1][where])  # (count, vocab)
-    loss_sum = F.cross_entropy(picked.float(), targets[where], reduction="sum")
-    return loss_sum, count
+        logits = model(**_inputs(batch)).logits
+        loss_sum = F.cross_entropy(logits[:, :-1][where].float(), targets[where], reduction="sum")
+        return loss_sum, count
+    decoder, head = split
+    hidden = decoder(**_inputs(batch)).last_hidden_state  # (batch, seq, hidden)
+    return linear_cross_entropy(hidden[:, :-1][where], head, targets[where]), count
+
+
+_PACKING_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def packing_works(model) -> bool:
+    """Whether this model keeps packed rows apart (checked once per model on two tiny rows).
+
+    Packing relies on transformers turning restarting position ids into a block-diagonal mask;
+    a model whose attention ignores that would silently attend across rows, so compare the
+    packed and padded results once and fall back to padding if they differ.
+    """
+    if model not in _PACKING_CHECKED:
+        # packed as [A] and [B, C]: C's outputs change if it can see B
+        rows = [Tokenized([5, 6, 7, 8, 9, 10], [IGNORE] * 6, 1), Tokenized([9, 8, 7], [IGNORE] * 3, 1),
+                Tokenized([4, 3, 2], [IGNORE] * 3, 1)]
+        split = _split_head(model)
+        run = split[0] if split else model
+        was_training = model.training
+        model.eval()
+        try:
+            padded = run(**_inputs(collate(rows, 0)))
+            packed = run(**_inputs(pack(rows, 0)))
+            key_out = "last_hidden_state" if split else "logits"
+            a, b = padded[key_out], packed[key_out]
+            ok = all(torch.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in [
+                (a[0, :6], b[0, :6]), (a[1, :3], b[1, :3]), (a[2, :3], b[1, 3:6])])
+        except Exception:  # noqa: BLE001 - any failure means: don't pack this model
+            ok = False
+        finally:
+            model.train(was_training)
+        if not ok:
+            warnings.warn("this model does not keep packed rows apart; batches are padded instead", stacklevel=2)
+        _PACKING_CHECKED[model] = ok
+    return _PACKING_CHECKED[model]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .batching import collate, token_losses
+from .batching import make_batch, packing_works, split_passes, token_losses
 from .data.templates import Tokenized
 
 
@@ -30,6 +30,7 @@ class StepHooks:
 @dataclass
 class LocalResult:
     loss: float  # mean training loss over the local steps
+    losses: list[float]  # training loss of each step
     steps: int
     tokens: int  # tokens that carried loss
     seconds: float
@@ -65,10 +66,13 @@ def train_local(
     seed: int,
     pad_id: int,
     hooks: StepHooks | None = None,
+    packing: bool = True,
+    max_tokens_per_pass: int = 512,
     desc: str = "local steps",
 ) -> LocalResult:
     """`steps` optimizer steps of AdamW on `rows`, each over `grad_accum` micro-batches."""
     hooks = hooks or StepHooks()
+    packed = packing and packing_works(model)
     params = [p for p in model.parameters() if p.requires_grad]
     # A fresh optimizer each round, as every client starts from the new global model; the
     # moments of an earlier round belong to weights that no longer exist.
@@ -80,19 +84,21 @@ def train_local(
     losses, tokens = [], 0
     bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for step in bar:
-        micro = [collate([rows[i] for i in batches[step * grad_accum + k]], pad_id)
+        micro = [make_batch([rows[i] for i in batches[step * grad_accum + k]], pad_id, packed)
                  for k in range(grad_accum)]
         # Normalise by the loss tokens of the whole accumulated step, so that accumulation
         # gives the same gradient as one large batch.
         step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         step_loss = 0.0
         for batch in micro:
-            loss_sum, _ = token_losses(model, batch)
-            loss = loss_sum / max(step_tokens, 1)
             if hooks.extra_loss is not None:
-                loss = loss + hooks.extra_loss() / grad_accum
-            loss.backward()
-            step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
+                term = hooks.extra_loss() / grad_accum  # e.g. a proximal term: its gradient only
+                if term.requires_grad:
+                    term.backward()
+            for part in split_passes(batch, max_tokens_per_pass):
+                loss_sum, _ = token_losses(model, part)
+                (loss_sum / max(step_tokens, 1)).backward()
+                step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
         if hooks.after_backward is not None:
             hooks.after_backward()
         if max_grad_norm > 0:
@@ -104,6 +110,7 @@ def train_local(
         bar.set_postfix(loss=f"{step_loss:.3f}")
     return LocalResult(
         loss=sum(losses) / max(len(losses), 1),
+        losses=losses,
         steps=steps,
         tokens=tokens,
         seconds=time.perf_counter() - start,

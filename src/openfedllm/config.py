@@ -72,6 +72,10 @@ class TrainConfig:
     min_lr: float = opt(1e-4, "learning rate reached by the cosine schedule at the last round")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off")
+    packing: bool = opt(True, "pack each batch's rows into as few sequences as fit: same examples and loss, "
+                        "less padding computed")
+    max_tokens_per_pass: int = opt(512, "forward/backward at most this many tokens at once (same gradient); "
+                                   "bounds activation memory; 0: the whole batch")
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
     threads: int = opt(0, "torch CPU threads; 0 keeps torch's default")
 
@@ -120,7 +124,8 @@ class RunConfig:
             if value <= 0:
                 raise UserError(f"{key} must be > 0, got {value}")
         nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
-                  "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads}
+                  "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads,
+                  "train.max_tokens_per_pass": self.train.max_tokens_per_pass}
         for key, value in nonneg.items():
             if value < 0:
                 raise UserError(f"{key} must be >= 0, got {value}")

@@ -6,20 +6,21 @@ from collections import defaultdict
 
 import torch
 
-from .batching import collate, token_losses
+from .batching import make_batch, packing_works, token_losses
 from .data.example import Example, is_correct
 from .data.templates import Tokenized
 
 
 @torch.no_grad()
-def heldout_loss(model, rows: list[Tokenized], pad_id: int, batch_size: int) -> float:
+def heldout_loss(model, rows: list[Tokenized], pad_id: int, batch_size: int, packing: bool = True) -> float:
     """Mean loss per response token over the held-out set."""
+    packed = packing and packing_works(model)
     model.eval()
     total, count = 0.0, 0
     # Sort by length so each batch pads little; the mean over tokens does not depend on order.
     ordered = sorted(rows, key=lambda r: len(r.input_ids))
     for i in range(0, len(ordered), batch_size):
-        loss_sum, n = token_losses(model, collate(ordered[i:i + batch_size], pad_id))
+        loss_sum, n = token_losses(model, make_batch(ordered[i:i + batch_size], pad_id, packed))
         total += float(loss_sum)
         count += n
     return total / max(count, 1)

@@ -107,7 +107,8 @@ def evaluate(setup: Setup) -> dict:
     cfg = setup.config.eval
     if not setup.heldout_rows:
         return {"loss": None, "accuracy": {}, "accuracy_mean": None, "seconds": 0.0}
-    loss = heldout_loss(setup.model, setup.heldout_rows, setup.tokenizer.pad_token_id, cfg.batch_size)
+    loss = heldout_loss(setup.model, setup.heldout_rows, setup.tokenizer.pad_token_id, cfg.batch_size,
+                        setup.config.train.packing)
     checkable = [i for i, e in enumerate(setup.heldout) if e.check != "none"]
     accuracy: dict[str, float] = {}
     if checkable:
@@ -176,7 +177,8 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
                 setup.model, rows, steps=steps, batch_size=cfg.train.batch_size,
                 grad_accum=cfg.train.grad_accum, lr=lr, weight_decay=cfg.train.weight_decay,
                 max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, r, cid),
-                pad_id=pad_id, hooks=hooks, desc=f"round {r + 1} client {client_name}",
+                pad_id=pad_id, hooks=hooks, packing=cfg.train.packing,
+                max_tokens_per_pass=cfg.train.max_tokens_per_pass, desc=f"round {r + 1} client {client_name}",
             )
             updates.append(ClientUpdate(cid, models.trainable_state(setup.model), len(rows)))
             losses.append(result.loss)
