@@ -125,10 +125,9 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk]
             t = targets[start:start + chunk]
-            logits = F.linear(h, weight, bias).float()  # (chunk, vocab)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)  # (chunk, vocab)
+            total -= logp.gather(1, t[:, None]).sum()
+            probs = logp.exp_()  # softmax, in place
             probs[torch.arange(len(t)), t] -= 1.0  # d CE / d logits
             grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
