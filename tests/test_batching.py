@@ -70,8 +70,10 @@ def test_trainable_head_falls_back_to_autograd():
 
 def test_split_passes_bounds_tokens_per_pass_and_keeps_every_row():
     batch = {"input_ids": torch.arange(40).reshape(5, 8), "labels": torch.zeros(5, 8)}
-    parts = split_passes(batch, max_tokens=16)
+    parts = split_passes(batch, max_tokens=16)  # two rows a pass at most: 3 passes, as even as can be
     assert [p["input_ids"].shape[0] for p in parts] == [2, 2, 1]
+    assert [p["input_ids"].shape[0] for p in split_passes(batch, max_tokens=32)] == [3, 2]  # not 4 + 1
+    assert len(split_passes(batch, max_tokens=40)) == 1
     assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
     assert len(split_passes(batch, max_tokens=0)) == 1
     assert [p["input_ids"].shape[0] for p in split_passes(batch, max_tokens=3)] == [1] * 5

@@ -67,7 +67,7 @@ def train_local(
     pad_id: int,
     hooks: StepHooks | None = None,
     packing: bool = True,
-    max_tokens_per_pass: int = 512,
+    max_tokens_per_pass: int = 640,
     desc: str = "local steps",
 ) -> LocalResult:
     """`steps` optimizer steps of AdamW on `rows`, each over `grad_accum` micro-batches."""

@@ -74,7 +74,7 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off")
     packing: bool = opt(True, "pack each batch's rows into as few sequences as fit: same examples and loss, "
                         "less padding computed")
-    max_tokens_per_pass: int = opt(512, "forward/backward at most this many tokens at once (same gradient); "
+    max_tokens_per_pass: int = opt(640, "forward/backward at most this many tokens at once (same gradient); "
                                    "bounds activation memory; 0: the whole batch")
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
     threads: int = opt(0, "torch CPU threads; 0 keeps torch's default")
