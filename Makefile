@@ -29,7 +29,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/local_training.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/round_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,13 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "openfedllm sft: error: fed.algorithm: unknown algorithm 'scaffoldd'; valid: fedavg"]
     assert not (tmp_path / "r").exists()
+
+
+def test_recipes_parse_and_the_default_recipe_is_the_default_job():
+    from openfedllm.config import RunConfig, build, load_yaml
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    assert build(load_yaml(str(configs / "sft_default.yaml"))) == RunConfig()
+    quick = build(load_yaml(str(configs / "sft_quick.yaml")))
+    quick.validate()
+    assert quick.fed.split == "iid"  # so that --data.path alone runs it on a user's file
