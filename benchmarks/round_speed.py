@@ -36,6 +36,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def job_data(args, tokenizer):
+    """The job's tokenized rows and their iid split over 4 clients (the same for A and B)."""
+    from openfedllm.data.alpaca import load_alpaca
+    from openfedllm.data.templates import tokenize
+    from openfedllm.partition import partition
+
+    rows = [r for r in (tokenize(e, "alpaca", tokenizer, args.max_length) for e in load_alpaca(args.data)) if r]
+    return rows, partition(["x"] * len(rows), 4, "iid", seed=0)
+
+
 def worker(args) -> dict:
     """One whole run (all rounds) of variant A or B; returns its per-step figures."""
     import torch
@@ -46,9 +56,6 @@ def worker(args) -> dict:
     from openfedllm.batching import collate
     from openfedllm.client import batch_order, cosine_lr, train_local
     from openfedllm.config import TrainConfig
-    from openfedllm.data.alpaca import load_alpaca
-    from openfedllm.data.templates import tokenize
-    from openfedllm.partition import partition
     from openfedllm.simulation import derive_seed, sample_clients
 
     path = models.resolve_model(args.model)
@@ -56,8 +63,7 @@ def worker(args) -> dict:
     model = models.load_base_model(path)
     torch.manual_seed(0)
     model = models.add_lora(model, 8, 16, 0.05, ["q_proj", "v_proj"])
-    rows = [r for r in (tokenize(e, "alpaca", tokenizer, args.max_length) for e in load_alpaca(args.data)) if r]
-    clients = partition(["x"] * len(rows), 4, "iid", seed=0)
+    rows, clients = job_data(args, tokenizer)
     pad = tokenizer.pad_token_id
     defaults = TrainConfig()
 
@@ -130,14 +136,9 @@ def batch_stats(args) -> str:
     """How the job's batches look: share reaching the length cap, share of tokens carrying loss."""
     from openfedllm import models
     from openfedllm.client import batch_order
-    from openfedllm.data.alpaca import load_alpaca
-    from openfedllm.data.templates import tokenize
-    from openfedllm.partition import partition
     from openfedllm.simulation import derive_seed, sample_clients
 
-    tokenizer = models.load_tokenizer(models.resolve_model(args.model))
-    rows = [r for r in (tokenize(e, "alpaca", tokenizer, args.max_length) for e in load_alpaca(args.data)) if r]
-    clients = partition(["x"] * len(rows), 4, "iid", seed=0)
+    rows, clients = job_data(args, models.load_tokenizer(models.resolve_model(args.model)))
     capped = total = 0
     for r in range(args.rounds):
         for cid in sample_clients(0, "federated", r, 4, 2):
