@@ -185,7 +185,7 @@ _PACKING_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @torch.no_grad()
 def packing_works(model) -> bool:
-    """Whether this model keeps packed rows apart (checked once per model on two tiny rows).
+    """Whether this model keeps packed rows apart (checked once per model on three tiny rows).
 
     Packing relies on transformers turning restarting position ids into a block-diagonal mask;
     a model whose attention ignores that would silently attend across rows, so compare the

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import make_batch, packing_works, split_passes, token_losses
-from .data.templates import Tokenized
+from .data.templates import IGNORE, Tokenized
 
 
 @dataclass
@@ -88,7 +88,7 @@ def train_local(
                  for k in range(grad_accum)]
         # Normalise by the loss tokens of the whole accumulated step, so that accumulation
         # gives the same gradient as one large batch.
-        step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        step_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
         step_loss = 0.0
         for batch in micro:
             if hooks.extra_loss is not None:

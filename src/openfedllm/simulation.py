@@ -36,7 +36,7 @@ from .plots import plot_run
 from .rundir import MetricsLog, load_checkpoint, save_checkpoint, save_config
 from .textfmt import text_table
 
-PHASES = ("federated", "local", "centralized")
+PHASES = ("federated", "local", "centralized")  # in run order; a baseline runs if baselines.<name>
 
 
 def derive_seed(*parts) -> int:
@@ -207,12 +207,7 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
 
 
 def phases_of(config: RunConfig) -> list[str]:
-    out = ["federated"]
-    if config.baselines.local:
-        out.append("local")
-    if config.baselines.centralized:
-        out.append("centralized")
-    return out
+    return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
 
 
 def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
