@@ -202,7 +202,8 @@ def test_a_real_process_prints_no_traceback(tmp_path):
                            "--fed.algorithm", "scaffoldd"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "openfedllm sft: error: fed.algorithm: unknown algorithm 'scaffoldd'; valid: fedavg"]
+        "openfedllm sft: error: fed.algorithm: unknown algorithm 'scaffoldd'; "
+        "valid: fedavg, fedprox, scaffold, fedavgm, fedadagrad, fedyogi, fedadam"]
     assert not (tmp_path / "r").exists()
 
 

@@ -132,11 +132,10 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_algorithms(argv: list[str]) -> int:
-    from .algorithms import ALGORITHMS
+    from .algorithms import ALGORITHMS, describe
 
-    for name, cls in ALGORITHMS.items():
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {doc}")
+    for name in ALGORITHMS:
+        print(f"{name:12s} {describe(name)}")
     return 0
 
 

@@ -24,7 +24,8 @@ class StepHooks:
     """What an algorithm adds to a client's step; each hook is optional."""
 
     extra_loss: Callable[[], torch.Tensor] | None = None  # added to the loss (e.g. FedProx)
-    after_backward: Callable[[], None] | None = None  # edits .grad before the step (e.g. SCAFFOLD)
+    after_backward: Callable[[], None] | None = None  # edits .grad before clipping and the step
+    after_step: Callable[[], None] | None = None  # edits the weights after the optimizer's step (e.g. SCAFFOLD)
 
 
 @dataclass
@@ -53,6 +54,14 @@ def cosine_lr(round_index: int, rounds: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * round_index / rounds))
 
 
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":  # plain SGD: no momentum, so a step is exactly -lr * (g + weight_decay * w)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
 def train_local(
     model,
     rows: list[Tokenized],
@@ -66,17 +75,18 @@ def train_local(
     seed: int,
     pad_id: int,
     hooks: StepHooks | None = None,
+    optimizer: str = "adamw",
     packing: bool = True,
     max_tokens_per_pass: int = 640,
     desc: str = "local steps",
 ) -> LocalResult:
-    """`steps` optimizer steps of AdamW on `rows`, each over `grad_accum` micro-batches."""
+    """`steps` optimizer steps (AdamW or SGD) on `rows`, each over `grad_accum` micro-batches."""
     hooks = hooks or StepHooks()
     packed = packing and packing_works(model)
     params = [p for p in model.parameters() if p.requires_grad]
     # A fresh optimizer each round, as every client starts from the new global model; the
     # moments of an earlier round belong to weights that no longer exist.
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optim = make_optimizer(optimizer, params, lr, weight_decay)
     torch.manual_seed(seed)  # dropout masks: deterministic per (run seed, round, client)
     batches = batch_order(len(rows), steps * grad_accum, batch_size, seed)
     model.train()
@@ -103,8 +113,10 @@ def train_local(
             hooks.after_backward()
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if hooks.after_step is not None:
+            hooks.after_step()
         losses.append(step_loss)
         tokens += step_tokens
         bar.set_postfix(loss=f"{step_loss:.3f}")

@@ -61,11 +61,24 @@ class FedConfig:
     rounds: int = opt(4, "federated rounds")
     split: str = opt("domain", "partition: iid, domain (one domain per client), dirichlet")
     dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over domains; small: more skewed")
+    fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg")
+    scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g")
+    scaffold_correction: str = opt("update", "SCAFFOLD: where c - c_i enters a local step: update (after the "
+                                   "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)")
+    fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s")
+    fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg")
+    fedopt_server_lr: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: server learning rate eta")
+    fedopt_beta1: float = opt(0.9, "FedAdagrad/FedYogi/FedAdam: decay of the first moment m")
+    fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v")
+    fedopt_tau: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM")
+    fedopt_second_moment: str = opt("delta", "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
+                                    "paper) or m (momentum, as the OpenFedLLM reference code does)")
 
 
 @dataclass
 class TrainConfig:
     local_steps: int = opt(4, "optimizer steps per client per round")
+    optimizer: str = opt("adamw", "local optimizer: adamw, or sgd (plain SGD, the optimizer the FL papers analyse)")
     batch_size: int = opt(8, "examples per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(1e-3, "peak learning rate (AdamW), at the first round")
@@ -106,7 +119,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Impossible settings, named by their key."""
-        from .algorithms import check_algorithm
+        from .algorithms import CORRECTIONS, SECOND_MOMENTS, check_algorithm
 
         check_algorithm(self.fed.algorithm)
         positive = {
@@ -119,19 +132,25 @@ class RunConfig:
             "eval.batch_size": self.eval.batch_size, "data.train_per_domain": self.data.train_per_domain,
             "data.heldout_per_domain": self.data.heldout_per_domain,
             "fed.dirichlet_alpha": self.fed.dirichlet_alpha, "data.max_heldout": self.data.max_heldout,
+            "fed.scaffold_server_lr": self.fed.scaffold_server_lr, "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
+            "fed.fedopt_server_lr": self.fed.fedopt_server_lr, "fed.fedopt_tau": self.fed.fedopt_tau,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise UserError(f"{key} must be > 0, got {value}")
         nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
                   "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads,
-                  "train.max_tokens_per_pass": self.train.max_tokens_per_pass}
+                  "train.max_tokens_per_pass": self.train.max_tokens_per_pass, "fed.fedprox_mu": self.fed.fedprox_mu}
         for key, value in nonneg.items():
             if value < 0:
                 raise UserError(f"{key} must be >= 0, got {value}")
         if self.fed.clients_per_round > self.fed.num_clients:
             raise UserError(f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
                             f"fed.num_clients ({self.fed.num_clients})")
+        for key, value in {"fed.fedavgm_momentum": self.fed.fedavgm_momentum, "fed.fedopt_beta1": self.fed.fedopt_beta1,
+                           "fed.fedopt_beta2": self.fed.fedopt_beta2}.items():
+            if not 0 <= value < 1:
+                raise UserError(f"{key} must be in [0, 1), got {value}")
         if not 0 <= self.lora.dropout < 1:
             raise UserError(f"lora.dropout must be in [0, 1), got {self.lora.dropout}")
         if not 0 < self.data.heldout_fraction < 1:
@@ -141,7 +160,10 @@ class RunConfig:
         choices = {"model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
                    "model.finetune": (self.model.finetune, ("lora", "full")),
                    "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
-                   "fed.split": (self.fed.split, ("iid", "domain", "dirichlet"))}
+                   "fed.split": (self.fed.split, ("iid", "domain", "dirichlet")),
+                   "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
+                   "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
+                   "train.optimizer": (self.train.optimizer, ("adamw", "sgd"))}
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")

@@ -158,6 +158,25 @@ def trainable_state(model) -> StateDict:
     return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
+def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """The live parameters under the names of `trainable_state`, for hooks that edit weights or grads.
+
+    peft's state dict holds tensors sharing storage with the parameters; matching storage keeps
+    peft's naming the only one we rely on.
+    """
+    if not is_peft(model):
+        return {k: p for k, p in model.named_parameters() if p.requires_grad}
+    from peft import get_peft_model_state_dict
+
+    by_storage = {p.data_ptr(): p for p in model.parameters() if p.requires_grad}
+    out = {}
+    for name, tensor in get_peft_model_state_dict(model).items():
+        if tensor.data_ptr() not in by_storage:
+            raise RuntimeError(f"adapter tensor {name} is not a trainable parameter")
+        out[name] = by_storage[tensor.data_ptr()]
+    return out
+
+
 def load_trainable_state(model, state: StateDict) -> None:
     if is_peft(model):
         from peft import set_peft_model_state_dict

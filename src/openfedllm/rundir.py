@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,8 +57,17 @@ def read_config(run_dir: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], server_state: dict, progress: dict) -> None:
-    """Everything needed to continue: trainable tensors, algorithm server state, progress.
+@dataclass
+class Checkpoint:
+    state: dict[str, torch.Tensor]  # the global trainable tensors
+    server_state: dict  # the algorithm's server state (momenta, control variate)
+    client_states: dict[int, dict[str, torch.Tensor]]  # what lives with each client (SCAFFOLD's c_i)
+    progress: dict  # phase, round reached, finished phases, metrics lines written
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], server_state: dict, progress: dict,
+                    client_states: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+    """Everything needed to continue: trainable tensors, algorithm state, progress.
 
     Written into a temporary folder and swapped in by rename, so a crash mid-write leaves the
     previous checkpoint intact.
@@ -68,6 +78,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], server_state:
     tmp.mkdir()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trainable.safetensors"))
     torch.save(server_state, tmp / "server_state.pt")
+    torch.save(client_states or {}, tmp / "client_states.pt")
     (tmp / "progress.json").write_text(json.dumps(progress, indent=1))
     old = run_dir / f".{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -77,7 +88,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], server_state:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict, dict] | None:
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     final = run_dir / CHECKPOINT
     if not (final / "progress.json").is_file():
         old = run_dir / f".{CHECKPOINT}.old"  # a crash between the two renames
@@ -85,7 +96,9 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict, dict]
             final = old
         else:
             return None
-    state = load_file(str(final / "trainable.safetensors"))
-    server_state = torch.load(final / "server_state.pt", weights_only=True)
-    progress = json.loads((final / "progress.json").read_text())
-    return state, server_state, progress
+    return Checkpoint(
+        state=load_file(str(final / "trainable.safetensors")),
+        server_state=torch.load(final / "server_state.pt", weights_only=True),
+        client_states=torch.load(final / "client_states.pt", weights_only=True),
+        progress=json.loads((final / "progress.json").read_text()),
+    )

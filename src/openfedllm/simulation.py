@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import models
-from .algorithms import ClientUpdate, FedAvg, build_algorithm
+from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import cosine_lr, train_local
 from .config import RunConfig, to_dict
 from .data import Example, load_examples
@@ -151,13 +151,19 @@ def final_dir(run_dir: Path, phase: str, full: bool) -> Path:
 
 
 def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str],
-              start_round: int = 0, state=None, server_state=None) -> dict:
+              start_round: int = 0, state=None, server_state=None, client_states=None) -> dict:
     cfg = setup.config
     partitions, per_round, steps = phase_clients(setup, phase)
-    algorithm = build_algorithm(cfg.fed) if phase == "federated" else FedAvg()
+    if phase == "federated":
+        algorithm = build_algorithm(cfg.fed, total_examples=sum(len(p) for p in partitions))
+    else:
+        algorithm = FedAvg()  # a federation of one: the client's model is the result
     if server_state:
         algorithm.load_state_dict(server_state)
+    # What lives with each client between rounds (SCAFFOLD's c_i), keyed by client id.
+    client_states: dict[int, dict] = dict(client_states or {})
     state = dict(setup.initial_state) if state is None else state
+    params = models.trainable_parameters(setup.model)
     pad_id = setup.tokenizer.pad_token_id
     last_eval = None
     rounds = cfg.fed.rounds
@@ -165,26 +171,32 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
                dynamic_ncols=True, disable=None)
     for r in bar:
         round_start = time.perf_counter()
-        lr = cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr)
+        task = ClientTask(global_state=state, message=algorithm.server_message(),
+                          lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr), steps=steps)
         sampled = sample_clients(cfg.train.seed, phase, r, len(partitions), per_round)
         updates, losses = [], []
         for cid in sampled:
             models.load_trainable_state(setup.model, state)
-            hooks = algorithm.client_hooks(setup.model, state, cid)
+            own_state = client_states.get(cid, {})
             rows = [setup.train_rows[i] for i in partitions[cid]]
             client_name = cid if phase == "federated" else phase
             result = train_local(
                 setup.model, rows, steps=steps, batch_size=cfg.train.batch_size,
-                grad_accum=cfg.train.grad_accum, lr=lr, weight_decay=cfg.train.weight_decay,
+                grad_accum=cfg.train.grad_accum, lr=task.lr, weight_decay=cfg.train.weight_decay,
                 max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, r, cid),
-                pad_id=pad_id, hooks=hooks, packing=cfg.train.packing,
+                pad_id=pad_id, hooks=algorithm.client_hooks(params, task, own_state),
+                optimizer=cfg.train.optimizer, packing=cfg.train.packing,
                 max_tokens_per_pass=cfg.train.max_tokens_per_pass, desc=f"round {r + 1} client {client_name}",
             )
-            updates.append(ClientUpdate(cid, models.trainable_state(setup.model), len(rows)))
+            weights = models.trainable_state(setup.model)
+            extras, own_state = algorithm.client_finish(task, weights, own_state)
+            if own_state:
+                client_states[cid] = own_state
+            updates.append(ClientUpdate(cid, weights, len(rows), extras=extras))
             losses.append(result.loss)
             log.write({"type": "client", "phase": phase, "round": r + 1, "client": cid,
                        "loss": result.loss, "examples": len(rows), "steps": result.steps,
-                       "tokens": result.tokens, "seconds": round(result.seconds, 3), "lr": lr})
+                       "tokens": result.tokens, "seconds": round(result.seconds, 3), "lr": task.lr})
         state = algorithm.aggregate(state, updates)
         models.load_trainable_state(setup.model, state)
         message = f"[{phase}] round {r + 1}/{rounds}  clients {sampled}  train loss {np.mean(losses):.3f}"
@@ -201,7 +213,7 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
             save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
             done = done + [phase]
         save_checkpoint(run_dir, state, algorithm.state_dict(), {
-            "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()})
+            "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, client_states)
     bar.close()
     return last_eval or {}
 
@@ -230,7 +242,7 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
         log.write({"type": "eval", "phase": "federated", "round": 0, **before})
         tqdm.write(_eval_line("before training", before))
     else:
-        state, server_state, progress = checkpoint
+        progress = checkpoint.progress
         log.truncate(progress["metrics_lines"])
         done = list(progress["done"])
         print(f"Resuming {run_dir}: {progress['phase']} phase after round {progress['round']}; "
@@ -238,9 +250,9 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
     for phase in phases_of(cfg):
         if phase in done:
             continue
-        if checkpoint is not None and checkpoint[2]["phase"] == phase:
-            _, server_state, progress = checkpoint
-            run_phase(setup, phase, run_dir, log, done, progress["round"], checkpoint[0], server_state)
+        if checkpoint is not None and checkpoint.progress["phase"] == phase:
+            run_phase(setup, phase, run_dir, log, done, checkpoint.progress["round"], checkpoint.state,
+                      checkpoint.server_state, checkpoint.client_states)
         else:
             run_phase(setup, phase, run_dir, log, done)
         done = done + [phase]

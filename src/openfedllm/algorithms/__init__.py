@@ -1,18 +1,29 @@
 """The one registry of FL algorithm names.
 
 A name is checked when the config is read; a misspelling fails there, listing the valid names.
-Each algorithm is a small module with `client_hooks`, `aggregate` and `state_dict` /
-`load_state_dict` (its server state, saved in every checkpoint).
+Each algorithm is a small module on the interface of `base.Algorithm`: a server side
+(`server_message`, `aggregate`, `state_dict`) and a client side (`client_hooks`,
+`client_finish`) that the simulation and a deployment call alike.
 """
 
 from __future__ import annotations
 
 from ..errors import UserError
-from .base import ClientUpdate, StateDict, example_weighted_mean, weighted_mean
+from .base import Algorithm, ClientTask, ClientUpdate, StateDict, example_weighted_mean, weighted_mean
 from .fedavg import FedAvg
+from .fedavgm import FedAvgM
+from .fedopt import SECOND_MOMENTS, FedAdagrad, FedAdam, FedYogi
+from .fedprox import FedProx
+from .scaffold import CORRECTIONS, Scaffold
 
 ALGORITHMS = {
     "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "scaffold": Scaffold,
+    "fedavgm": FedAvgM,
+    "fedadagrad": FedAdagrad,
+    "fedyogi": FedYogi,
+    "fedadam": FedAdam,
 }
 
 
@@ -21,10 +32,20 @@ def check_algorithm(name: str) -> None:
         raise UserError(f"fed.algorithm: unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}")
 
 
-def build_algorithm(fed_config):
+def build_algorithm(fed_config, total_examples: int = 0) -> Algorithm:
+    """The configured algorithm; `total_examples` (all clients' training examples) weights SCAFFOLD's c."""
     check_algorithm(fed_config.algorithm)
-    return ALGORITHMS[fed_config.algorithm]()
+    cls = ALGORITHMS[fed_config.algorithm]
+    if cls is Scaffold:
+        return Scaffold.from_config(fed_config, total_examples)
+    return cls.from_config(fed_config)
 
 
-__all__ = ["ALGORITHMS", "ClientUpdate", "StateDict", "build_algorithm", "check_algorithm",
-           "example_weighted_mean", "weighted_mean"]
+def describe(name: str) -> str:
+    """The algorithm's one-line docstring: its paper and rule."""
+    return ALGORITHMS[name].__doc__.strip().splitlines()[0]
+
+
+__all__ = ["ALGORITHMS", "CORRECTIONS", "SECOND_MOMENTS", "Algorithm", "ClientTask", "ClientUpdate",
+           "StateDict", "build_algorithm", "check_algorithm", "describe", "example_weighted_mean",
+           "weighted_mean"]

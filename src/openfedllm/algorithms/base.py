@@ -1,4 +1,11 @@
-"""What every FL algorithm shares: the client update it receives and example-count weighting."""
+"""What every FL algorithm shares: the round's messages, and example-count weighting.
+
+An algorithm has a server side (`server_message`, `aggregate`, `state_dict`) and a client side
+(`client_hooks`, `client_finish`). The client side is a pure function of what the server sent
+(`ClientTask`) and the client's own state: it never reads the server's fields, so the simulation
+and a Flower node can call it alike. Clients are weighted by their number of training examples
+in every algorithm here (`example_weighted_mean`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..client import StepHooks
+
 StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class ClientTask:
+    """What a sampled client receives for one round."""
+
+    global_state: StateDict  # x: the global trainable tensors
+    message: StateDict  # extra tensors the algorithm broadcasts (SCAFFOLD: the server control variate c)
+    lr: float  # the round's local learning rate
+    steps: int  # K: local optimizer steps this round
 
 
 @dataclass
@@ -15,6 +34,34 @@ class ClientUpdate:
     weights: StateDict  # y_i: the client's trainable tensors after its local steps
     num_examples: int  # n_i: size of the client's training partition (the aggregation weight)
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: StateDict = field(default_factory=dict)  # algorithm-specific tensors (SCAFFOLD: c_i+ - c_i)
+
+
+class Algorithm:
+    """The interface, with the defaults of an algorithm that only changes the server's rule:
+    no broadcast beyond x, plain local steps, no client state, no server state."""
+
+    def server_message(self) -> StateDict:
+        return {}
+
+    def client_hooks(self, params: dict[str, torch.nn.Parameter], task: ClientTask,
+                     client_state: StateDict) -> StepHooks:
+        """Hooks for the local steps; `params` maps the state's names to the live parameters."""
+        return StepHooks()
+
+    def client_finish(self, task: ClientTask, weights: StateDict,
+                      client_state: StateDict) -> tuple[StateDict, StateDict]:
+        """After the local steps: (extras sent to the server, the client's new state)."""
+        return {}, client_state
+
+    def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def weighted_mean(states: list[StateDict], weights: list[float]) -> StateDict:
@@ -36,3 +83,31 @@ def weighted_mean(states: list[StateDict], weights: list[float]) -> StateDict:
 def example_weighted_mean(updates: list[ClientUpdate]) -> StateDict:
     """Every algorithm here weights clients by their number of training examples."""
     return weighted_mean([u.weights for u in updates], [u.num_examples for u in updates])
+
+
+def mean_delta(global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
+    """Delta = sum_i (n_i / n_S) * (y_i - x) over the sampled clients, in float64.
+
+    Kept in float64 so that x + Delta reproduces the weighted mean of the y_i to the last bit
+    of the original dtype (the degenerate cases equal FedAvg exactly).
+    """
+    total = float(sum(u.num_examples for u in updates))
+    if not updates or total <= 0:
+        raise ValueError("no client updates to aggregate")
+    delta = {}
+    for name, x in global_state.items():
+        x64 = x.to(torch.float64)
+        acc = torch.zeros_like(x64)
+        for u in updates:
+            acc += (u.weights[name].to(torch.float64) - x64) * (u.num_examples / total)
+        delta[name] = acc
+    return delta
+
+
+def apply_step(global_state: StateDict, step: StateDict) -> StateDict:
+    """x + step, computed in float64, returned in each tensor's own dtype."""
+    return {name: (x.to(torch.float64) + step[name]).to(x.dtype) for name, x in global_state.items()}
+
+
+def to_float64(state: StateDict) -> StateDict:
+    return {k: v.to(torch.float64) for k, v in state.items()}

@@ -6,22 +6,15 @@ AISTATS 2017, Algorithm 1: x <- sum_i (n_i / n) * y_i over the sampled clients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..client import StepHooks
-from .base import ClientUpdate, StateDict, example_weighted_mean
+from .base import Algorithm, ClientUpdate, StateDict, example_weighted_mean
 
 
-@dataclass
-class FedAvg:
-    def client_hooks(self, model, global_state: StateDict, client_id: int) -> StepHooks:
-        return StepHooks()  # plain local SGD/AdamW steps
+class FedAvg(Algorithm):
+    """FedAvg (McMahan et al. 2017): x <- the example-weighted mean of the client models y_i."""
+
+    @classmethod
+    def from_config(cls, fed) -> FedAvg:
+        return cls()
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         return example_weighted_mean(updates)
-
-    def state_dict(self) -> dict:
-        return {}  # FedAvg keeps no server state
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
