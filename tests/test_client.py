@@ -78,3 +78,35 @@ def test_splitting_a_batch_into_passes_keeps_the_gradient(lora_model):
     assert split.loss == pytest.approx(whole.loss, rel=1e-5)
     for name in state_whole:
         torch.testing.assert_close(state_split[name], state_whole[name], rtol=1e-4, atol=1e-6)
+
+
+def test_trainable_parameters_are_the_live_tensors_of_the_state(lora_model):
+    model, _, _ = lora_model
+    params = models.trainable_parameters(model)
+    state = models.trainable_state(model)
+    assert params.keys() == state.keys()
+    for name, p in params.items():
+        assert p.requires_grad and torch.equal(p.detach(), state[name])
+
+
+def test_sgd_step_is_minus_lr_times_the_gradient(lora_model):
+    from openfedllm.batching import make_batch, packing_works, token_losses
+    from openfedllm.data.templates import IGNORE
+
+    model, tokenizer, rows = lora_model
+    initial = models.trainable_state(model)
+    models.load_trainable_state(model, initial)
+    # the gradient of the mean token loss of the one batch train_local will draw (seed 3, 8 rows)
+    model.train()
+    torch.manual_seed(3)
+    batch = make_batch([rows[i] for i in batch_order(len(rows), 1, 8, 3)[0]], tokenizer.pad_token_id,
+                       packing_works(model))
+    loss_sum, count = token_losses(model, batch)
+    assert count == int((batch["labels"][:, 1:] != IGNORE).sum())
+    (loss_sum / count).backward()
+    grads = {n: p.grad.clone() for n, p in models.trainable_parameters(model).items()}
+    model.zero_grad(set_to_none=True)
+
+    _, trained = _train(model, tokenizer, rows, initial, steps=1, optimizer="sgd", lr=0.5)
+    for name, g in grads.items():
+        torch.testing.assert_close(trained[name], initial[name] - 0.5 * g, rtol=1e-4, atol=1e-6)
