@@ -2,6 +2,7 @@
 
     openfedllm sft [--config FILE] [--section.key VALUE ...] [--output-dir DIR] [--print-config]
     openfedllm sft --resume DIR
+    openfedllm experiment GRID [--quick] [--section.key VALUE ...] [--output-dir DIR] | --resume DIR
     openfedllm export DIR [--merge] --output-dir OUT
     openfedllm algorithms
 
@@ -117,6 +118,51 @@ def cmd_sft(argv: list[str]) -> int:
     return 0
 
 
+def cmd_experiment(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="openfedllm experiment",
+        description="Run a grid of methods x seeds (see configs/experiments/) and write results.csv, "
+        "results.md and plots/methods.png.")
+    parser.add_argument("grid", nargs="?", help="experiment YAML: methods, seeds, config, quick")
+    parser.add_argument("--output-dir", help="experiment directory (default: runs/experiment-DATE-TIME); "
+                        "must not exist")
+    parser.add_argument("--quick", action="store_true", help="apply the grid's quick section (a few minutes)")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted experiment; finished cells are kept")
+    args, rest = parser.parse_known_args(argv)
+    overrides = split_overrides(rest)
+    from . import experiment
+
+    if args.resume:
+        if args.grid or args.quick or overrides or args.output_dir:
+            raise UserError("--resume takes the grid saved in the experiment directory; drop the grid file, "
+                            "--quick, --output-dir and --section.key overrides")
+        out_dir = Path(args.resume)
+        if not out_dir.is_dir():
+            raise UserError(f"--resume: no such experiment directory: {out_dir}")
+        grid = experiment.read_grid(out_dir)
+    else:
+        if not args.grid:
+            raise UserError("name an experiment file (e.g. configs/experiments/fl_vs_local.yaml) or --resume DIR")
+        grid = experiment.load_grid(args.grid, args.quick, overrides)
+        out_dir = Path(args.output_dir or time.strftime("runs/experiment-%Y%m%d-%H%M%S"))
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"--output-dir {out_dir} already holds files; pick another, or --resume it")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        experiment.save_grid(out_dir, grid)
+    command = "openfedllm experiment " + " ".join(argv)
+    _quiet_libraries()
+    try:
+        rows = experiment.run_grid(grid, out_dir)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: openfedllm experiment --resume {out_dir}", file=sys.stderr)
+        return 130
+    experiment.write_results(rows, out_dir, grid, command)
+    print("\n".join(["", *experiment.format_table(rows), "", *experiment.claim_lines(rows)[2:], "",
+                     f"results   {out_dir / 'results.csv'}  {out_dir / 'results.md'}",
+                     f"plot      {out_dir / 'plots' / 'methods.png'}"]))
+    return 0
+
+
 def cmd_export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="openfedllm export",
                                      description="Write a run's trained model where other tools load it.")
@@ -139,7 +185,7 @@ def cmd_algorithms(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sft": cmd_sft, "export": cmd_export, "algorithms": cmd_algorithms}
+COMMANDS = {"sft": cmd_sft, "experiment": cmd_experiment, "export": cmd_export, "algorithms": cmd_algorithms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they happen
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: openfedllm {sft,export,algorithms} ...\n\n"
+        print("usage: openfedllm {sft,experiment,export,algorithms} ...\n\n"
               "  sft         federated instruction tuning (simulation) with baselines\n"
+              "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
               "  export      write a run's adapter, or the merged model, to a folder\n"
               "  algorithms  list the FL algorithms\n\n"
               "openfedllm sft --help lists every config key.")

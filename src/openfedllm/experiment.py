@@ -1,0 +1,382 @@
+"""A declared grid of methods x seeds, run cell by cell, summarised as the paper compares them.
+
+A grid file names the methods (any FL algorithm of the registry, plus `local` and `centralized`),
+the seeds, and one run config (the sections of `openfedllm sft`) shared by every cell; its
+`quick` section overrides seeds and config for a run of a few minutes. Each seed prepares the
+data, split and initial adapter once; every method of that seed starts from them. Each cell is an
+ordinary run directory under DIR/runs/ with its own checkpoints, so an interrupted experiment
+continues where it stopped (`--resume`), and any cell can be inspected like an `sft` run.
+
+`local` trains every client alone (the same steps per round as in the federation) and reports
+the mean over clients; `centralized` trains on all data pooled with the federation's total steps.
+Besides accuracy over all held-out domains, each row has `accuracy_own`: the mean over clients of
+the accuracy on the domains that client holds, i.e. how well the model a client ends up with
+serves the client's own task (for `local`, each client's own model; for the others, the one
+shared model).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from . import models
+from .algorithms import ALGORITHMS
+from .config import RunConfig, apply_overrides, build, to_dict
+from .errors import UserError
+from .rundir import MetricsLog, load_checkpoint, save_config
+from .simulation import Setup, evaluate, prepare, run_phase
+from .textfmt import text_table
+
+BASELINES = ("local", "centralized")
+GRID_KEYS = {"methods": "methods to compare: FL algorithms, local, centralized",
+             "seeds": "seeds; each one gives its own data, split and initial adapter",
+             "config": "the run config shared by every cell (sections of openfedllm sft)",
+             "quick": "overrides (seeds, config) applied by --quick"}
+
+
+@dataclass
+class Grid:
+    methods: list[str]
+    seeds: list[int]
+    config: dict  # raw run-config sections, before the per-cell method and seed
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = {k: dict(v or {}) for k, v in base.items()}
+    for section, values in (extra or {}).items():
+        if not isinstance(values, dict):
+            raise UserError(f"experiment: config.{section}: expected a mapping of keys")
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def load_grid(path: str, quick: bool = False, overrides: list[tuple[str, str]] = ()) -> Grid:
+    """The grid of a YAML file; every cell's config is built (and so checked) before anything runs."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"experiment: file not found: {path}")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"experiment {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return grid_from_dict(raw, quick, overrides)
+
+
+def grid_from_dict(raw: dict, quick: bool = False, overrides: list[tuple[str, str]] = ()) -> Grid:
+    if not isinstance(raw, dict):
+        raise UserError("experiment: expected a mapping with methods, seeds, config")
+    for key in raw:
+        if key not in GRID_KEYS:
+            raise UserError(f"experiment: unknown key {key!r}; valid: {', '.join(GRID_KEYS)}")
+    methods, seeds, config = raw.get("methods"), raw.get("seeds", [42]), raw.get("config") or {}
+    if quick:
+        q = raw.get("quick") or {}
+        for key in q:
+            if key not in ("seeds", "config", "methods"):
+                raise UserError(f"experiment: unknown key quick.{key}; valid: methods, seeds, config")
+        methods = q.get("methods", methods)
+        seeds = q.get("seeds", seeds)
+        config = _merge(config, q.get("config") or {})
+    if not isinstance(methods, list) or not methods:
+        raise UserError("experiment: methods must be a non-empty list")
+    valid = [*ALGORITHMS, *BASELINES]
+    for m in methods:
+        if m not in valid:
+            raise UserError(f"experiment: unknown method {m!r}; valid: {', '.join(valid)}")
+    if len(set(methods)) != len(methods):
+        raise UserError("experiment: a method is listed twice")
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserError(f"experiment: seeds must be a list of distinct integers, got {seeds!r}")
+    if not isinstance(config, dict):
+        raise UserError("experiment: config must be a mapping of run-config sections")
+    config = apply_overrides(config, list(overrides))
+    grid = Grid(list(methods), list(seeds), config)
+    for method in grid.methods:  # fail on a bad key or value now, not an hour into the grid
+        for seed in grid.seeds:
+            cell_config(grid, method, seed).validate()
+    return grid
+
+
+def cell_config(grid: Grid, method: str, seed: int, local_client: int = 0) -> RunConfig:
+    """The run config of one cell: the shared config with this seed, method and no extra baselines."""
+    config = build(grid.config)
+    config.train = dataclasses.replace(config.train, seed=seed)
+    config.baselines = dataclasses.replace(config.baselines, local=False, centralized=False,
+                                           local_client=local_client)
+    if method in ALGORITHMS:
+        config.fed = dataclasses.replace(config.fed, algorithm=method)
+    return config
+
+
+def _phase(method: str) -> str:
+    return method if method in BASELINES else "federated"
+
+
+def run_cell(setup: Setup, phase: str, cell_dir: Path) -> dict:
+    """Run (or continue, or just read) one cell; returns its final evaluation record."""
+    log = MetricsLog(cell_dir / "metrics.jsonl")
+    checkpoint = load_checkpoint(cell_dir)
+    if checkpoint is None:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        log.truncate(0)
+        save_config(cell_dir, to_dict(setup.config))
+        run_phase(setup, phase, cell_dir, log, [])
+    elif phase not in checkpoint.progress["done"]:
+        log.truncate(checkpoint.progress["metrics_lines"])
+        run_phase(setup, phase, cell_dir, log, [], checkpoint.progress["round"], checkpoint.state,
+                  checkpoint.server_state, checkpoint.client_states)
+    return final_eval(log.records(), phase, setup.config.fed.rounds)
+
+
+def final_eval(records: list[dict], phase: str, rounds: int) -> dict:
+    finals = [r for r in records if r["type"] == "eval" and r["phase"] == phase and r["round"] == rounds]
+    if not finals:
+        raise RuntimeError(f"no final evaluation of the {phase} phase in the cell's metrics")
+    return finals[-1]
+
+
+def cell_seconds(cell_dir: Path) -> float:
+    """Training and evaluation time of a cell, from its metrics (so it survives a resume)."""
+    records = MetricsLog(cell_dir / "metrics.jsonl").records()
+    return sum(r.get("seconds") or 0.0 for r in records)
+
+
+def own_accuracy(accuracy: dict[str, float], client_domains: list[set[str]]) -> float | None:
+    """Mean over clients of the accuracy on the domains each client holds."""
+    per_client = [np.mean([accuracy[d] for d in domains if d in accuracy]) for domains in client_domains
+                  if any(d in accuracy for d in domains)]
+    return float(np.mean(per_client)) if per_client else None
+
+
+def _base_eval(setup: Setup, cell_dir: Path) -> dict:
+    log = MetricsLog(cell_dir / "metrics.jsonl")
+    records = [r for r in log.records() if r["type"] == "eval"]
+    if records:
+        return records[-1]
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    models.load_trainable_state(setup.model, setup.initial_state)
+    record = {"type": "eval", "phase": "base", "round": 0, **evaluate(setup)}
+    log.write(record)
+    return record
+
+
+def run_grid(grid: Grid, out_dir: Path) -> list[dict]:
+    """Every cell of the grid (continuing finished and interrupted cells); one result row per cell."""
+    rows = []
+    cells = len(grid.seeds) * (1 + len(grid.methods))
+    done = 0
+    for seed in grid.seeds:
+        base_config = cell_config(grid, "fedavg", seed)
+        setup = prepare(base_config)
+        client_domains = [{setup.train_domains[i] for i in c} for c in setup.clients]
+
+        start = time.perf_counter()
+        base_dir = out_dir / "runs" / f"base-seed{seed}"
+        base = _base_eval(setup, base_dir)
+        rows.append(result_row("base model", seed, [base], base.get("seconds") or 0.0, [base_dir], out_dir,
+                               own_accuracy(base["accuracy"], client_domains)))
+        done += 1
+        tqdm.write(_progress(done, cells, "base model", seed, rows[-1], time.perf_counter() - start))
+        for method in grid.methods:
+            start = time.perf_counter()
+            phase = _phase(method)
+            clients = range(len(setup.clients)) if method == "local" else [0]
+            evals, dirs, owns = [], [], []
+            for k in clients:
+                name = f"{method}-seed{seed}" + (f"/client{k}" if method == "local" else "")
+                cell_dir = out_dir / "runs" / name
+                cell_setup = dataclasses.replace(setup, config=cell_config(grid, method, seed, local_client=k))
+                evaluation = run_cell(cell_setup, phase, cell_dir)
+                evals.append(evaluation)
+                dirs.append(cell_dir)
+                domains = [client_domains[k]] if method == "local" else client_domains
+                owns.append(own_accuracy(evaluation["accuracy"], domains))
+            own = _mean_or_none(owns)
+            rows.append(result_row(method, seed, evals, sum(cell_seconds(d) for d in dirs), dirs, out_dir, own))
+            done += 1
+            tqdm.write(_progress(done, cells, method, seed, rows[-1], time.perf_counter() - start))
+    return rows
+
+
+def _mean_or_none(values: list) -> float | None:
+    return float(np.mean(values)) if values and None not in values else None
+
+
+def result_row(method: str, seed: int, evals: list[dict], seconds: float, run_dirs: list[Path], out_dir: Path,
+               own: float | None) -> dict:
+    """One row of results.csv: a method's final evaluation at one seed (local: mean over its clients)."""
+    domains = sorted({d for e in evals for d in e["accuracy"]})
+    return {
+        "method": method, "seed": seed,
+        "accuracy_mean": _mean_or_none([e["accuracy_mean"] for e in evals]),
+        "accuracy_own": own,
+        "loss": _mean_or_none([e["loss"] for e in evals]),
+        **{f"acc_{d}": _mean_or_none([e["accuracy"].get(d) for e in evals]) for d in domains},
+        "seconds": round(seconds, 1),
+        "run_dir": ";".join(str(d.relative_to(out_dir)) for d in run_dirs),
+    }
+
+
+def _progress(done: int, total: int, method: str, seed: int, row: dict, seconds: float) -> str:
+    line = f"[experiment {done}/{total}] {method} seed {seed}:"
+    if row["loss"] is not None:
+        line += f" held-out loss {row['loss']:.3f}"
+    if row["accuracy_mean"] is not None:
+        line += f"  accuracy {row['accuracy_mean']:.3f}"
+    return line + f"  ({seconds:.0f} s)"
+
+
+# --- results: csv, markdown, plot
+
+
+def write_results(rows: list[dict], out_dir: Path, grid: Grid, command: str) -> str:
+    columns = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    with (out_dir / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({c: "" if r.get(c) is None else r[c] for c in columns})
+    markdown = results_markdown(rows, grid, command)
+    (out_dir / "results.md").write_text(markdown)
+    plot_results(rows, out_dir / "plots")
+    return markdown
+
+
+def _stats(values: list[float | None]) -> tuple[float, float, float, float] | None:
+    """mean, sample standard deviation (0 for one seed), min, max."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), std, min(values), max(values)
+
+
+def _fmt(stats, digits=3) -> str:
+    if stats is None:
+        return "-"
+    mean, std, lo, hi = stats
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def method_order(rows: list[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        if r["method"] not in seen:
+            seen.append(r["method"])
+    return seen
+
+
+def results_markdown(rows: list[dict], grid: Grid, command: str) -> str:
+    methods = method_order(rows)
+    domains = sorted({c[4:] for r in rows for c in r if c.startswith("acc_")})
+    by = {m: [r for r in rows if r["method"] == m] for m in methods}
+    header = ["method", "seeds", "accuracy (all domains)", "accuracy (own domain)", "held-out loss"]
+    header += [f"acc {d}" for d in domains] + ["time / seed (s)"]
+    lines = [f"# Experiment: {len(methods)} methods x {len(grid.seeds)} seeds", "",
+             f"Reproduce: `{command}`", "",
+             "Mean ± sample standard deviation over seeds. *accuracy (all domains)*: held-out accuracy "
+             "averaged over the domains. *accuracy (own domain)*: mean over clients of the accuracy on "
+             "the domains that client holds (for `local`, each client's own model).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in methods:
+        rs = by[m]
+        cells = [m, str(len(rs)), _fmt(_stats([r["accuracy_mean"] for r in rs])),
+                 _fmt(_stats([r["accuracy_own"] for r in rs])), _fmt(_stats([r["loss"] for r in rs]))]
+        cells += [_fmt(_stats([r.get(f"acc_{d}") for r in rs]), 2) for d in domains]
+        seconds = _stats([r["seconds"] for r in rs])
+        cells.append(f"{seconds[0]:.0f}" if seconds else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *claim_lines(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def claim_lines(rows: list[dict]) -> list[str]:
+    """The paper's claim, checked: does every FL algorithm beat training alone?"""
+    local = _stats([r["accuracy_mean"] for r in rows if r["method"] == "local"])
+    fl = [m for m in method_order(rows) if m in ALGORITHMS]
+    if local is None or not fl:
+        return []
+    out = ["## Federated vs local training (the paper's claim)", ""]
+    wins = 0
+    for m in fl:
+        stats = _stats([r["accuracy_mean"] for r in rows if r["method"] == m])
+        if stats is None:
+            continue
+        # Seed by seed: the same data, split and initial adapter on both sides.
+        pairs = [(r["accuracy_mean"], next((x["accuracy_mean"] for x in rows
+                                             if x["method"] == "local" and x["seed"] == r["seed"]), None))
+                 for r in rows if r["method"] == m]
+        seed_wins = sum(1 for a, b in pairs if a is not None and b is not None and a > b)
+        beats = stats[0] > local[0]
+        wins += beats
+        out.append(f"- {m}: {stats[0]:.3f} vs local {local[0]:.3f} "
+                   f"({'+' if beats else ''}{stats[0] - local[0]:.3f}); better on {seed_wins} of {len(pairs)} seeds")
+    out += ["", f"{wins} of {len(fl)} FL algorithms beat local training on mean accuracy over all domains."]
+    return out
+
+
+def plot_results(rows: list[dict], out_dir: Path) -> Path:
+    from .plots import plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods = method_order(rows)
+    metrics = [("accuracy_mean", "held-out accuracy (all domains)"),
+               ("accuracy_own", "accuracy on each client's own domain"), ("loss", "held-out loss")]
+    metrics = [(k, t) for k, t in metrics if any(r.get(k) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
+    colors = {m: ("tab:gray" if m == "base model" else "tab:red" if m == "local" else
+                  "tab:green" if m == "centralized" else "tab:blue") for m in methods}
+    for ax, (key, title) in zip(axes[0], metrics):
+        for i, m in enumerate(methods):
+            values = [r[key] for r in rows if r["method"] == m and r.get(key) is not None]
+            stats = _stats(values)
+            if stats is None:
+                continue
+            ax.bar(i, stats[0], yerr=stats[1] if len(values) > 1 else None, color=colors[m], alpha=0.8,
+                   capsize=3)
+            ax.plot([i] * len(values), values, "k.", markersize=4)  # each seed
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=40, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        if key != "loss":
+            ax.set_ylim(0, 1.02)
+    fig.suptitle("Methods compared (bars: mean over seeds, whiskers: std, dots: seeds)", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "methods.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_grid(out_dir: Path, grid: Grid) -> None:
+    (out_dir / "experiment.yaml").write_text(yaml.safe_dump(dataclasses.asdict(grid), sort_keys=False))
+
+
+def read_grid(out_dir: Path) -> Grid:
+    path = out_dir / "experiment.yaml"
+    if not path.is_file():
+        raise UserError(f"--resume {out_dir}: no experiment.yaml there (not an experiment directory)")
+    return grid_from_dict(yaml.safe_load(path.read_text()))
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    """The terminal view: one line per method."""
+    methods = method_order(rows)
+    body = []
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        body.append([m, _fmt(_stats([r["accuracy_mean"] for r in rs])),
+                     _fmt(_stats([r["accuracy_own"] for r in rs])), _fmt(_stats([r["loss"] for r in rs]))])
+    return text_table(["method", "accuracy", "own domain", "held-out loss"], body)
