@@ -67,7 +67,7 @@ class FedConfig:
                                    "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)")
     fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s")
     fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg")
-    fedopt_server_lr: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: server learning rate eta")
+    fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta")
     fedopt_beta1: float = opt(0.9, "FedAdagrad/FedYogi/FedAdam: decay of the first moment m")
     fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v")
     fedopt_tau: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM")

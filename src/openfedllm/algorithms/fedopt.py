@@ -28,7 +28,7 @@ SECOND_MOMENTS = ("delta", "momentum")
 
 @dataclass
 class _FedOpt(Algorithm):
-    server_lr: float = 1e-3  # eta
+    server_lr: float = 1e-2  # eta
     beta1: float = 0.9  # decay of the first moment m
     beta2: float = 0.99  # decay of the second moment v (not used by FedAdagrad)
     tau: float = 1e-3  # adaptivity: larger tau behaves more like FedAvgM
