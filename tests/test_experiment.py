@@ -141,3 +141,24 @@ def test_own_accuracy_by_hand():
     # client 0 holds a; client 1 holds b and c: (1.0 + (0.5 + 0.0) / 2) / 2
     assert own_accuracy(accuracy, [{"a"}, {"b", "c"}]) == pytest.approx(0.625)
     assert own_accuracy({}, [{"a"}]) is None
+
+
+def test_claim_check_by_hand():
+    from openfedllm.experiment import claim_lines
+
+    def row(method, seed, acc, loss):
+        return {"method": method, "seed": seed, "accuracy_mean": acc, "accuracy_own": acc, "loss": loss}
+
+    rows = [row("local", 1, 0.4, 1.0), row("local", 2, 0.2, 1.2),
+            row("fedavg", 1, 0.5, 0.9), row("fedavg", 2, 0.0, 0.8),   # mean 0.25 vs 0.3: worse
+            row("fedyogi", 1, 0.6, 1.1), row("fedyogi", 2, 0.3, 1.3)]  # mean 0.45 vs 0.3
+    lines = claim_lines(rows)
+    assert "- fedavg: all domains 0.250 vs 0.300 (-0.050, better on 1 of 2 seeds)" in lines[4]
+    assert "- fedyogi: all domains 0.450 vs 0.300 (+0.150, better on 2 of 2 seeds)" in lines[5]
+    assert lines[-1] == "1 of 2 FL algorithms beat local training on mean accuracy over all domains."
+    # without checkable answers the held-out loss decides, lower winning
+    for r in rows:
+        r["accuracy_mean"] = r["accuracy_own"] = None
+    lines = claim_lines(rows)
+    assert "- fedavg: held-out loss 0.850 vs 1.100 (-0.250, better on 2 of 2 seeds)" in lines[4]
+    assert lines[-1] == "1 of 2 FL algorithms beat local training on held-out loss."
