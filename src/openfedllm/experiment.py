@@ -357,13 +357,17 @@ def plot_results(rows: list[dict], out_dir: Path) -> Path:
             ax.bar(i, stats[0], yerr=stats[1] if len(values) > 1 else None, color=colors[m], alpha=0.8,
                    capsize=3)
             ax.plot([i] * len(values), values, "k.", markersize=4)  # each seed
+        local = _stats([r[key] for r in rows if r["method"] == "local" and r.get(key) is not None])
+        if local is not None:  # the line every FL bar is compared against
+            ax.axhline(local[0], color="tab:red", linestyle="--", linewidth=1, alpha=0.7)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=40, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         if key != "loss":
             ax.set_ylim(0, 1.02)
-    fig.suptitle("Methods compared (bars: mean over seeds, whiskers: std, dots: seeds)", fontsize=10)
+    fig.suptitle("Methods compared (bars: mean over seeds, whiskers: std, dots: seeds, dashed: local training)",
+                 fontsize=10)
     fig.tight_layout()
     path = out_dir / "methods.png"
     fig.savefig(path, dpi=110)
