@@ -106,6 +106,7 @@ def test_interrupted_experiment_resumes_to_the_same_results(finished, tiny_model
     assert main(["experiment", "--resume", str(out)]) == 0
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(_rows(out)) == drop(_rows(finished))
+    assert f"Reproduce: `openfedllm experiment {grid} --output-dir {out}" in (out / "results.md").read_text()
 
 
 def test_quick_applies_the_quick_section(tiny_model_dir, tmp_path):

@@ -148,15 +148,14 @@ def cmd_experiment(argv: list[str]) -> int:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"--output-dir {out_dir} already holds files; pick another, or --resume it")
         out_dir.mkdir(parents=True, exist_ok=True)
-        experiment.save_grid(out_dir, grid)
-    command = "openfedllm experiment " + " ".join(argv)
+        experiment.save_grid(out_dir, grid, "openfedllm experiment " + " ".join(argv))
     _quiet_libraries()
     try:
         rows = experiment.run_grid(grid, out_dir)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: openfedllm experiment --resume {out_dir}", file=sys.stderr)
         return 130
-    experiment.write_results(rows, out_dir, grid, command)
+    experiment.write_results(rows, out_dir, grid, experiment.read_command(out_dir))
     print("\n".join(["", *experiment.format_table(rows), "", *experiment.claim_lines(rows)[2:], "",
                      f"results   {out_dir / 'results.csv'}  {out_dir / 'results.md'}",
                      f"plot      {out_dir / 'plots' / 'methods.png'}"]))

@@ -375,8 +375,15 @@ def plot_results(rows: list[dict], out_dir: Path) -> Path:
     return path
 
 
-def save_grid(out_dir: Path, grid: Grid) -> None:
+def save_grid(out_dir: Path, grid: Grid, command: str) -> None:
+    """The resolved grid (what --resume runs) and the command that started it (what results.md cites)."""
     (out_dir / "experiment.yaml").write_text(yaml.safe_dump(dataclasses.asdict(grid), sort_keys=False))
+    (out_dir / "command.txt").write_text(command + "\n")
+
+
+def read_command(out_dir: Path) -> str:
+    path = out_dir / "command.txt"
+    return path.read_text().strip() if path.is_file() else f"openfedllm experiment --resume {out_dir}"
 
 
 def read_grid(out_dir: Path) -> Grid:
