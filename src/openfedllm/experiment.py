@@ -32,7 +32,7 @@ from .algorithms import ALGORITHMS
 from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError
 from .rundir import MetricsLog, load_checkpoint, save_config
-from .simulation import Setup, evaluate, prepare, run_phase
+from .simulation import Setup, evaluate, prepare, resume_phase, run_phase
 from .textfmt import text_table
 
 BASELINES = ("local", "centralized")
@@ -132,8 +132,7 @@ def run_cell(setup: Setup, phase: str, cell_dir: Path) -> dict:
         run_phase(setup, phase, cell_dir, log, [])
     elif phase not in checkpoint.progress["done"]:
         log.truncate(checkpoint.progress["metrics_lines"])
-        run_phase(setup, phase, cell_dir, log, [], checkpoint.progress["round"], checkpoint.state,
-                  checkpoint.server_state, checkpoint.client_states)
+        resume_phase(setup, phase, cell_dir, log, [], checkpoint)
     return final_eval(log.records(), phase, setup.config.fed.rounds)
 
 

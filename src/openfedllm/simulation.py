@@ -218,6 +218,12 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
     return last_eval or {}
 
 
+def resume_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint) -> dict:
+    """Continue a phase from its checkpoint: global state, server state and every client's state."""
+    return run_phase(setup, phase, run_dir, log, done, checkpoint.progress["round"], checkpoint.state,
+                     checkpoint.server_state, checkpoint.client_states)
+
+
 def phases_of(config: RunConfig) -> list[str]:
     return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
 
@@ -251,8 +257,7 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
         if phase in done:
             continue
         if checkpoint is not None and checkpoint.progress["phase"] == phase:
-            run_phase(setup, phase, run_dir, log, done, checkpoint.progress["round"], checkpoint.state,
-                      checkpoint.server_state, checkpoint.client_states)
+            resume_phase(setup, phase, run_dir, log, done, checkpoint)
         else:
             run_phase(setup, phase, run_dir, log, done)
         done = done + [phase]
