@@ -36,10 +36,7 @@ from .simulation import Setup, evaluate, prepare, resume_phase, run_phase
 from .textfmt import text_table
 
 BASELINES = ("local", "centralized")
-GRID_KEYS = {"methods": "methods to compare: FL algorithms, local, centralized",
-             "seeds": "seeds; each one gives its own data, split and initial adapter",
-             "config": "the run config shared by every cell (sections of openfedllm sft)",
-             "quick": "overrides (seeds, config) applied by --quick"}
+GRID_KEYS = ("methods", "seeds", "config", "quick")  # methods x seeds, the shared run config, --quick overrides
 
 
 @dataclass
@@ -252,19 +249,19 @@ def write_results(rows: list[dict], out_dir: Path, grid: Grid, command: str) -> 
     return markdown
 
 
-def _stats(values: list[float | None]) -> tuple[float, float, float, float] | None:
-    """mean, sample standard deviation (0 for one seed), min, max."""
+def _stats(values: list[float | None]) -> tuple[float, float] | None:
+    """mean and sample standard deviation (0 for one seed) of the values present."""
     values = [v for v in values if v is not None]
     if not values:
         return None
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return float(np.mean(values)), std, min(values), max(values)
+    return float(np.mean(values)), std
 
 
 def _fmt(stats, digits=3) -> str:
     if stats is None:
         return "-"
-    mean, std, lo, hi = stats
+    mean, std = stats
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 

@@ -91,17 +91,9 @@ def mean_delta(global_state: StateDict, updates: list[ClientUpdate]) -> StateDic
     Kept in float64 so that x + Delta reproduces the weighted mean of the y_i to the last bit
     of the original dtype (the degenerate cases equal FedAvg exactly).
     """
-    total = float(sum(u.num_examples for u in updates))
-    if not updates or total <= 0:
-        raise ValueError("no client updates to aggregate")
-    delta = {}
-    for name, x in global_state.items():
-        x64 = x.to(torch.float64)
-        acc = torch.zeros_like(x64)
-        for u in updates:
-            acc += (u.weights[name].to(torch.float64) - x64) * (u.num_examples / total)
-        delta[name] = acc
-    return delta
+    x64 = to_float64(global_state)
+    moves = [{name: u.weights[name].to(torch.float64) - x for name, x in x64.items()} for u in updates]
+    return weighted_mean(moves, [u.num_examples for u in updates])
 
 
 def apply_step(global_state: StateDict, step: StateDict) -> StateDict:
