@@ -2,7 +2,8 @@ import torch
 import torch.nn.functional as F
 
 from openfedllm import models
-from openfedllm.batching import collate, linear_cross_entropy, pack, packing_works, split_passes, token_losses
+from openfedllm.batching import (collate, linear_cross_entropy, pack, packing_works, row_logprobs, split_passes,
+                                 token_losses)
 from openfedllm.data.templates import IGNORE, Tokenized
 
 IG = IGNORE
@@ -51,10 +52,12 @@ def test_linear_cross_entropy_matches_autograd_in_value_and_gradient():
     h1 = torch.randn(37, 16, requires_grad=True)
     h2 = h1.detach().clone().requires_grad_(True)
     fused = linear_cross_entropy(h1, head, targets, chunk=8)  # 5 chunks, the last one partial
-    reference = F.cross_entropy(head(h2), targets, reduction="sum")
+    reference = F.cross_entropy(head(h2), targets, reduction="none")
     torch.testing.assert_close(fused, reference)
-    (fused * 0.5).backward()
-    (reference * 0.5).backward()
+    # a different weight per token (as DPO's per-row weights are): each token's gradient scaled by its own
+    weights = torch.linspace(-1.0, 2.0, 37)
+    (fused * weights).sum().backward()
+    (reference * weights).sum().backward()
     torch.testing.assert_close(h1.grad, h2.grad)
     with torch.no_grad():  # evaluation path: chunked, no gradient work
         torch.testing.assert_close(linear_cross_entropy(h1, head, targets, chunk=8), reference.detach())
@@ -64,7 +67,7 @@ def test_trainable_head_falls_back_to_autograd():
     head = torch.nn.Linear(8, 20)
     h = torch.randn(5, 8, requires_grad=True)
     t = torch.randint(0, 20, (5,))
-    linear_cross_entropy(h, head, t).backward()
+    linear_cross_entropy(h, head, t).sum().backward()
     assert head.weight.grad is not None and h.grad is not None
 
 
@@ -77,3 +80,20 @@ def test_split_passes_bounds_tokens_per_pass_and_keeps_every_row():
     assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
     assert len(split_passes(batch, max_tokens=0)) == 1
     assert [p["input_ids"].shape[0] for p in split_passes(batch, max_tokens=3)] == [1] * 5
+
+
+def test_row_logprobs_are_each_rows_response_log_likelihood_padded_or_packed(tiny_model_dir):
+    model = models.load_base_model(tiny_model_dir).eval()
+    rows = [Tokenized([3, 4, 5, 6, 7], [IGNORE, IGNORE, 5, 6, 7], 2),
+            Tokenized([8, 9, 10], [IGNORE, 9, 10], 1),
+            Tokenized([11, 12, 13, 14], [IGNORE, IGNORE, IGNORE, 14], 3)]
+    with torch.no_grad():
+        expected = []
+        for r in rows:  # by hand: one row alone, log-softmax at each position whose next token is a label
+            logp = torch.log_softmax(model(input_ids=torch.tensor([r.input_ids])).logits[0].float(), -1)
+            expected.append(sum(float(logp[t - 1, r.input_ids[t]]) for t in range(1, len(r.labels))
+                                if r.labels[t] != IGNORE))
+        for batch in (collate(rows, 0), pack(rows, 0)):
+            logps, counts = row_logprobs(model, batch, len(rows))
+            assert counts.tolist() == [3, 2, 1]
+            torch.testing.assert_close(logps, torch.tensor(expected), rtol=1e-4, atol=1e-4)

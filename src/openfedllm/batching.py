@@ -23,17 +23,22 @@ from .data.templates import IGNORE, Tokenized
 
 
 def collate(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row of the batch; padding carries no loss and no attention."""
+    """Right-pad to the longest row of the batch; padding carries no loss and no attention.
+
+    `row_ids` says which of `rows` each token belongs to (-1: padding), for per-row sums.
+    """
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    row_ids = torch.full((len(rows), width), -1, dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r.input_ids)
         ids[i, :n] = torch.tensor(r.input_ids)
         labels[i, :n] = torch.tensor(r.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        row_ids[i, :n] = i
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "row_ids": row_ids}
 
 
 def pack(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
@@ -44,33 +49,36 @@ def pack(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     (its own positions, no loss), so no real token attends to it.
     """
     capacity = max(len(r.input_ids) for r in rows)
-    bins: list[list[Tokenized]] = []
+    bins: list[list[int]] = []  # indices into rows
     loads: list[int] = []
-    for row in sorted(rows, key=lambda r: -len(r.input_ids)):
-        n = len(row.input_ids)
+    for i in sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids)):
+        n = len(rows[i].input_ids)
         for b, load in enumerate(loads):
             if load + n <= capacity:
-                bins[b].append(row)
+                bins[b].append(i)
                 loads[b] += n
                 break
         else:
-            bins.append([row])
+            bins.append([i])
             loads.append(n)
     width = max(loads)
     ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
     labels = torch.full((len(bins), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(bins), width), dtype=torch.long)
+    row_ids = torch.full((len(bins), width), -1, dtype=torch.long)
     for b, members in enumerate(bins):
         offset = 0
-        for row in members:
+        for i in members:
+            row = rows[i]
             n = len(row.input_ids)
             ids[b, offset:offset + n] = torch.tensor(row.input_ids)
             labels[b, offset:offset + n] = torch.tensor(row.labels)
             labels[b, offset] = IGNORE  # a row's first token is never predicted (from the row before)
             positions[b, offset:offset + n] = torch.arange(n)
+            row_ids[b, offset:offset + n] = i
             offset += n
         positions[b, offset:] = torch.arange(width - offset)
-    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+    return {"input_ids": ids, "position_ids": positions, "labels": labels, "row_ids": row_ids}
 
 
 def make_batch(rows: list[Tokenized], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
@@ -115,48 +123,51 @@ def _split_head(model):
 
 
 class _FrozenLinearCrossEntropy(torch.autograd.Function):
-    """sum_i CE(h_i W^T + b, y_i) for a frozen output layer, chunk by chunk.
+    """CE(h_i W^T + b, y_i) for every token i, for a frozen output layer, chunk by chunk.
 
-    The gradient with respect to h is (softmax - onehot) W, computed in the forward pass, chunk
-    by chunk, while each chunk's logits are at hand; only that gradient (tokens x hidden) is kept
-    for the backward pass instead of the (tokens x vocabulary) logits and their softmax. Same
-    arithmetic as autograd (one matmul forward, one for the input gradient), far less memory.
+    The gradient of token i's loss with respect to h_i is (softmax - onehot) W, computed in the
+    forward pass, chunk by chunk, while each chunk's logits are at hand; only that gradient
+    (tokens x hidden) is kept for the backward pass instead of the (tokens x vocabulary) logits
+    and their softmax. Same arithmetic as autograd (one matmul forward, one for the input
+    gradient), far less memory. Per-token outputs serve both a summed loss (SFT) and per-row
+    sums that enter a nonlinear loss (DPO): backward scales each token's row by its own grad.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk):
-        total = torch.zeros((), dtype=torch.float32)
+        losses = torch.empty(hidden.shape[0], dtype=torch.float32)
         grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk]
             t = targets[start:start + chunk]
             logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)  # (chunk, vocab)
-            total -= logp.gather(1, t[:, None]).sum()
+            losses[start:start + chunk] = -logp.gather(1, t[:, None])[:, 0]
             probs = logp.exp_()  # softmax, in place
             probs[torch.arange(len(t)), t] -= 1.0  # d CE / d logits
             grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
-        return total
+        return losses
 
     @staticmethod
-    def backward(ctx, grad_total):
+    def backward(ctx, grad_losses):
         (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None, None, None
+        return grad * grad_losses.to(grad.dtype)[:, None], None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
                          chunk: int = 256) -> torch.Tensor:
-    """Sum of token cross-entropies of `head(hidden)` against `targets`, hidden: (tokens, dim)."""
+    """Per-token cross-entropies (tokens,) of `head(hidden)` against `targets`, hidden: (tokens, dim)."""
     frozen = (isinstance(head, torch.nn.Linear) and not head.weight.requires_grad
               and (head.bias is None or not head.bias.requires_grad))
     if frozen and torch.is_grad_enabled() and hidden.requires_grad:
         return _FrozenLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
     if not torch.is_grad_enabled():
         # Evaluation: chunked, so the full logits never exist at once either.
-        return sum((F.cross_entropy(head(hidden[s:s + chunk]).float(), targets[s:s + chunk], reduction="sum")
-                    for s in range(0, hidden.shape[0], chunk)), torch.zeros(()))
+        return torch.cat([F.cross_entropy(head(hidden[s:s + chunk]).float(), targets[s:s + chunk],
+                                          reduction="none")
+                          for s in range(0, hidden.shape[0], chunk)] or [torch.zeros(0)])
     # A trainable or adapted output layer (full fine-tuning, LoRA on lm_head): plain autograd.
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
 def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -166,18 +177,34 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     positions (the prompt, the padding) carry no loss: so the logits are computed only at the
     positions whose next token is a label, which gives exactly the loss of the full computation.
     """
-    labels = batch["labels"]
-    targets = labels[:, 1:]  # (batch, seq-1): position t predicts token t+1
+    per_token, where = _loss_tokens(model, batch)
+    return per_token.sum(), int(where.sum())
+
+
+def _loss_tokens(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of every loss token, in order; the (batch, seq-1) mask of where they are)."""
+    targets = batch["labels"][:, 1:]  # (batch, seq-1): position t predicts token t+1
     where = targets != IGNORE
-    count = int(where.sum())
     split = _split_head(model)
     if split is None:
         logits = model(**_inputs(batch)).logits
-        loss_sum = F.cross_entropy(logits[:, :-1][where].float(), targets[where], reduction="sum")
-        return loss_sum, count
+        return F.cross_entropy(logits[:, :-1][where].float(), targets[where], reduction="none"), where
     decoder, head = split
     hidden = decoder(**_inputs(batch)).last_hidden_state  # (batch, seq, hidden)
-    return linear_cross_entropy(hidden[:, :-1][where], head, targets[where]), count
+    return linear_cross_entropy(hidden[:, :-1][where], head, targets[where]), where
+
+
+def row_logprobs(model, batch: dict[str, torch.Tensor], num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log-probabilities of each row's loss tokens, their count), per row of the batch.
+
+    The log-likelihood of a whole response, which DPO compares between two responses; rows may
+    be padded or packed (`row_ids` says which row each token belongs to).
+    """
+    per_token, where = _loss_tokens(model, batch)
+    owner = batch["row_ids"][:, 1:][where]  # the row of each predicted token
+    logps = torch.zeros(num_rows, dtype=per_token.dtype).index_add(0, owner, -per_token)
+    counts = torch.zeros(num_rows, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
+    return logps, counts
 
 
 _PACKING_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
