@@ -2,8 +2,15 @@ import torch
 import torch.nn.functional as F
 
 from openfedllm import models
-from openfedllm.batching import (collate, linear_cross_entropy, pack, packing_works, row_logprobs, split_passes,
-                                 token_losses)
+from openfedllm.batching import (
+    collate,
+    linear_cross_entropy,
+    pack,
+    packing_works,
+    row_logprobs,
+    split_passes,
+    token_losses,
+)
 from openfedllm.data.templates import IGNORE, Tokenized
 
 IG = IGNORE

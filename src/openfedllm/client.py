@@ -3,6 +3,8 @@
 The same function serves the simulation and (later) a Flower node. What an FL algorithm must do
 differently on the client (a proximal term, a gradient correction) arrives as `StepHooks`,
 built by the algorithm from what the server sent; the loop itself knows no algorithm names.
+What the step minimises arrives as an `Objective` (next-token loss for SFT, a preference loss
+for DPO), so every algorithm's hooks act on every objective through the one loop.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -29,12 +32,50 @@ class StepHooks:
 
 
 @dataclass
+class Batching:
+    """How rows become tensors: padding id, packing, and the activation budget of one pass."""
+
+    pad_id: int
+    packed: bool
+    max_tokens_per_pass: int
+
+
+@dataclass
+class StepStats:
+    loss: float  # the step's loss (what its gradient is the gradient of)
+    tokens: int  # tokens that carried loss
+    metrics: dict[str, float] = field(default_factory=dict)  # objective-specific (e.g. DPO reward accuracy)
+
+
+class Objective(Protocol):
+    """Forward and backward of one optimizer step's micro-batches; returns what the step saw."""
+
+    def __call__(self, model, micro: list[list], batching: Batching) -> StepStats: ...
+
+
+def next_token_loss(model, micro: list[list[Tokenized]], batching: Batching) -> StepStats:
+    """SFT: mean cross-entropy over the response tokens of all of the step's micro-batches."""
+    batches = [make_batch(rows, batching.pad_id, batching.packed) for rows in micro]
+    # Normalise by the loss tokens of the whole accumulated step, so that accumulation gives
+    # the same gradient as one large batch.
+    step_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    step_loss = 0.0
+    for batch in batches:
+        for part in split_passes(batch, batching.max_tokens_per_pass):
+            loss_sum, _ = token_losses(model, part)
+            (loss_sum / max(step_tokens, 1)).backward()
+            step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
+    return StepStats(step_loss, step_tokens)
+
+
+@dataclass
 class LocalResult:
     loss: float  # mean training loss over the local steps
     losses: list[float]  # training loss of each step
     steps: int
     tokens: int  # tokens that carried loss
     seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's metrics, mean over steps
 
 
 def batch_order(num_rows: int, num_batches: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -78,11 +119,12 @@ def train_local(
     optimizer: str = "adamw",
     packing: bool = True,
     max_tokens_per_pass: int = 640,
+    objective: Objective = next_token_loss,
     desc: str = "local steps",
 ) -> LocalResult:
     """`steps` optimizer steps (AdamW or SGD) on `rows`, each over `grad_accum` micro-batches."""
     hooks = hooks or StepHooks()
-    packed = packing and packing_works(model)
+    batching = Batching(pad_id, packing and packing_works(model), max_tokens_per_pass)
     params = [p for p in model.parameters() if p.requires_grad]
     # A fresh optimizer each round, as every client starts from the new global model; the
     # moments of an earlier round belong to weights that no longer exist.
@@ -91,24 +133,15 @@ def train_local(
     batches = batch_order(len(rows), steps * grad_accum, batch_size, seed)
     model.train()
     start = time.perf_counter()
-    losses, tokens = [], 0
+    losses, tokens, metric_sums = [], 0, {}
     bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for step in bar:
-        micro = [make_batch([rows[i] for i in batches[step * grad_accum + k]], pad_id, packed)
-                 for k in range(grad_accum)]
-        # Normalise by the loss tokens of the whole accumulated step, so that accumulation
-        # gives the same gradient as one large batch.
-        step_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
-        step_loss = 0.0
-        for batch in micro:
-            if hooks.extra_loss is not None:
-                term = hooks.extra_loss() / grad_accum  # e.g. a proximal term: its gradient only
-                if term.requires_grad:
-                    term.backward()
-            for part in split_passes(batch, max_tokens_per_pass):
-                loss_sum, _ = token_losses(model, part)
-                (loss_sum / max(step_tokens, 1)).backward()
-                step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
+        micro = [[rows[i] for i in batches[step * grad_accum + k]] for k in range(grad_accum)]
+        if hooks.extra_loss is not None:
+            term = hooks.extra_loss()  # e.g. a proximal term: its gradient joins the objective's
+            if term.requires_grad:
+                term.backward()
+        stats = objective(model, micro, batching)
         if hooks.after_backward is not None:
             hooks.after_backward()
         if max_grad_norm > 0:
@@ -117,13 +150,16 @@ def train_local(
         optim.zero_grad(set_to_none=True)
         if hooks.after_step is not None:
             hooks.after_step()
-        losses.append(step_loss)
-        tokens += step_tokens
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        losses.append(stats.loss)
+        tokens += stats.tokens
+        for key, value in stats.metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + value
+        bar.set_postfix(loss=f"{stats.loss:.3f}")
     return LocalResult(
         loss=sum(losses) / max(len(losses), 1),
         losses=losses,
         steps=steps,
         tokens=tokens,
         seconds=time.perf_counter() - start,
+        metrics={key: total / max(steps, 1) for key, total in metric_sums.items()},
     )
