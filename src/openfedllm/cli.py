@@ -2,6 +2,7 @@
 
     openfedllm sft [--config FILE] [--section.key VALUE ...] [--output-dir DIR] [--print-config]
     openfedllm sft --resume DIR
+    openfedllm dpo [--config FILE] [--section.key VALUE ...] [--output-dir DIR] | --resume DIR
     openfedllm experiment GRID [--quick] [--section.key VALUE ...] [--output-dir DIR] | --resume DIR
     openfedllm export DIR [--merge] --output-dir OUT
     openfedllm algorithms
@@ -57,28 +58,45 @@ def split_overrides(tokens: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _sft_parser() -> argparse.ArgumentParser:
+DESCRIPTIONS = {
+    "sft": "Federated instruction tuning (LoRA SFT) simulated on this machine, with local-only and "
+           "centralized baselines.",
+    "dpo": "Federated value alignment (LoRA DPO) simulated on this machine: each client runs Direct "
+           "Preference Optimization on its own preference pairs; local-only and centralized baselines. "
+           "Without data.path: the built-in preference set (refuse harmful requests, answer suite tasks "
+           "correctly). Defaults differ from sft's: see configs/dpo_default.yaml.",
+}
+
+
+def _train_parser(objective: str) -> argparse.ArgumentParser:
     from .config import help_lines
 
     parser = argparse.ArgumentParser(
-        prog="openfedllm sft",
-        description="Federated instruction tuning (LoRA SFT) simulated on this machine, "
-        "with local-only and centralized baselines.",
+        prog=f"openfedllm {objective}",
+        description=DESCRIPTIONS[objective],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (each settable in the YAML file or as --section.key VALUE):\n"
         + "\n".join(help_lines()),
     )
     parser.add_argument("--config", help="YAML recipe (see configs/); defaults apply to keys it leaves out")
-    parser.add_argument("--output-dir", help="run directory (default: runs/sft-DATE-TIME); must not exist")
+    parser.add_argument("--output-dir", help=f"run directory (default: runs/{objective}-DATE-TIME); must not exist")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
 
 def cmd_sft(argv: list[str]) -> int:
+    return _train_command(argv, "sft")
+
+
+def cmd_dpo(argv: list[str]) -> int:
+    return _train_command(argv, "dpo")
+
+
+def _train_command(argv: list[str], objective: str) -> int:
     from . import config as cfg_mod
 
-    args, rest = _sft_parser().parse_known_args(argv)
+    args, rest = _train_parser(objective).parse_known_args(argv)
     overrides = split_overrides(rest)
     if args.resume:
         if args.config or overrides or args.output_dir:
@@ -90,10 +108,18 @@ def cmd_sft(argv: list[str]) -> int:
         from .rundir import read_config
 
         config = cfg_mod.build(read_config(run_dir))
+        if config.train.objective != objective:
+            raise UserError(f"--resume {run_dir}: that is a {config.train.objective} run; "
+                            f"continue it with openfedllm {config.train.objective} --resume {run_dir}")
     else:
         raw = cfg_mod.load_yaml(args.config) if args.config else {}
+        if objective == "dpo":
+            raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
         config = cfg_mod.build(cfg_mod.apply_overrides(raw, overrides))
-        run_dir = Path(args.output_dir or time.strftime("runs/sft-%Y%m%d-%H%M%S"))
+        if config.train.objective != objective:
+            raise UserError(f"train.objective: {config.train.objective} in openfedllm {objective}; "
+                            f"use openfedllm {config.train.objective}")
+        run_dir = Path(args.output_dir or time.strftime(f"runs/{objective}-%Y%m%d-%H%M%S"))
     config.validate()
     if args.print_config:
         print(yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False), end="")
@@ -113,7 +139,7 @@ def cmd_sft(argv: list[str]) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
         raise
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: openfedllm sft --resume {run_dir}", file=sys.stderr)
+        print(f"\ninterrupted; continue with: openfedllm {objective} --resume {run_dir}", file=sys.stderr)
         return 130
     return 0
 
@@ -184,7 +210,8 @@ def cmd_algorithms(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sft": cmd_sft, "experiment": cmd_experiment, "export": cmd_export, "algorithms": cmd_algorithms}
+COMMANDS = {"sft": cmd_sft, "dpo": cmd_dpo, "experiment": cmd_experiment, "export": cmd_export,
+            "algorithms": cmd_algorithms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they happen
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: openfedllm {sft,experiment,export,algorithms} ...\n\n"
+        print("usage: openfedllm {sft,dpo,experiment,export,algorithms} ...\n\n"
               "  sft         federated instruction tuning (simulation) with baselines\n"
+              "  dpo         federated value alignment with DPO (simulation) with baselines\n"
               "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
               "  export      write a run's adapter, or the merged model, to a folder\n"
               "  algorithms  list the FL algorithms\n\n"
-              "openfedllm sft --help lists every config key.")
+              "openfedllm sft --help (or dpo --help) lists every config key.")
         return 0 if argv else USAGE_ERROR
     command = COMMANDS.get(argv[0])
     if command is None:

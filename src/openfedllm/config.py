@@ -30,6 +30,8 @@ class ModelConfig:
     name: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or the embedded default")
     dtype: str = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
     finetune: str = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
+    adapter: str = opt("", "LoRA adapter to start from: an sft run directory or adapter folder (its rank and "
+                       "modules replace lora.*); for DPO it is also the reference model")
 
 
 @dataclass
@@ -44,10 +46,12 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    path: str = opt("", "Alpaca-format JSON/JSONL file; empty: the built-in five-domain suite")
+    path: str = opt("", "JSON/JSONL data file (Alpaca for sft, preference pairs for dpo); empty: the built-in suite")
+    format: str = opt("auto", "format of data.path: auto (detected from the first row); alpaca (sft); "
+                      "hh, ultrafeedback, sharegpt, plain (dpo)")
     template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
     max_length: int = opt(256, "tokens per example; longer rows are cut at the end")
-    train_per_domain: int = opt(200, "built-in suite: training examples per domain")
+    train_per_domain: int = opt(200, "built-in suite: training examples (dpo: pairs) per domain")
     heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain")
     heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation")
     max_heldout: int = opt(200, "user file: at most this many held-out rows")
@@ -77,6 +81,8 @@ class FedConfig:
 
 @dataclass
 class TrainConfig:
+    objective: str = opt("sft", "what local steps minimise: sft (next-token loss on responses) or dpo "
+                         "(preference pairs; what `openfedllm dpo` sets)")
     local_steps: int = opt(4, "optimizer steps per client per round")
     optimizer: str = opt("adamw", "local optimizer: adamw, or sgd (plain SGD, the optimizer the FL papers analyse)")
     batch_size: int = opt(8, "examples per micro-batch")
@@ -91,6 +97,14 @@ class TrainConfig:
                                    "bounds activation memory; 0: the whole batch")
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
     threads: int = opt(0, "torch CPU threads; 0 keeps torch's default")
+
+
+@dataclass
+class DPOConfig:
+    beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference; larger: stay closer")
+    loss: str = opt("sigmoid", "preference loss: sigmoid (DPO), ipo, or hinge (SLiC)")
+    max_prompt_length: int = opt(192, "prompt tokens kept (the end of an over-long prompt); the response "
+                                 "fills data.max_length")
 
 
 @dataclass
@@ -114,6 +128,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
@@ -134,6 +149,7 @@ class RunConfig:
             "fed.dirichlet_alpha": self.fed.dirichlet_alpha, "data.max_heldout": self.data.max_heldout,
             "fed.scaffold_server_lr": self.fed.scaffold_server_lr, "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
             "fed.fedopt_server_lr": self.fed.fedopt_server_lr, "fed.fedopt_tau": self.fed.fedopt_tau,
+            "dpo.beta": self.dpo.beta, "dpo.max_prompt_length": self.dpo.max_prompt_length,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -163,7 +179,10 @@ class RunConfig:
                    "fed.split": (self.fed.split, ("iid", "domain", "dirichlet")),
                    "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
                    "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
-                   "train.optimizer": (self.train.optimizer, ("adamw", "sgd"))}
+                   "train.optimizer": (self.train.optimizer, ("adamw", "sgd")),
+                   "train.objective": (self.train.objective, OBJECTIVES),
+                   "dpo.loss": (self.dpo.loss, ("sigmoid", "ipo", "hinge")),
+                   "data.format": (self.data.format, ("auto",) + FORMATS.get(self.train.objective, ()))}
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
@@ -171,6 +190,39 @@ class RunConfig:
             raise UserError(f"baselines.local_client must be a client id in [0, {self.fed.num_clients})")
         if self.data.path and not Path(self.data.path).expanduser().is_file():
             raise UserError(f"data.path: file not found: {self.data.path}")
+        if self.model.adapter:
+            if self.model.finetune != "lora":
+                raise UserError("model.adapter needs model.finetune: lora")
+            from .models import adapter_config
+
+            adapter_config(self.model.adapter)  # fails here, naming the key, if it is not an adapter
+        if self.train.objective == "dpo" and self.dpo.max_prompt_length >= self.data.max_length:
+            raise UserError(f"dpo.max_prompt_length ({self.dpo.max_prompt_length}) leaves no room for a response "
+                            f"within data.max_length ({self.data.max_length})")
+
+
+OBJECTIVES = ("sft", "dpo")
+FORMATS = {"sft": ("alpaca",), "dpo": ("hh", "ultrafeedback", "sharegpt", "plain")}  # data.format per objective
+
+# What `openfedllm dpo` starts from before a --config file and overrides (configs/dpo_default.yaml
+# writes it out): preference pairs are twice the rows of an SFT example and the reference must
+# be computed for each, so fewer pairs, smaller batches and fewer rounds keep it under 10 minutes.
+DPO_DEFAULTS = {
+    "data": {"train_per_domain": 40, "heldout_per_domain": 10},
+    "fed": {"rounds": 3},
+    "train": {"objective": "dpo", "batch_size": 4, "lr": 5e-4, "min_lr": 5e-5},
+}
+
+
+def merge(base: dict, raw: dict) -> dict:
+    """`raw`'s keys over `base`'s, section by section."""
+    out = {k: dict(v or {}) for k, v in base.items()}
+    for section, values in (raw or {}).items():
+        if isinstance(values, dict) and isinstance(out.get(section), dict):
+            out[section].update(values)
+        else:
+            out[section] = values
+    return out
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # name -> class

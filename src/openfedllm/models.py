@@ -144,6 +144,37 @@ def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[
         raise UserError(f"lora.target_modules: {exc}") from None
 
 
+def adapter_config(path: str) -> dict:
+    """The LoRA settings of a saved adapter: a peft adapter folder, or a run directory holding one."""
+    import json
+
+    folder = Path(path).expanduser()
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        folder = folder / "adapter"
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"model.adapter: no adapter_config.json in {path} (give a run directory or an adapter folder)")
+    config = json.loads(config_file.read_text())
+    if config.get("peft_type") != "LORA":
+        raise UserError(f"model.adapter: {path} is a {config.get('peft_type')} adapter; only LoRA is supported")
+    return {"path": str(folder), "rank": config["r"], "alpha": config["lora_alpha"],
+            "target_modules": sorted(config["target_modules"])}
+
+
+def load_adapter(model, path: str):
+    """The model with a saved LoRA adapter on it, trainable (e.g. an SFT run's result, to continue with DPO)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_config(path)["path"], is_trainable=True)
+
+
+def adapter_disabled(model):
+    """A context in which the model computes as its base model (the LoRA adapter switched off)."""
+    import contextlib
+
+    return model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 

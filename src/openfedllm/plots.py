@@ -37,7 +37,9 @@ def _train_loss(records: list[dict], path: Path) -> Path:
 def _evaluation(records: list[dict], path: Path) -> Path:
     evals = [r for r in records if r.get("type") == "eval"]
     has_acc = any(r.get("accuracy") for r in evals)
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(11 if has_acc else 6, 4.2), squeeze=False)
+    has_alignment = any(key in r for r in evals for key in ALIGNMENT)
+    panels = 1 + has_acc + has_alignment
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     ax_loss = axes[0][0]
     for phase in PHASE_STYLE:
         points = sorted((r["round"], r["loss"]) for r in evals if r["phase"] == phase)
@@ -47,7 +49,10 @@ def _evaluation(records: list[dict], path: Path) -> Path:
         if points:
             ax_loss.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE[phase],
                          marker="o", markersize=3, label=phase)
-    _label(ax_loss, "held-out loss per response token", "Held-out loss")
+    dpo = any("pref_accuracy" in r for r in evals)
+    _label(ax_loss, "held-out DPO loss per pair" if dpo else "held-out loss per response token", "Held-out loss")
+    if has_alignment:
+        _alignment(axes[0][-1], evals)
     if has_acc:
         ax = axes[0][1]
         fed = sorted((r for r in evals if r["phase"] == "federated" and r.get("accuracy")),
@@ -67,6 +72,27 @@ def _evaluation(records: list[dict], path: Path) -> Path:
         ax.set_ylim(-0.03, 1.03)
         _label(ax, "held-out accuracy", "Held-out accuracy of the global model")
     return _save(fig, path)
+
+
+ALIGNMENT = {"pref_accuracy": "preference accuracy", "refusal_rate": "refusal rate, harmful prompts",
+             "benign_refusal_rate": "refusal rate, benign prompts"}
+
+
+def _alignment(ax, evals: list[dict]) -> None:
+    """DPO: how often the chosen response is preferred, and how often the model refuses."""
+    fed = sorted((r for r in evals if r["phase"] == "federated"), key=lambda r: r["round"])
+    for key, label in ALIGNMENT.items():
+        points = [(r["round"], r[key]) for r in fed if key in r]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
+    for phase, marker in (("local", "s"), ("centralized", "^")):
+        ends = [r for r in evals if r["phase"] == phase and "pref_accuracy" in r]
+        if ends:
+            last = max(ends, key=lambda r: r["round"])
+            ax.plot([last["round"]], [last["pref_accuracy"]], marker=marker, markersize=9, linestyle="none",
+                    label=f"{phase} baseline, preference accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    _label(ax, "share of held-out pairs / prompts", "Alignment of the global model")
 
 
 def _label(ax, ylabel: str, title: str) -> None:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,24 @@ from tqdm.auto import tqdm
 
 from . import models
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
-from .client import cosine_lr, train_local
+from .client import Objective, cosine_lr, next_token_loss, train_local
 from .config import RunConfig, to_dict
-from .data import Example, load_examples
-from .data.templates import Tokenized, check_template, prompt_ids, tokenize
+from .data import Example, load_examples, split_heldout
+from .data.preference import load_preferences, tokenize_pair
+from .data.preference_suite import SAFETY, builtin_preferences
+from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize
+from .dpo import DPOLoss, compute_reference, preference_metrics
 from .errors import UserError
-from .evaluate import accuracy_by_domain, generate, heldout_loss
+from .evaluate import accuracy_by_domain, generate, heldout_loss, is_refusal
 from .partition import client_table, partition
 from .plots import plot_run
 from .rundir import MetricsLog, load_checkpoint, save_checkpoint, save_config
 from .textfmt import text_table
 
 PHASES = ("federated", "local", "centralized")  # in run order; a baseline runs if baselines.<name>
+# DPO's evaluation metrics beside loss and accuracy, with their labels in the summary table.
+ALIGNMENT_METRICS = {"pref_accuracy": "preference accuracy", "reward_margin": "reward margin",
+                     "refusal_rate": "refusal rate, harmful", "benign_refusal_rate": "refusal rate, benign"}
 
 
 def derive_seed(*parts) -> int:
@@ -52,14 +58,16 @@ class Setup:
     config: RunConfig
     model: object
     tokenizer: object
-    train_rows: list[Tokenized]
+    train_rows: list  # Tokenized examples (sft) or PairRows with their reference log-probs (dpo)
     train_domains: list[str]
     clients: list[list[int]]  # indices into train_rows, per client
-    heldout: list[Example]
-    heldout_rows: list[Tokenized]
-    heldout_prompts: list[list[int]]
+    heldout: list[Example]  # held-out tasks whose generated answers are checked
+    heldout_rows: list  # held-out Tokenized examples (loss) or PairRows (preference metrics)
+    heldout_prompts: list[list[int]]  # generation prompts of `heldout`
     initial_state: dict[str, torch.Tensor]
     dropped: int  # training rows whose response was cut away entirely by max_length
+    objective: Objective = next_token_loss  # what a client's local steps minimise
+    harmful_prompts: list[list[int]] = field(default_factory=list)  # dpo, built-in set: refusal rate
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -67,12 +75,45 @@ def prepare(config: RunConfig) -> Setup:
     config.validate()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    train, heldout = load_examples(config.data, config.train.seed)
     model_path = models.resolve_model(config.model.name)
     tokenizer = models.load_tokenizer(model_path)
     check_template(config.data.template, tokenizer)
+    dpo = config.train.objective == "dpo"
+    data = _preference_data(config, tokenizer) if dpo else _instruction_data(config, tokenizer)
+    clients = partition(data["train_domains"], config.fed.num_clients, config.fed.split, config.train.seed,
+                        config.fed.dirichlet_alpha)
+    model = _load_model(config, model_path)
+    setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
+    if dpo:
+        setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss)
+        # The reference is the model as it starts; a fresh adapter is switched off for it.
+        for rows, desc in ((setup.train_rows, "reference log-probs (training pairs)"),
+                           (setup.heldout_rows, "reference log-probs (held-out pairs)")):
+            compute_reference(model, rows, tokenizer.pad_token_id, config.eval.batch_size, config.train.packing,
+                              adapter_disabled=not config.model.adapter, desc=desc)
+    return setup
 
-    # Tokenize each example once for the whole run, not per round.
+
+def _load_model(config: RunConfig, model_path: str):
+    model = models.load_base_model(model_path, config.model.dtype)
+    if config.model.adapter:
+        found = models.adapter_config(config.model.adapter)
+        # The adapter's own shape wins; the saved config.yaml then says what was trained.
+        config.lora.rank, config.lora.alpha = found["rank"], found["alpha"]
+        config.lora.target_modules = found["target_modules"]
+        print(f"Starting from the adapter in {found['path']} (rank {found['rank']}, "
+              f"modules {', '.join(found['target_modules'])})")
+        return models.load_adapter(model, found["path"])
+    if config.model.finetune == "lora":
+        torch.manual_seed(config.train.seed)  # the initial adapter is part of the run's identity
+        model = models.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout,
+                                config.lora.target_modules)
+    return model
+
+
+def _instruction_data(config: RunConfig, tokenizer) -> dict:
+    """SFT rows: each example tokenized once for the whole run, not per round."""
+    train, heldout = load_examples(config.data, config.train.seed)
     rows, domains, dropped = [], [], 0
     for example in train:
         row = tokenize(example, config.data.template, tokenizer, config.data.max_length)
@@ -86,38 +127,68 @@ def prepare(config: RunConfig) -> Setup:
                         f"{config.data.max_length} tokens")
     tokenized = [(e, tokenize(e, config.data.template, tokenizer, config.data.max_length)) for e in heldout]
     heldout = [e for e, row in tokenized if row is not None]
-    heldout_rows = [row for _, row in tokenized if row is not None]
-    prompts = [prompt_ids(e, config.data.template, tokenizer, config.data.max_length) for e in heldout]
-    clients = partition(domains, config.fed.num_clients, config.fed.split, config.train.seed,
-                        config.fed.dirichlet_alpha)
+    return {"train_rows": rows, "train_domains": domains, "heldout": heldout,
+            "heldout_rows": [row for _, row in tokenized if row is not None],
+            "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length)
+                                for e in heldout],
+            "dropped": dropped}
 
-    model = models.load_base_model(model_path, config.model.dtype)
-    if config.model.finetune == "lora":
-        torch.manual_seed(config.train.seed)  # the initial adapter is part of the run's identity
-        model = models.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout,
-                                config.lora.target_modules)
-    initial = models.trainable_state(model)
-    return Setup(config, model, tokenizer, rows, domains, clients, heldout, heldout_rows, prompts,
-                 initial, dropped)
+
+def _preference_data(config: RunConfig, tokenizer) -> dict:
+    """DPO pairs of the built-in preference set or a user's file, tokenized once."""
+    data = config.data
+    tasks: list[Example] = []
+    if data.path:
+        prefs, report = load_preferences(data.path, data.format)
+        print(f"Preference data {data.path}: {report.summary(len(prefs))}")
+        train, held = split_heldout(prefs, data, config.train.seed)
+    else:
+        train, held, tasks = builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)
+
+    def pairs(prefs):
+        tokenized = [(p, tokenize_pair(p, data.template, tokenizer, data.max_length, config.dpo.max_prompt_length))
+                     for p in prefs]
+        return [p for p, row in tokenized if row is not None], [row for _, row in tokenized if row is not None]
+
+    train_kept, train_rows = pairs(train)
+    if not train_rows:
+        raise UserError(f"data: no preference pair keeps both responses within data.max_length={data.max_length} "
+                        f"tokens (prompts cut to dpo.max_prompt_length={config.dpo.max_prompt_length})")
+    held_kept, held_rows = pairs(held)
+    harmful = [dialogue_prompt_ids(p.messages(), data.template, tokenizer, data.max_length)
+               for p in held_kept if p.domain == SAFETY]
+    return {"train_rows": train_rows, "train_domains": [p.domain for p in train_kept], "heldout": tasks,
+            "heldout_rows": held_rows,
+            "heldout_prompts": [prompt_ids(e, data.template, tokenizer, data.max_length) for e in tasks],
+            "harmful_prompts": harmful, "dropped": len(train) - len(train_rows)}
 
 
 def evaluate(setup: Setup) -> dict:
-    """Held-out loss and, where answers are checkable, per-domain accuracy of greedy answers."""
+    """Held-out metrics of the global model: loss, accuracy of checkable answers; for DPO also
+    preference accuracy, reward margin, and refusal rates on harmful and benign prompts."""
     start = time.perf_counter()
-    cfg = setup.config.eval
-    if not setup.heldout_rows:
-        return {"loss": None, "accuracy": {}, "accuracy_mean": None, "seconds": 0.0}
-    loss = heldout_loss(setup.model, setup.heldout_rows, setup.tokenizer.pad_token_id, cfg.batch_size,
-                        setup.config.train.packing)
+    cfg = setup.config
+    pad_id, batch_size, packing = setup.tokenizer.pad_token_id, cfg.eval.batch_size, cfg.train.packing
+    result: dict = {"loss": None, "accuracy": {}, "accuracy_mean": None}
+    if cfg.train.objective == "dpo":
+        if setup.heldout_rows:
+            result.update(preference_metrics(setup.model, setup.heldout_rows, pad_id, batch_size, packing,
+                                             cfg.dpo.beta, cfg.dpo.loss))
+        if setup.harmful_prompts:
+            said = generate(setup.model, setup.harmful_prompts, setup.tokenizer, cfg.eval.max_new_tokens, batch_size)
+            result["refusal_rate"] = sum(map(is_refusal, said)) / len(said)
+    elif setup.heldout_rows:
+        result["loss"] = heldout_loss(setup.model, setup.heldout_rows, pad_id, batch_size, packing)
     checkable = [i for i, e in enumerate(setup.heldout) if e.check != "none"]
-    accuracy: dict[str, float] = {}
     if checkable:
         responses = generate(setup.model, [setup.heldout_prompts[i] for i in checkable],
-                             setup.tokenizer, cfg.max_new_tokens, cfg.batch_size)
-        accuracy = accuracy_by_domain([setup.heldout[i] for i in checkable], responses)
-    mean = sum(accuracy.values()) / len(accuracy) if accuracy else None
-    return {"loss": loss, "accuracy": accuracy, "accuracy_mean": mean,
-            "seconds": time.perf_counter() - start}
+                             setup.tokenizer, cfg.eval.max_new_tokens, batch_size)
+        result["accuracy"] = accuracy_by_domain([setup.heldout[i] for i in checkable], responses)
+        result["accuracy_mean"] = sum(result["accuracy"].values()) / len(result["accuracy"])
+        if cfg.train.objective == "dpo":  # a model that refuses everything is broken, not aligned
+            result["benign_refusal_rate"] = sum(map(is_refusal, responses)) / len(responses)
+    result["seconds"] = time.perf_counter() - start
+    return result
 
 
 def phase_clients(setup: Setup, phase: str) -> tuple[list[list[int]], int, int]:
@@ -186,7 +257,8 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
                 max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, r, cid),
                 pad_id=pad_id, hooks=algorithm.client_hooks(params, task, own_state),
                 optimizer=cfg.train.optimizer, packing=cfg.train.packing,
-                max_tokens_per_pass=cfg.train.max_tokens_per_pass, desc=f"round {r + 1} client {client_name}",
+                max_tokens_per_pass=cfg.train.max_tokens_per_pass, objective=setup.objective,
+                desc=f"round {r + 1} client {client_name}",
             )
             weights = models.trainable_state(setup.model)
             extras, own_state = algorithm.client_finish(task, weights, own_state)
@@ -196,7 +268,8 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
             losses.append(result.loss)
             log.write({"type": "client", "phase": phase, "round": r + 1, "client": cid,
                        "loss": result.loss, "examples": len(rows), "steps": result.steps,
-                       "tokens": result.tokens, "seconds": round(result.seconds, 3), "lr": task.lr})
+                       "tokens": result.tokens, "seconds": round(result.seconds, 3), "lr": task.lr,
+                       **result.metrics})
         state = algorithm.aggregate(state, updates)
         models.load_trainable_state(setup.model, state)
         message = f"[{phase}] round {r + 1}/{rounds}  clients {sampled}  train loss {np.mean(losses):.3f}"
@@ -205,9 +278,7 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
         if due:
             last_eval = evaluate(setup)
             log.write({"type": "eval", "phase": phase, "round": r + 1, **last_eval})
-            message += f"  held-out loss {last_eval['loss']:.3f}"
-            if last_eval["accuracy_mean"] is not None:
-                message += f"  accuracy {last_eval['accuracy_mean']:.2f}"
+            message += "  " + _eval_text(last_eval, per_domain=False)
         tqdm.write(message + f"  ({time.perf_counter() - round_start:.1f} s)")
         if r + 1 == rounds:
             save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
@@ -246,7 +317,7 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
                   f"data.max_length={cfg.data.max_length})")
         before = evaluate(setup)
         log.write({"type": "eval", "phase": "federated", "round": 0, **before})
-        tqdm.write(_eval_line("before training", before))
+        tqdm.write("[before training]  " + _eval_text(before))
     else:
         progress = checkpoint.progress
         log.truncate(progress["metrics_lines"])
@@ -266,12 +337,14 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
     return summary
 
 
-def _eval_line(label: str, result: dict) -> str:
-    line = f"[{label}] held-out loss {result['loss']:.3f}" if result["loss"] is not None else f"[{label}]"
+def _eval_text(result: dict, per_domain: bool = True) -> str:
+    parts = [f"held-out loss {result['loss']:.3f}"] if result["loss"] is not None else []
+    parts += [f"{key} {result[key]:.2f}" for key in ALIGNMENT_METRICS if key in result]
     if result["accuracy_mean"] is not None:
-        line += f"  accuracy {result['accuracy_mean']:.2f}  " + "  ".join(
-            f"{d} {a:.2f}" for d, a in result["accuracy"].items())
-    return line
+        parts.append(f"accuracy {result['accuracy_mean']:.2f}")
+        if per_domain:
+            parts += [f"{d} {a:.2f}" for d, a in result["accuracy"].items()]
+    return "  ".join(parts)
 
 
 def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
@@ -286,8 +359,9 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
     summary = {
         "run_dir": str(run_dir),
         "algorithm": cfg.fed.algorithm,
-        "evaluation": {name: {"loss": r["loss"], "accuracy": r["accuracy"],
-                              "accuracy_mean": r["accuracy_mean"]} for name, r in columns.items()},
+        "objective": cfg.train.objective,
+        "evaluation": {name: {k: r[k] for k in ("loss", *ALIGNMENT_METRICS, "accuracy", "accuracy_mean") if k in r}
+                       for name, r in columns.items()},
         "adapter": str(final_dir(run_dir, "federated", cfg.model.finetune == "full")),
         "plots": str(run_dir / "plots"),
         "metrics": str(run_dir / "metrics.jsonl"),
@@ -304,15 +378,20 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
               "local": f"local-only (client {cfg.baselines.local_client})", "centralized": "centralized"}
     domains = sorted({d for r in evaluation.values() for d in r["accuracy"]})
     header = ["held-out"] + [titles[n] for n in names]
-    rows = [["loss"] + [f"{evaluation[n]['loss']:.3f}" if evaluation[n]["loss"] is not None else "-"
-                        for n in names]]
+    loss_name = "DPO loss" if cfg.train.objective == "dpo" else "loss"
+    rows = [[loss_name] + [f"{evaluation[n]['loss']:.3f}" if evaluation[n]["loss"] is not None else "-"
+                           for n in names]]
+    for key, label in ALIGNMENT_METRICS.items():
+        if any(key in evaluation[n] for n in names):
+            rows.append([label] + [f"{evaluation[n][key]:.2f}" if key in evaluation[n] else "-" for n in names])
     for d in domains:
         rows.append([f"acc {d}"] + [f"{evaluation[n]['accuracy'].get(d, 0):.2f}" for n in names])
     if domains:
         rows.append(["acc mean"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
-    lines = ["", "=" * 72, "Federated instruction tuning finished", "=" * 72]
+    what = "value alignment (DPO)" if cfg.train.objective == "dpo" else "instruction tuning"
+    lines = ["", "=" * 72, f"Federated {what} finished", "=" * 72]
     lines += text_table(header, rows)
     lines += ["", f"adapter   {summary['adapter']}", f"plots     {summary['plots']}",
-              f"metrics   {summary['metrics']}", f"resume    openfedllm sft --resume {summary['run_dir']}",
-              "=" * 72]
+              f"metrics   {summary['metrics']}",
+              f"resume    openfedllm {cfg.train.objective} --resume {summary['run_dir']}", "=" * 72]
     return "\n".join(lines)
