@@ -103,6 +103,7 @@ class TrainConfig:
 class DPOConfig:
     beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference; larger: stay closer")
     loss: str = opt("sigmoid", "preference loss: sigmoid (DPO), ipo, or hinge (SLiC)")
+    rpo_alpha: float = opt(0.0, "add alpha x the chosen response's mean token NLL (RPO); 0: pure DPO")
     max_prompt_length: int = opt(192, "prompt tokens kept (the end of an over-long prompt); the response "
                                  "fills data.max_length")
 
@@ -156,7 +157,8 @@ class RunConfig:
                 raise UserError(f"{key} must be > 0, got {value}")
         nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
                   "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads,
-                  "train.max_tokens_per_pass": self.train.max_tokens_per_pass, "fed.fedprox_mu": self.fed.fedprox_mu}
+                  "train.max_tokens_per_pass": self.train.max_tokens_per_pass, "fed.fedprox_mu": self.fed.fedprox_mu,
+                  "dpo.rpo_alpha": self.dpo.rpo_alpha}
         for key, value in nonneg.items():
             if value < 0:
                 raise UserError(f"{key} must be >= 0, got {value}")
@@ -205,12 +207,14 @@ OBJECTIVES = ("sft", "dpo")
 FORMATS = {"sft": ("alpaca",), "dpo": ("hh", "ultrafeedback", "sharegpt", "plain")}  # data.format per objective
 
 # What `openfedllm dpo` starts from before a --config file and overrides (configs/dpo_default.yaml
-# writes it out): preference pairs are twice the rows of an SFT example and the reference must
-# be computed for each, so fewer pairs, smaller batches and fewer rounds keep it under 10 minutes.
+# writes it out). A pair is two rows and needs its reference log-probs, so fewer pairs, smaller
+# batches, fewer rounds and steps keep the job under 10 minutes on 2 CPU cores; a larger lr and
+# the chosen response's NLL (RPO) make 9 steps per client change the answers, not only the margins.
 DPO_DEFAULTS = {
     "data": {"train_per_domain": 40, "heldout_per_domain": 10},
     "fed": {"rounds": 3},
-    "train": {"objective": "dpo", "batch_size": 4, "lr": 5e-4, "min_lr": 5e-5},
+    "train": {"objective": "dpo", "local_steps": 3, "batch_size": 4, "lr": 2e-3, "min_lr": 2e-4},
+    "dpo": {"rpo_alpha": 1.0},
 }
 
 

@@ -9,13 +9,20 @@ response y_w and a rejected y_l (log-probabilities summed over the response toke
            response's tokens, as trl computes it
 - hinge:   max(0, 1 - beta * h)    (Zhao et al. 2023, SLiC-HF's calibration loss)
 
+Optionally plus alpha * (-log pi(y_w|x) / |y_w|), the chosen response's mean token NLL (RPO:
+Pang et al. 2024, "Iterative Reasoning Preference Optimization"; trl's `rpo_alpha`):
+DPO alone can widen the margin by pushing the rejected response down without making the
+chosen one likely enough to be generated.
+
 The implicit rewards are r_w = beta * (log pi(y_w|x) - log pi_ref(y_w|x)) and likewise r_l; a pair
 is ranked right when r_w > r_l (a tie, as at the start when pi = pi_ref, counts one half).
 
 The reference is the model as the run starts: the base model with the adapter disabled, or the
 SFT adapter the run starts from. It never changes during a run, so each pair's reference
-log-probabilities are computed once before training (as trl's `precompute_ref_log_probs` does):
-no second model in memory, and no reference forward pass in any training step.
+log-probabilities are computed once (as trl's `precompute_ref_log_probs` does): no second model
+in memory, and no reference forward pass in the training steps after a pair's first use. Training
+pairs get theirs on first use (`Reference`), so a large preference file costs only the pairs the
+run draws; held-out pairs get theirs before training.
 """
 
 from __future__ import annotations
@@ -94,14 +101,51 @@ def _response_tokens(row) -> int:
     return sum(1 for t in row.labels[1:] if t != -100)
 
 
+class Reference:
+    """The reference log-probs of the training pairs, computed on first use, a fixed chunk at a time.
+
+    A pair's chunk is fixed by its position in `rows`, so its reference value is computed in the
+    same batch whatever the order of first use: a resumed run gets bit for bit the values an
+    uninterrupted one got. With `initial_state` (an SFT adapter as reference) the model computes
+    with those weights and gets its current ones back; otherwise the adapter is switched off.
+    """
+
+    def __init__(self, model, rows: list[PairRow], pad_id: int, chunk: int, packing: bool,
+                 initial_state: dict[str, torch.Tensor] | None = None):
+        self.model, self.rows, self.pad_id, self.chunk, self.packing = model, rows, pad_id, chunk, packing
+        self.initial_state = initial_state
+        self.chunk_of = {id(row): i // chunk for i, row in enumerate(rows)}
+        self.done: set[int] = set()
+
+    def ensure(self, pairs: list[PairRow]) -> None:
+        for k in sorted({self.chunk_of[id(p)] for p in pairs} - self.done):
+            self.compute(self.rows[k * self.chunk:(k + 1) * self.chunk])
+            self.done.add(k)
+
+    def compute(self, pairs: list[PairRow]) -> None:
+        if self.initial_state is None:
+            compute_reference(self.model, pairs, self.pad_id, self.chunk, self.packing, adapter_disabled=True)
+            return
+        current = models.trainable_state(self.model)
+        models.load_trainable_state(self.model, self.initial_state)
+        try:
+            compute_reference(self.model, pairs, self.pad_id, self.chunk, self.packing, adapter_disabled=False)
+        finally:
+            models.load_trainable_state(self.model, current)
+
+
 @dataclass
 class DPOLoss:
     """The client's objective for DPO: mean preference loss over the step's pairs."""
 
     beta: float = 0.1
     loss_type: str = "sigmoid"
+    rpo_alpha: float = 0.0  # weight of the chosen response's mean token NLL added to each pair's loss
+    reference: Reference | None = None  # fills in reference log-probs on first use; None: set beforehand
 
     def __call__(self, model, micro: list[list[PairRow]], batching: Batching) -> StepStats:
+        if self.reference is not None:
+            self.reference.ensure([p for pairs in micro for p in pairs])
         n_pairs = sum(len(pairs) for pairs in micro)
         loss_total, right, margin, tokens = 0.0, 0.0, 0.0, 0
         for pairs in micro:
@@ -118,10 +162,13 @@ class DPOLoss:
     def pair_losses(self, model, pairs: list[PairRow], batching: Batching):
         """(losses, chosen rewards, rejected rewards, response tokens) of the policy on `pairs`."""
         pc, pr, nc, nr = pair_logprobs(model, pairs, batching)
+        nll = -pc / nc
         if self.loss_type == "ipo":
             pc, pr = pc / nc, pr / nr
         ref_c, ref_r = _normalised(pairs, self.loss_type)
         losses, chosen_r, rejected_r = preference_loss(pc, pr, ref_c, ref_r, self.beta, self.loss_type)
+        if self.rpo_alpha:
+            losses = losses + self.rpo_alpha * nll
         return losses, chosen_r, rejected_r, int(nc.sum() + nr.sum())
 
 
@@ -155,7 +202,7 @@ def preference_metrics(model, pairs: list[PairRow], pad_id: int, batch_size: int
     """Held-out DPO loss, preference accuracy (chosen rewarded above rejected) and mean reward margin."""
     batching = Batching(pad_id, packing and packing_works(model), 0)
     model.eval()
-    objective = DPOLoss(beta, loss_type)
+    objective = DPOLoss(beta, loss_type)  # the preference loss alone, whatever rpo_alpha trains with
     losses, right, margins = [], [], []
     for start in range(0, len(pairs), batch_size):
         loss, chosen_r, rejected_r, _ = objective.pair_losses(model, pairs[start:start + batch_size], batching)

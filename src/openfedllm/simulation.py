@@ -31,7 +31,7 @@ from .data import Example, load_examples, split_heldout
 from .data.preference import load_preferences, tokenize_pair
 from .data.preference_suite import SAFETY, builtin_preferences
 from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize
-from .dpo import DPOLoss, compute_reference, preference_metrics
+from .dpo import DPOLoss, Reference, compute_reference, preference_metrics
 from .errors import UserError
 from .evaluate import accuracy_by_domain, generate, heldout_loss, is_refusal
 from .partition import client_table, partition
@@ -85,12 +85,15 @@ def prepare(config: RunConfig) -> Setup:
     model = _load_model(config, model_path)
     setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
     if dpo:
-        setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss)
-        # The reference is the model as it starts; a fresh adapter is switched off for it.
-        for rows, desc in ((setup.train_rows, "reference log-probs (training pairs)"),
-                           (setup.heldout_rows, "reference log-probs (held-out pairs)")):
-            compute_reference(model, rows, tokenizer.pad_token_id, config.eval.batch_size, config.train.packing,
-                              adapter_disabled=not config.model.adapter, desc=desc)
+        # The reference is the model as it starts: a fresh adapter is switched off for it, a given
+        # SFT adapter computes it. Held-out pairs get theirs now, in the batches evaluation uses.
+        adapter_start = setup.initial_state if config.model.adapter else None
+        compute_reference(model, setup.heldout_rows, tokenizer.pad_token_id, config.eval.batch_size,
+                          config.train.packing, adapter_disabled=adapter_start is None,
+                          desc="reference log-probs (held-out pairs)")
+        reference = Reference(model, setup.train_rows, tokenizer.pad_token_id, config.eval.batch_size,
+                              config.train.packing, adapter_start)
+        setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
     return setup
 
 
