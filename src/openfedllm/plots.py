@@ -79,18 +79,25 @@ ALIGNMENT = {"pref_accuracy": "preference accuracy", "refusal_rate": "refusal ra
 
 
 def _alignment(ax, evals: list[dict]) -> None:
-    """DPO: how often the chosen response is preferred, and how often the model refuses."""
+    """DPO: how often the chosen response is preferred, and how often the model refuses; the
+    baselines' final values as markers in the colour of the metric."""
     fed = sorted((r for r in evals if r["phase"] == "federated"), key=lambda r: r["round"])
+    colors = {}
     for key, label in ALIGNMENT.items():
         points = [(r["round"], r[key]) for r in fed if key in r]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
+            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
+                              label=f"{label} (federated)")
+            colors[key] = line.get_color()
     for phase, marker in (("local", "s"), ("centralized", "^")):
-        ends = [r for r in evals if r["phase"] == phase and "pref_accuracy" in r]
-        if ends:
-            last = max(ends, key=lambda r: r["round"])
-            ax.plot([last["round"]], [last["pref_accuracy"]], marker=marker, markersize=9, linestyle="none",
-                    label=f"{phase} baseline, preference accuracy")
+        ends = [r for r in evals if r["phase"] == phase]
+        if not ends:
+            continue
+        last = max(ends, key=lambda r: r["round"])
+        for key, color in colors.items():
+            if key in last:
+                ax.plot([last["round"]], [last[key]], marker=marker, markersize=9, linestyle="none", color=color,
+                        alpha=0.8, label=f"{phase} baseline" if key == "pref_accuracy" else None)
     ax.set_ylim(-0.03, 1.03)
     _label(ax, "share of held-out pairs / prompts", "Alignment of the global model")
 

@@ -313,7 +313,8 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
             log.truncate(0)  # interrupted before the first checkpoint: start over
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, to_dict(cfg))
-        print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} training examples):")
+        what = "preference pairs" if cfg.train.objective == "dpo" else "training examples"
+        print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")
         print(client_table(setup.train_domains, setup.clients))
         if setup.dropped:
             print(f"({setup.dropped} training rows dropped: no response token left within "
