@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -112,17 +108,10 @@ def worker(args) -> dict:
 
 
 def run_variant(args, variant: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [sys.executable, __file__, "--worker", variant, "--result", out.name, "--steps", str(args.steps),
-               "--threads", str(args.threads), "--model", args.model, "--pairs-per-domain", str(args.pairs_per_domain)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status != 0:
-            raise SystemExit(f"variant {variant} failed (status {status})")
-        result = json.loads(Path(out.name).read_text())
-    result["peak_gib"] = usage.ru_maxrss / 2**20  # KiB on Linux
-    return result
+    from worker import run_worker  # benchmarks/ is the script's folder, first on sys.path
+
+    return run_worker(__file__, variant, ["--steps", str(args.steps), "--threads", str(args.threads), "--model",
+                                          args.model, "--pairs-per-domain", str(args.pairs_per_domain)], args.threads)
 
 
 def main() -> None:

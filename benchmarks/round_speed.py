@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,19 +116,13 @@ def worker(args) -> dict:
 
 def run_variant(args, variant: str) -> dict:
     """Run one variant in a fresh process; its peak RSS comes from the kernel (wait4)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [sys.executable, __file__, "--worker", variant, "--result", out.name, "--data", args.data,
-               "--rounds", str(args.rounds), "--reference", args.reference, "--threads", str(args.threads),
-               "--model", args.model, "--local-steps", str(args.local_steps),
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(args.lr)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status != 0:
-            raise SystemExit(f"variant {variant} failed (status {status})")
-        result = json.loads(Path(out.name).read_text())
-    result["peak_gib"] = usage.ru_maxrss / 2**20  # KiB on Linux
-    return result
+    from worker import run_worker  # benchmarks/ is the script's folder, first on sys.path
+
+    return run_worker(__file__, variant, [
+        "--data", args.data, "--rounds", str(args.rounds), "--reference", args.reference,
+        "--threads", str(args.threads), "--model", args.model, "--local-steps", str(args.local_steps),
+        "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(args.lr)],
+        args.threads)
 
 
 def batch_stats(args) -> str:

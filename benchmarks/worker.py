@@ -1,0 +1,24 @@
+"""Running one benchmark variant in a fresh process, so that its peak memory is its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run_worker(script: str, variant: str, args: list[str], threads: int) -> dict:
+    """`python script --worker VARIANT --result FILE ARGS...`; its JSON result plus `peak_gib` (wait4)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, script, "--worker", variant, "--result", out.name, *args]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise SystemExit(f"variant {variant} failed (status {status})")
+        result = json.loads(Path(out.name).read_text())
+    result["peak_gib"] = usage.ru_maxrss / 2**20  # KiB on Linux
+    return result
