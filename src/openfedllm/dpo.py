@@ -37,6 +37,7 @@ from . import models
 from .batching import make_batch, packing_works, row_logprobs
 from .client import Batching, StepStats
 from .data.preference import PairRow
+from .data.templates import IGNORE
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 
@@ -98,7 +99,7 @@ def _normalised(pairs: list[PairRow], loss_type: str) -> tuple[torch.Tensor, tor
 
 
 def _response_tokens(row) -> int:
-    return sum(1 for t in row.labels[1:] if t != -100)
+    return sum(1 for t in row.labels[1:] if t != IGNORE)
 
 
 class Reference:
