@@ -165,11 +165,12 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('[{"instruction": "hi"}]', "row 1 has no string field 'output'"),
-    ('{"instruction": "a", "output": "b"}\n{"instruction": 3, "output": "b"}',
-     "row 2 has no string field 'instruction'"),
+    ('[{"instruction": "hi"}]', "cannot tell the data format from its columns (instruction)"),
     ('{"instruction": "a", "output": "b"}\nnot json', "line 2 is not valid JSON"),
     ("[]", "no rows"),
+    ('{"instruction": "a", "output": ""}\n{"instruction": "", "output": "b"}',
+     'no usable row (2 rows read, 0 usable; dropped: 1 empty response, 1 empty instruction); first bad row 1 '
+     '(empty response): {"instruction": "a", "input": "", "output": ""}'),
 ])
 def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"

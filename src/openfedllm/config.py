@@ -46,9 +46,14 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    path: str = opt("", "JSON/JSONL data file (Alpaca for sft, preference pairs for dpo); empty: the built-in suite")
-    format: str = opt("auto", "format of data.path: auto (detected from the first row); alpaca (sft); "
-                      "hh, ultrafeedback, sharegpt, plain (dpo)")
+    name: str = opt("", "a known dataset (`openfedllm data list`): loaded from the hub, or its layout applied "
+                    "to data.path")
+    path: str = opt("", "data file or folder: JSON, JSONL, CSV, Parquet, or a datasets save_to_disk folder; "
+                    "empty (and no data.name): the built-in suite")
+    format: str = opt("auto", "auto (detected); sft: alpaca, sharegpt, messages, prompt_response; "
+                      "dpo: hh, ultrafeedback, sharegpt, plain")
+    label_column: str = opt("", "column whose values label rows, for dirichlet and key splits; empty: "
+                            "category / domain / label / source if present")
     template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
     max_length: int = opt(256, "tokens per example; longer rows are cut at the end")
     train_per_domain: int = opt(200, "built-in suite: training examples (dpo: pairs) per domain")
@@ -190,8 +195,14 @@ class RunConfig:
                 raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
         if not 0 <= self.baselines.local_client < self.fed.num_clients:
             raise UserError(f"baselines.local_client must be a client id in [0, {self.fed.num_clients})")
-        if self.data.path and not Path(self.data.path).expanduser().is_file():
+        if self.data.path and not Path(self.data.path).expanduser().exists():
             raise UserError(f"data.path: file not found: {self.data.path}")
+        if self.data.name:
+            from .data.registry import known
+
+            if known(self.data.name).objective != self.train.objective:
+                raise UserError(f"data.name: {self.data.name} is {known(self.data.name).objective} data, "
+                                f"not {self.train.objective}")
         if self.model.adapter:
             if self.model.finetune != "lora":
                 raise UserError("model.adapter needs model.finetune: lora")
@@ -204,7 +215,8 @@ class RunConfig:
 
 
 OBJECTIVES = ("sft", "dpo")
-FORMATS = {"sft": ("alpaca",), "dpo": ("hh", "ultrafeedback", "sharegpt", "plain")}  # data.format per objective
+FORMATS = {"sft": ("alpaca", "sharegpt", "messages", "prompt_response"),
+           "dpo": ("hh", "ultrafeedback", "sharegpt", "plain")}  # data.format per objective
 
 # What `openfedllm dpo` starts from before a --config file and overrides (configs/dpo_default.yaml
 # writes it out). A pair is two rows and needs its reference log-probs, so fewer pairs, smaller

@@ -1,19 +1,49 @@
-"""Training data: the built-in suite or a user's Alpaca file, split into train and held-out."""
+"""Training data: the built-in suite, a known dataset, or a user's files, split into train and held-out."""
 
 from __future__ import annotations
 
 import random
 
-from .alpaca import load_alpaca
+from ..errors import UserError
 from .example import Example, is_correct
+from .instructions import Hygiene, columns_for, detect, to_examples, usable_or_error
+from .registry import known
+from .sources import load_hub, read_table
 from .suite import DOMAINS, train_and_heldout
 
 
 def load_examples(data_config, seed: int) -> tuple[list[Example], list[Example]]:
     """(training examples, held-out examples) for a run."""
-    if not data_config.path:
+    if not data_config.path and not data_config.name:
         return train_and_heldout(data_config.train_per_domain, data_config.heldout_per_domain, seed)
-    return split_heldout(load_alpaca(data_config.path), data_config, seed)
+    examples, hygiene, where = load_instruction_data(data_config)
+    print(f"Data {where}: {hygiene.summary(len(examples))}")
+    return split_heldout(examples, data_config, seed)
+
+
+def source_table(data_config):
+    """(the rows as an Arrow-backed table, where they came from, the registry entry or None)."""
+    entry = known(data_config.name) if data_config.name else None
+    if data_config.path:
+        return read_table(data_config.path), data_config.path, entry
+    return load_hub(entry.hub[0], entry.config, entry.split), entry.hub[0], entry
+
+
+def load_instruction_data(data_config) -> tuple[list[Example], Hygiene, str]:
+    """The usable Examples of a named dataset or a local file/folder, what hygiene dropped, and where."""
+    table, where, entry = source_table(data_config)
+    if entry is not None and entry.objective != "sft":
+        raise UserError(f"data.name: {data_config.name} holds preference pairs; train it with openfedllm dpo")
+    fmt = data_config.format if data_config.format != "auto" else (entry.format if entry else "auto")
+    if fmt == "auto":
+        fmt, cols = detect(list(table.column_names), where)
+    elif entry is not None and fmt == entry.format and entry.columns is not None:
+        cols = entry.columns
+    else:
+        cols = columns_for(fmt, list(table.column_names))
+    label = data_config.label_column or (entry.label if entry else "")
+    examples, hygiene = to_examples(table, fmt, cols, label, where)
+    return usable_or_error(examples, hygiene, where), hygiene, where
 
 
 def split_heldout(items: list, data_config, seed: int) -> tuple[list, list]:
@@ -28,4 +58,5 @@ def split_heldout(items: list, data_config, seed: int) -> tuple[list, list]:
     return train, held
 
 
-__all__ = ["DOMAINS", "Example", "is_correct", "load_examples", "split_heldout"]
+__all__ = ["DOMAINS", "Example", "is_correct", "load_examples", "load_instruction_data", "source_table",
+           "split_heldout"]

@@ -17,6 +17,9 @@ class Example:
     # "number" (first line is the same number), "python_expr" (an expression in x that agrees
     # with output on test values), or "none" (free text: no accuracy, loss only).
     check: str = "none"
+    # A multi-turn conversation, (role, text) turns ending with the assistant's: every assistant
+    # turn carries loss. Empty for single-turn examples (instruction / input / output).
+    turns: tuple[tuple[str, str], ...] = ()
 
 
 def first_line(response: str) -> str:

@@ -101,21 +101,74 @@ IGNORE = -100
 
 
 def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tokenized | None:
-    """Token ids with the loss on the completion only; None when truncation leaves no loss token."""
-    prompt, completion = render(template, example, tokenizer)
-    # The chat template writes its own special tokens; the plain templates get the tokenizer's
-    # usual prefix (e.g. BOS for Llama tokenizers).
-    prompt_ids = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    input_ids = (prompt_ids + completion_ids)[:max_length]
-    labels = ([IGNORE] * len(prompt_ids) + completion_ids)[:max_length]
+    """Token ids with the loss on the completion only; None when truncation leaves no loss token.
+
+    A conversation (`example.turns`) is tokenized turn by turn, with the loss on every assistant
+    turn; `prompt_len` is then the length before the first one.
+    """
+    segments = (conversation_segments(template, list(example.turns), tokenizer) if example.turns
+                else list(zip(render(template, example, tokenizer), (False, True))))
+    input_ids: list[int] = []
+    labels: list[int] = []
+    prompt_len = None
+    for k, (text, loss) in enumerate(segments):
+        # The chat template writes its own special tokens; the plain templates get the tokenizer's
+        # usual prefix (e.g. BOS for Llama tokenizers) once, at the start.
+        ids = tokenizer(text, add_special_tokens=k == 0 and template != "chat")["input_ids"]
+        if loss and prompt_len is None:
+            prompt_len = len(input_ids)
+        input_ids += ids
+        labels += ids if loss else [IGNORE] * len(ids)
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
     if all(t == IGNORE for t in labels):
         return None
-    return Tokenized(input_ids, labels, len(prompt_ids))
+    return Tokenized(input_ids, labels, prompt_len)
+
+
+def conversation_segments(template: str, turns: list[tuple[str, str]], tokenizer) -> list[tuple[str, bool]]:
+    """(text, carries loss) pieces of a whole conversation: each assistant turn is a loss piece."""
+    messages = [{"role": role, "content": text} for role, text in turns]
+    segments: list[tuple[str, bool]] = []
+    if template == "chat":
+        done = ""
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise UserError("data.template=chat: this model's chat template does not render a conversation "
+                                "turn by turn (a later turn rewrites an earlier one); use alpaca or vicuna")
+            segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            done = full
+        return segments
+    system = " ".join(m["content"] for m in messages if m["role"] == "system")
+    first_user = True
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if m["role"] == "assistant":
+            if template == "vicuna":
+                segments += [("ASSISTANT:", False), (f" {m['content']}{tokenizer.eos_token}", True)]
+            else:
+                segments.append((m["content"] + tokenizer.eos_token, True))
+        elif template == "vicuna":
+            segments.append(((f"{system or _VICUNA_SYSTEM} " if first_user else "") + f"USER: {m['content']} ", False))
+        else:
+            instruction = f"{system}\n\n{m['content']}" if system and first_user else m["content"]
+            text = _ALPACA.format(instruction=instruction) if first_user else \
+                f"\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+            segments.append((text, False))
+        if m["role"] == "user":
+            first_user = False
+    return segments
 
 
 def prompt_ids(example: Example, template: str, tokenizer, max_length: int) -> list[int]:
     """The prompt alone, for generation; over-long prompts keep their end (where the question is)."""
+    if example.turns:  # the conversation up to its last user turn
+        history = [{"role": r, "content": t} for r, t in example.turns[:-1]]
+        return dialogue_prompt_ids(history, template, tokenizer, max_length)
     prompt, _ = render(template, example, tokenizer)
     ids = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"]
     return ids[-max_length:]

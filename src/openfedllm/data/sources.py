@@ -1,0 +1,103 @@
+"""Reading a user's data: JSON, JSONL, CSV, Parquet, a `datasets` save_to_disk folder, or a folder
+of such files, into an Arrow-backed `datasets.Dataset`, which memory-maps the data instead of
+loading it whole into RAM; and hub datasets by name when the machine is online.
+
+Every failure is one line that names the file: a missing file, an empty one, a truncated JSON
+(with the first line that does not parse), an unknown suffix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+
+KINDS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv",
+         ".parquet": "parquet"}
+
+
+def read_table(path: str):
+    """The rows of a local file or folder as a `datasets.Dataset` (Arrow, memory-mapped)."""
+    import datasets
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise UserError(f"data.path: file not found: {path}")
+    datasets.disable_progress_bars()
+    if file.is_dir() and ((file / "dataset_info.json").is_file() or (file / "dataset_dict.json").is_file()):
+        loaded = datasets.load_from_disk(str(file))
+        if isinstance(loaded, datasets.DatasetDict):
+            split = "train" if "train" in loaded else next(iter(loaded))
+            loaded = loaded[split]
+        return _nonempty(loaded, path)
+    files = sorted(f for f in file.iterdir() if f.suffix.lower() in KINDS) if file.is_dir() else [file]
+    if not files:
+        raise UserError(f"data.path: {path} holds no .json, .jsonl, .csv or .parquet file")
+    kinds = {KINDS.get(f.suffix.lower()) for f in files}
+    if None in kinds:
+        raise UserError(f"data.path: {path}: unknown file type (use .json, .jsonl, .csv, .tsv or .parquet)")
+    if len(kinds) > 1:
+        raise UserError(f"data.path: {path} mixes file types ({', '.join(sorted(kinds))}); keep one per folder")
+    kind = kinds.pop()
+    for f in files:
+        if f.stat().st_size == 0:
+            raise UserError(f"{f}: empty file")
+    options = {"delimiter": "\t"} if kind == "csv" and files[0].suffix.lower() == ".tsv" else {}
+    try:
+        loaded = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **options)
+    except Exception as exc:  # noqa: BLE001 - every reader error becomes one line naming the file
+        raise UserError(_reader_error(files, kind, exc)) from None
+    return _nonempty(loaded, path)
+
+
+def _nonempty(table, path: str):
+    if len(table) == 0:
+        raise UserError(f"{path}: no rows")
+    return table
+
+
+def _reader_error(files: list[Path], kind: str, exc: Exception) -> str:
+    if kind == "json":
+        for f in files:  # find the first line that does not parse (only on this error path)
+            where = _first_bad_json(f)
+            if where:
+                return f"{f}: {where}"
+    root = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    first = (str(root) or type(root).__name__).splitlines()[0]
+    where = files[0] if len(files) == 1 else files[0].parent
+    if "corresponds to no data" in first:  # e.g. a JSON file holding []
+        return f"{where}: no rows"
+    return f"{where}: cannot read as {kind}: {first}"
+
+
+def _first_bad_json(file: Path) -> str | None:
+    text = file.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            return f"not valid JSON at line {exc.lineno}: {exc.msg}"
+        return None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"line {lineno} is not valid JSON: {exc.msg}"
+    return None
+
+
+def load_hub(name: str, config: str | None, split: str):
+    """A hub dataset by name (needs the network, or the Hugging Face cache when offline)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise UserError(f"data.name: cannot load {name} from the Hugging Face hub ({first}); offline, "
+                        f"download it elsewhere and pass the file or folder as --data.path") from None
