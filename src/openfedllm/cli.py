@@ -5,6 +5,7 @@
     openfedllm dpo [--config FILE] [--section.key VALUE ...] [--output-dir DIR] | --resume DIR
     openfedllm experiment GRID [--quick] [--section.key VALUE ...] [--output-dir DIR] | --resume DIR
     openfedllm export DIR [--merge] --output-dir OUT
+    openfedllm data list | openfedllm data inspect [--config FILE] [--section.key VALUE ...] [--plot PNG]
     openfedllm algorithms
 
 A user error (bad key, value, file or row) prints one line and exits with status 2.
@@ -202,6 +203,36 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_data(argv: list[str]) -> int:
+    """`data list`: the known datasets; `data inspect`: the client split a config trains on."""
+    from . import config as cfg_mod
+
+    if not argv or argv[0] not in ("list", "inspect"):
+        raise UserError("usage: openfedllm data list | openfedllm data inspect [--config FILE] "
+                        "[--section.key VALUE ...] [--plot FILE.png]")
+    if argv[0] == "list":
+        from .data.registry import DATASETS
+
+        for name, entry in DATASETS.items():
+            print(f"{name:22s} {entry.objective}  {entry.format:15s} {', '.join(entry.hub)}  ({entry.about})")
+        return 0
+    parser = argparse.ArgumentParser(prog="openfedllm data inspect",
+                                     description="Print the client split a config would train on, and plot it.")
+    parser.add_argument("--config", help="YAML recipe, as for sft / dpo")
+    parser.add_argument("--dpo", action="store_true", help="start from the DPO defaults, as openfedllm dpo does")
+    parser.add_argument("--plot", default="data_inspect.png", help="PNG of client sizes and label mix")
+    args, rest = parser.parse_known_args(argv[1:])
+    raw = cfg_mod.load_yaml(args.config) if args.config else {}
+    if args.dpo:
+        raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
+    config = cfg_mod.build(cfg_mod.apply_overrides(raw, split_overrides(rest)))
+    _quiet_libraries()
+    from .data_report import inspect
+
+    inspect(config, Path(args.plot))
+    return 0
+
+
 def cmd_algorithms(argv: list[str]) -> int:
     from .algorithms import ALGORITHMS, describe
 
@@ -211,7 +242,7 @@ def cmd_algorithms(argv: list[str]) -> int:
 
 
 COMMANDS = {"sft": cmd_sft, "dpo": cmd_dpo, "experiment": cmd_experiment, "export": cmd_export,
-            "algorithms": cmd_algorithms}
+            "data": cmd_data, "algorithms": cmd_algorithms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
               "  dpo         federated value alignment with DPO (simulation) with baselines\n"
               "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
               "  export      write a run's adapter, or the merged model, to a folder\n"
+              "  data        list known datasets; inspect the client split of a config\n"
               "  algorithms  list the FL algorithms\n\n"
               "openfedllm sft --help (or dpo --help) lists every config key.")
         return 0 if argv else USAGE_ERROR

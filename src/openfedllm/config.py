@@ -68,8 +68,13 @@ class FedConfig:
     num_clients: int = opt(5, "clients the data is partitioned over")
     clients_per_round: int = opt(5, "clients sampled (without replacement) each round")
     rounds: int = opt(4, "federated rounds")
-    split: str = opt("domain", "partition: iid, domain (one domain per client), dirichlet")
-    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over domains; small: more skewed")
+    split: str = opt("domain", "partition: iid, domain (one domain per client), dirichlet (label skew), key (each "
+                     "value of data.label_column a client), quantity (power-law sizes), shards")
+    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over labels; small: more skewed")
+    key_min_size: int = opt(1, "split key: keys with fewer rows are left out")
+    key_max_size: int = opt(0, "split key: larger keys are subsampled to this many rows; 0: no cap")
+    quantity_exponent: float = opt(1.0, "split quantity: client k's share is proportional to (k + 1)^-exponent")
+    shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client")
     fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg")
     scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g")
     scaffold_correction: str = opt("update", "SCAFFOLD: where c - c_i enters a local step: update (after the "
@@ -156,6 +161,7 @@ class RunConfig:
             "fed.scaffold_server_lr": self.fed.scaffold_server_lr, "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
             "fed.fedopt_server_lr": self.fed.fedopt_server_lr, "fed.fedopt_tau": self.fed.fedopt_tau,
             "dpo.beta": self.dpo.beta, "dpo.max_prompt_length": self.dpo.max_prompt_length,
+            "fed.key_min_size": self.fed.key_min_size, "fed.shards_per_client": self.fed.shards_per_client,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -163,7 +169,8 @@ class RunConfig:
         nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
                   "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads,
                   "train.max_tokens_per_pass": self.train.max_tokens_per_pass, "fed.fedprox_mu": self.fed.fedprox_mu,
-                  "dpo.rpo_alpha": self.dpo.rpo_alpha}
+                  "dpo.rpo_alpha": self.dpo.rpo_alpha, "fed.key_max_size": self.fed.key_max_size,
+                  "fed.quantity_exponent": self.fed.quantity_exponent}
         for key, value in nonneg.items():
             if value < 0:
                 raise UserError(f"{key} must be >= 0, got {value}")
@@ -183,7 +190,7 @@ class RunConfig:
         choices = {"model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
                    "model.finetune": (self.model.finetune, ("lora", "full")),
                    "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
-                   "fed.split": (self.fed.split, ("iid", "domain", "dirichlet")),
+                   "fed.split": (self.fed.split, ("iid", "domain", "dirichlet", "key", "quantity", "shards")),
                    "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
                    "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
                    "train.optimizer": (self.train.optimizer, ("adamw", "sgd")),

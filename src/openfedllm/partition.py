@@ -1,4 +1,16 @@
-"""Splitting the training examples over clients: iid, by domain, or Dirichlet over domains.
+"""Splitting the training examples over clients, given each example's label (its domain, category,
+or natural key such as a user id, source or language).
+
+- iid: a seeded shuffle cut into equal parts;
+- domain: one label (domain) per client, as far as the counts allow;
+- dirichlet: per label, client shares p ~ Dir(alpha) (Hsu et al. 2019's label skew);
+- key: each distinct label value is a client (the natural split of data that has owners): keys
+  below a minimum size are left out, larger ones subsampled to a maximum, the largest kept up
+  to the number of clients;
+- quantity: power-law client sizes (share of client k proportional to (k + 1)^-exponent, in a
+  seeded order), labels iid;
+- shards: rows sorted by label, cut into shards, a few shards dealt to each client (McMahan et
+  al. 2017's pathological non-IID split).
 
 Every split is seeded and deterministic. A client that would receive no data is an error, not
 a silently smaller federation.
@@ -13,13 +25,14 @@ import numpy as np
 from .errors import UserError
 from .textfmt import text_table
 
-SPLITS = ("iid", "domain", "dirichlet")
+SPLITS = ("iid", "domain", "dirichlet", "key", "quantity", "shards")
 
 
 def partition(
-    domains: list[str], num_clients: int, split: str, seed: int, alpha: float = 0.5
+    domains: list[str], num_clients: int, split: str, seed: int, alpha: float = 0.5, *,
+    key_min_size: int = 1, key_max_size: int = 0, exponent: float = 1.0, shards_per_client: int = 2,
 ) -> list[list[int]]:
-    """Example indices per client, given each example's domain."""
+    """Example indices per client, given each example's label."""
     rng = np.random.default_rng(seed)
     n = len(domains)
     if split == "iid":
@@ -28,6 +41,18 @@ def partition(
         parts = _by_domain(domains, num_clients, rng)
     elif split == "dirichlet":
         parts = _dirichlet(domains, num_clients, alpha, rng)
+    elif split == "key":
+        parts = _by_key(domains, num_clients, key_min_size, key_max_size, rng)
+    elif split == "quantity":
+        shares = (np.arange(num_clients) + 1.0) ** -exponent
+        shares = rng.permutation(shares / shares.sum())
+        cuts = (np.cumsum(shares)[:-1] * n).round().astype(int)
+        parts = np.split(rng.permutation(n), cuts)
+    elif split == "shards":
+        order = np.lexsort((rng.permutation(n), np.array(domains)))  # by label, ties in seeded order
+        shards = np.array_split(order, num_clients * shards_per_client)
+        dealt = rng.permutation(len(shards))
+        parts = [np.concatenate([shards[j] for j in dealt[c::num_clients]]) for c in range(num_clients)]
     else:
         raise UserError(f"fed.split: unknown split {split!r}; valid: {', '.join(SPLITS)}")
     clients = [sorted(int(i) for i in p) for p in parts]
@@ -58,6 +83,26 @@ def _by_domain(domains: list[str], num_clients: int, rng) -> list[np.ndarray]:
         for cid, chunk in zip(holders[d], np.array_split(rows, len(holders[d]))):
             parts[cid].extend(chunk.tolist())
     return [np.array(p, dtype=int) for p in parts]
+
+
+def _by_key(domains: list[str], num_clients: int, min_size: int, max_size: int, rng) -> list[np.ndarray]:
+    """One client per distinct key: the `num_clients` largest keys of at least `min_size` rows, each
+    subsampled to `max_size` rows (0: no cap)."""
+    index = np.arange(len(domains))
+    keys = np.array(domains)
+    names, counts = np.unique(keys, return_counts=True)
+    eligible = [(int(c), str(k)) for k, c in zip(names, counts) if c >= min_size]
+    if len(eligible) < num_clients:
+        raise UserError(f"fed.split=key: {len(eligible)} distinct keys have at least fed.key_min_size={min_size} "
+                        f"rows ({len(names)} keys in all); set fed.num_clients to at most {len(eligible)}")
+    chosen = sorted(eligible, key=lambda ck: (-ck[0], ck[1]))[:num_clients]
+    parts = []
+    for _, key in sorted(chosen, key=lambda ck: ck[1]):
+        rows = index[keys == key]
+        if max_size and len(rows) > max_size:
+            rows = np.sort(rng.choice(rows, size=max_size, replace=False))
+        parts.append(rows)
+    return parts
 
 
 def _dirichlet(domains: list[str], num_clients: int, alpha: float, rng) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import Objective, cosine_lr, next_token_loss, train_local
 from .config import RunConfig, to_dict
 from .data import Example, load_examples, split_heldout
-from .data.preference import load_preferences, tokenize_pair
+from .data.preference import load_preference_data, tokenize_pair
 from .data.preference_suite import SAFETY, builtin_preferences
 from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize
 from .dpo import DPOLoss, Reference, compute_reference, preference_metrics
@@ -80,8 +80,7 @@ def prepare(config: RunConfig) -> Setup:
     check_template(config.data.template, tokenizer)
     dpo = config.train.objective == "dpo"
     data = _preference_data(config, tokenizer) if dpo else _instruction_data(config, tokenizer)
-    clients = partition(data["train_domains"], config.fed.num_clients, config.fed.split, config.train.seed,
-                        config.fed.dirichlet_alpha)
+    clients = split_clients(data["train_domains"], config)
     model = _load_model(config, model_path)
     setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
     if dpo:
@@ -95,6 +94,13 @@ def prepare(config: RunConfig) -> Setup:
                               config.train.packing, adapter_start)
         setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
     return setup
+
+
+def split_clients(labels: list[str], config: RunConfig) -> list[list[int]]:
+    fed = config.fed
+    return partition(labels, fed.num_clients, fed.split, config.train.seed, fed.dirichlet_alpha,
+                     key_min_size=fed.key_min_size, key_max_size=fed.key_max_size,
+                     exponent=fed.quantity_exponent, shards_per_client=fed.shards_per_client)
 
 
 def _load_model(config: RunConfig, model_path: str):
@@ -141,9 +147,9 @@ def _preference_data(config: RunConfig, tokenizer) -> dict:
     """DPO pairs of the built-in preference set or a user's file, tokenized once."""
     data = config.data
     tasks: list[Example] = []
-    if data.path:
-        prefs, report = load_preferences(data.path, data.format)
-        print(f"Preference data {data.path}: {report.summary(len(prefs))}")
+    if data.path or data.name:
+        prefs, report, where = load_preference_data(data)
+        print(f"Preference data {where}: {report.summary(len(prefs))}")
         train, held = split_heldout(prefs, data, config.train.seed)
     else:
         train, held, tasks = builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)

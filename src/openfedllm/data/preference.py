@@ -22,6 +22,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UserError
 from .alpaca import read_rows
@@ -165,7 +166,27 @@ class LoadReport:
 
 def load_preferences(path: str, fmt: str = "auto") -> tuple[list[Preference], LoadReport]:
     """The usable preferences of a JSON/JSONL file, and what was dropped and why."""
-    rows = read_rows(path)
+    return convert_rows(read_rows(path), fmt, path)
+
+
+def load_preference_data(data_config) -> tuple[list[Preference], LoadReport, str]:
+    """Preferences of `data.path` (any file type) or of a known dataset (`data.name`)."""
+    from . import source_table
+
+    local_json = Path(data_config.path).suffix.lower() in (".json", ".jsonl")
+    if data_config.path and local_json and not data_config.name:
+        # read row by row: preference files mix strings and message lists in one column
+        prefs, report = load_preferences(data_config.path, data_config.format)
+        return prefs, report, data_config.path
+    table, where, entry = source_table(data_config)
+    if entry is not None and entry.objective != "dpo":
+        raise UserError(f"data.name: {data_config.name} is instruction data; train it with openfedllm sft")
+    fmt = data_config.format if data_config.format != "auto" else (entry.format if entry else "auto")
+    prefs, report = convert_rows(table.to_list(), fmt, where)
+    return prefs, report, where
+
+
+def convert_rows(rows: list, fmt: str, path: str) -> tuple[list[Preference], LoadReport]:
     if not rows:
         raise UserError(f"{path}: no rows")
     if fmt == "auto":
