@@ -116,8 +116,9 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
     outputs = data.column(cols.output).to_pylist()
     inputs = data.column(cols.input).to_pylist() if cols.input and cols.input in names else None
     for i in range(len(instructions)):
-        instruction, output = instructions[i], outputs[i]
-        extra = inputs[i] if inputs else ""
+        # CSV readers type a column of numbers as numbers: an answer "5" is still text here
+        instruction, output = _text(instructions[i]), _text(outputs[i])
+        extra = _text(inputs[i]) if inputs else ""
         domain = str(labels[i]) if labels and labels[i] is not None else "default"
         example, why = None, None
         if not isinstance(instruction, str) or not instruction.strip():
@@ -128,6 +129,10 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
             example = Example(instruction, output, extra if isinstance(extra, str) else "", domain, "none")
         _keep(example, why, i, {"instruction": instruction, "input": extra, "output": output}, hygiene, seen, out)
     return out, hygiene
+
+
+def _text(value):
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _keep(example, why, i, row, hygiene: Hygiene, seen: set, out: list) -> None:
