@@ -72,3 +72,10 @@ def test_client_table_counts_per_domain():
     assert table[0].split() == ["client", "total", "a", "b"]
     assert table[1].split() == ["0", "2", "1", "1"]
     assert table[2].split() == ["1", "1", "1", "0"]
+
+
+def test_client_table_with_many_labels_shows_each_clients_top_three():
+    labels = [f"user{i % 12}" for i in range(24)]
+    table = client_table(labels, [list(range(12)), list(range(12, 24))]).splitlines()
+    assert table[0].split() == ["client", "total", "label", "mix", "(top", "3)"]
+    assert "user0 8%" in table[1] and len(table) == 3

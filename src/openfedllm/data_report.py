@@ -13,6 +13,7 @@ from pathlib import Path
 from . import models
 from .config import RunConfig
 from .data.templates import check_template
+from .partition import label_mix
 from .textfmt import text_table
 
 TOP_LABELS = 8  # labels drawn by name in the plot; the rest are "other"
@@ -44,15 +45,11 @@ def inspect(config: RunConfig, png: Path) -> list[dict]:
           f"({len(set(labels))} distinct labels; {sum(r['size'] for r in rows)} assigned)")
     print("\n".join(text_table(
         ["client", "size", "label mix (top 3)", "prompt tokens", "response tokens"],
-        [[str(r["client"]), str(r["size"]), _mix(r["labels"], r["size"]), f"{r['prompt_tokens']:.0f}",
+        [[str(r["client"]), str(r["size"]), label_mix(r["labels"], r["size"]), f"{r['prompt_tokens']:.0f}",
           f"{r['response_tokens']:.0f}"] for r in rows])))
     _plot(rows, png)
     print(f"plot      {png}")
     return rows
-
-
-def _mix(counts: Counter, size: int) -> str:
-    return "  ".join(f"{label} {n / size:.0%}" for label, n in counts.most_common(3))
 
 
 def _plot(rows: list[dict], png: Path) -> None:

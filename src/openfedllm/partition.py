@@ -119,12 +119,20 @@ def _dirichlet(domains: list[str], num_clients: int, alpha: float, rng) -> list[
     return [np.array(p, dtype=int) for p in parts]
 
 
-def client_table(domains: list[str], clients: list[list[int]]) -> str:
-    """A text table of examples per domain for each client."""
+def label_mix(counts: Counter, size: int) -> str:
+    """A client's three most common labels with their shares ("math 40%  code 19%  ...")."""
+    return "  ".join(f"{label} {n / size:.0%}" for label, n in counts.most_common(3))
+
+
+def client_table(domains: list[str], clients: list[list[int]], max_columns: int = 8) -> str:
+    """A text table of examples per label for each client; with many labels, each client's top three."""
     names = sorted(set(domains))
-    header = ["client", "total"] + names
     rows = []
     for cid, idx in enumerate(clients):
         counts = Counter(domains[i] for i in idx)
-        rows.append([str(cid), str(len(idx))] + [str(counts.get(d, 0)) for d in names])
+        if len(names) <= max_columns:
+            rows.append([str(cid), str(len(idx))] + [str(counts.get(d, 0)) for d in names])
+        else:
+            rows.append([str(cid), str(len(idx)), label_mix(counts, len(idx))])
+    header = ["client", "total"] + (names if len(names) <= max_columns else ["label mix (top 3)"])
     return "\n".join(text_table(header, rows))
