@@ -254,3 +254,28 @@ def test_data_inspect_prints_the_split_and_draws_it(tiny_model_dir, tmp_path, ca
     out = capsys.readouterr().out
     assert "dirichlet split of 100 training examples over 5 clients" in out
     assert "label mix (top 3)" in out and png.is_file() and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("mode", ["truncate", "drop"])
+def test_over_length_rows_are_counted_and_cut_or_dropped(mode, tiny_model_dir, tmp_path):
+    from openfedllm.config import build
+    from openfedllm.data import split_heldout
+    from openfedllm.models import load_tokenizer
+    from openfedllm.simulation import _instruction_data
+
+    rows = [{"instruction": f"short {i}", "output": "a"} for i in range(6)]
+    rows += [{"instruction": "long " * 80 + str(i), "output": "c"} for i in range(2)]  # the answer falls past 40
+    rows += [{"instruction": f"count {i}", "output": "one two " * 40} for i in range(2)]  # cut, still an answer
+    path = _write(rows, tmp_path / "long.jsonl")
+    config = build({"model": {"name": str(tiny_model_dir)},
+                    "data": {"path": str(path), "max_length": 40, "over_length": mode}})
+    train, _ = split_heldout(rows, config.data, config.train.seed)  # the same seeded held-out choice
+    long_prompts = sum(r["output"] == "c" for r in train)
+    long_answers = sum(r["instruction"].startswith("count") for r in train)
+    data = _instruction_data(config, load_tokenizer(str(tiny_model_dir)))
+    assert long_prompts and long_answers and data["over_length"] == long_prompts + long_answers
+    if mode == "drop":
+        assert len(data["train_rows"]) == len(train) - long_prompts - long_answers and data["dropped"] == 0
+    else:  # cut at 40 tokens: a long answer keeps its start; after a long prompt nothing is left to learn
+        assert data["dropped"] == long_prompts and len(data["train_rows"]) == len(train) - long_prompts
+    assert all(len(r.input_ids) <= 40 for r in data["train_rows"])

@@ -55,7 +55,9 @@ class DataConfig:
     label_column: str = opt("", "column whose values label rows, for dirichlet and key splits; empty: "
                             "category / domain / label / source if present")
     template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
-    max_length: int = opt(256, "tokens per example; longer rows are cut at the end")
+    max_length: int = opt(256, "tokens per example; longer rows are cut at the end (or dropped: data.over_length)")
+    over_length: str = opt("truncate", "training rows longer than data.max_length: truncate (cut at the end) "
+                           "or drop; either way counted")
     train_per_domain: int = opt(200, "built-in suite: training examples (dpo: pairs) per domain")
     heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain")
     heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation")
@@ -190,6 +192,7 @@ class RunConfig:
         choices = {"model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
                    "model.finetune": (self.model.finetune, ("lora", "full")),
                    "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
+                   "data.over_length": (self.data.over_length, ("truncate", "drop")),
                    "fed.split": (self.fed.split, ("iid", "domain", "dirichlet", "key", "quantity", "shards")),
                    "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
                    "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),

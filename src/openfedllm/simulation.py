@@ -30,7 +30,7 @@ from .config import RunConfig, to_dict
 from .data import Example, load_examples, split_heldout
 from .data.preference import load_preference_data, tokenize_pair
 from .data.preference_suite import SAFETY, builtin_preferences
-from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize
+from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize, truncate
 from .dpo import DPOLoss, Reference, compute_reference, preference_metrics
 from .errors import UserError
 from .evaluate import accuracy_by_domain, generate, heldout_loss, is_refusal
@@ -66,6 +66,7 @@ class Setup:
     heldout_prompts: list[list[int]]  # generation prompts of `heldout`
     initial_state: dict[str, torch.Tensor]
     dropped: int  # training rows whose response was cut away entirely by max_length
+    over_length: int = 0  # sft: training rows longer than max_length (cut, or dropped by data.over_length)
     objective: Objective = next_token_loss  # what a client's local steps minimise
     harmful_prompts: list[list[int]] = field(default_factory=list)  # dpo, built-in set: refusal rate
 
@@ -123,9 +124,15 @@ def _load_model(config: RunConfig, model_path: str):
 def _instruction_data(config: RunConfig, tokenizer) -> dict:
     """SFT rows: each example tokenized once for the whole run, not per round."""
     train, heldout = load_examples(config.data, config.train.seed)
-    rows, domains, dropped = [], [], 0
+    limit = config.data.max_length
+    rows, domains, dropped, over = [], [], 0, 0
     for example in train:
-        row = tokenize(example, config.data.template, tokenizer, config.data.max_length)
+        row = tokenize(example, config.data.template, tokenizer, 0)
+        if row is not None and len(row.input_ids) > limit:
+            over += 1
+            if config.data.over_length == "drop":
+                continue
+            row = truncate(row, limit)
         if row is None:
             dropped += 1
             continue
@@ -140,7 +147,7 @@ def _instruction_data(config: RunConfig, tokenizer) -> dict:
             "heldout_rows": [row for _, row in tokenized if row is not None],
             "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length)
                                 for e in heldout],
-            "dropped": dropped}
+            "dropped": dropped, "over_length": over}
 
 
 def _preference_data(config: RunConfig, tokenizer) -> dict:
@@ -322,6 +329,10 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
         what = "preference pairs" if cfg.train.objective == "dpo" else "training examples"
         print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")
         print(client_table(setup.train_domains, setup.clients))
+        if setup.over_length:
+            what = "dropped" if cfg.data.over_length == "drop" else "cut at the end"
+            print(f"({setup.over_length} training rows longer than data.max_length={cfg.data.max_length} "
+                  f"tokens: {what})")
         if setup.dropped:
             print(f"({setup.dropped} training rows dropped: no response token left within "
                   f"data.max_length={cfg.data.max_length})")

@@ -101,7 +101,8 @@ IGNORE = -100
 
 
 def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tokenized | None:
-    """Token ids with the loss on the completion only; None when truncation leaves no loss token.
+    """Token ids with the loss on the completion only; None when truncation leaves no loss token
+    (`max_length` 0: no truncation).
 
     A conversation (`example.turns`) is tokenized turn by turn, with the loss on every assistant
     turn; `prompt_len` is then the length before the first one.
@@ -119,10 +120,16 @@ def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tok
             prompt_len = len(input_ids)
         input_ids += ids
         labels += ids if loss else [IGNORE] * len(ids)
-    input_ids, labels = input_ids[:max_length], labels[:max_length]
-    if all(t == IGNORE for t in labels):
+    return truncate(Tokenized(input_ids, labels, prompt_len), max_length)
+
+
+def truncate(row: Tokenized, max_length: int) -> Tokenized | None:
+    """The row cut at the end to `max_length` tokens (0: as it is); None if no loss token is left."""
+    if max_length:
+        row = Tokenized(row.input_ids[:max_length], row.labels[:max_length], row.prompt_len)
+    if all(t == IGNORE for t in row.labels):
         return None
-    return Tokenized(input_ids, labels, prompt_len)
+    return row
 
 
 def conversation_segments(template: str, turns: list[tuple[str, str]], tokenizer) -> list[tuple[str, bool]]:
