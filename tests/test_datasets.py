@@ -279,3 +279,11 @@ def test_over_length_rows_are_counted_and_cut_or_dropped(mode, tiny_model_dir, t
     else:  # cut at 40 tokens: a long answer keeps its start; after a long prompt nothing is left to learn
         assert data["dropped"] == long_prompts and len(data["train_rows"]) == len(train) - long_prompts
     assert all(len(r.input_ids) <= 40 for r in data["train_rows"])
+
+
+def test_a_known_dataset_without_the_hub_or_a_local_copy_says_what_to_do(capsys):
+    with pytest.raises(UserError, match=r"cannot load tatsu-lab/alpaca from the Hugging Face hub .*--data.path"):
+        load_instruction_data(DataConfig(name="alpaca"))  # HF_HUB_OFFLINE=1 in the tests
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(DATASETS)
