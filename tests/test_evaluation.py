@@ -128,3 +128,23 @@ def test_bad_samples_file_is_one_line(content, message, tmp_path, capsys):
 def test_unknown_benchmark_is_one_line(tmp_path, capsys):
     assert main(["eval", "--benchmark", "mmlu-pro", "--samples", "x", "--output", str(tmp_path / "o.json")]) == 2
     assert "unknown benchmark 'mmlu-pro'; available: humaneval, gsm8k" in capsys.readouterr().err
+
+
+def test_model_paths_generate_and_score(tiny_model_dir, tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
+                            + "\n" for i in range(3)))
+    out = tmp_path / "out.json"
+    assert main(["eval", "--benchmark", "gsm8k", "--benchmark", "humaneval", "--data", str(data), "--limit", "2",
+                 "--model", str(tiny_model_dir), "--max-new-tokens", "4", "--output", str(out)]) == 2
+    assert not out.exists()  # --data is the gsm8k file, not HumanEval's: one line, nothing half-written
+    assert main(["eval", "--benchmark", "gsm8k", "--data", str(data), "--model", str(tiny_model_dir),
+                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmarks"]["gsm8k"]["questions"] == 3
+    assert 0.0 <= result["benchmarks"]["gsm8k"]["metrics"]["accuracy"] <= 1.0
+    assert result["meta"]["model"] == str(tiny_model_dir)
+    assert main(["eval", "--benchmark", "humaneval", "--limit", "2", "--model", str(tiny_model_dir),
+                 "--max-new-tokens", "8", "--output", str(out)]) == 0
+    humaneval = json.loads(out.read_text())["benchmarks"]["humaneval"]
+    assert humaneval["tasks"] == 2 and sum(humaneval["outcomes"].values()) == 2

@@ -40,12 +40,11 @@ def load_model(model: str | None, run: str | None):
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, chat: bool) -> list[str]:
+    from ..data.templates import dialogue_prompt_ids
     from ..evaluate import generate
 
     if chat:
-        ids = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-               for p in prompts]
-        ids = [i["input_ids"] if isinstance(i, dict) else i for i in ids]
+        ids = [dialogue_prompt_ids([{"role": "user", "content": p}], "chat", tokenizer, 4096) for p in prompts]
     else:
         ids = [tokenizer(p)["input_ids"] for p in prompts]
     return generate(model, ids, tokenizer, max_new_tokens, batch_size=8)
