@@ -64,10 +64,14 @@ def exact_match(prediction: str, reference: str) -> float:
 
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD's token-overlap F1 of normalised answers."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    common = sum((Counter(pred) & Counter(ref)).values())
+    return _overlap_f1(normalize_answer(prediction).split(), normalize_answer(reference).split())
+
+
+def _overlap_f1(pred: list[str], ref: list[str]) -> float:
+    """F1 of the multiset overlap of two token lists (two empty lists agree)."""
     if not pred or not ref:
         return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
     if common == 0:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
@@ -90,13 +94,7 @@ def drop_f1(prediction: str, reference: str) -> float:
     numbers = {t for t in ref if _is_number(t)}
     if numbers and not numbers & set(pred):
         return 0.0  # DROP: if the gold answer has numbers, one of them must be predicted
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref:
-        return float(pred == ref)
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return _overlap_f1(pred, ref)
 
 
 def _is_number(token: str) -> bool:
