@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from worker import add_worker_arguments, answer_as_worker, run_worker  # benchmarks/ is first on sys.path
+
 WORDS = ("model data client server round update privacy federated learning adapter token loss "
          "gradient batch train evaluate answer question because therefore which while").split()
 
@@ -60,14 +62,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--file", help="instruction JSONL (default: generated into a temp folder)")
-    parser.add_argument("--worker", choices=["load"], help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_arguments(parser, ["load"])
     args = parser.parse_args()
-    if args.worker:
-        Path(args.result).write_text(json.dumps(worker(args)))
+    if answer_as_worker(args, worker):
         return
-    from worker import run_worker  # benchmarks/ is the script's folder, first on sys.path
-
     tmp = Path(tempfile.mkdtemp(prefix="openfedllm-data-"))
     cache = tmp / "hf-datasets-cache"
     try:

@@ -23,10 +23,10 @@ reference pass over exactly the pairs its steps use), peak memory, both loss tra
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+from worker import add_worker_arguments, answer_as_worker, run_worker  # benchmarks/ is first on sys.path
 
 
 def job(args):
@@ -108,8 +108,6 @@ def worker(args) -> dict:
 
 
 def run_variant(args, variant: str) -> dict:
-    from worker import run_worker  # benchmarks/ is the script's folder, first on sys.path
-
     return run_worker(__file__, variant, ["--steps", str(args.steps), "--threads", str(args.threads), "--model",
                                           args.model, "--pairs-per-domain", str(args.pairs_per_domain)], args.threads)
 
@@ -121,11 +119,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs-per-domain", type=int, default=40)
-    parser.add_argument("--worker", choices=["A", "B"], help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_arguments(parser, ["A", "B"])
     args = parser.parse_args()
-    if args.worker:
-        Path(args.result).write_text(json.dumps(worker(args)))
+    if answer_as_worker(args, worker):
         return
     print(f"job: {args.steps} DPO steps of 4 pairs, model {args.model}, torch threads {args.threads}")
     results = {"A": [], "B": []}

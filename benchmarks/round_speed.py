@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from worker import add_worker_arguments, answer_as_worker, run_worker  # benchmarks/ is first on sys.path
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -116,8 +118,6 @@ def worker(args) -> dict:
 
 def run_variant(args, variant: str) -> dict:
     """Run one variant in a fresh process; its peak RSS comes from the kernel (wait4)."""
-    from worker import run_worker  # benchmarks/ is the script's folder, first on sys.path
-
     return run_worker(__file__, variant, [
         "--data", args.data, "--rounds", str(args.rounds), "--reference", args.reference,
         "--threads", str(args.threads), "--model", args.model, "--local-steps", str(args.local_steps),
@@ -155,12 +155,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--worker", choices=["A", "B"], help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_arguments(parser, ["A", "B"])
     args = parser.parse_args()
-
-    if args.worker:
-        Path(args.result).write_text(json.dumps(worker(args)))
+    if answer_as_worker(args, worker):
         return
     tmp = None
     if not args.data:

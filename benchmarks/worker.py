@@ -22,3 +22,19 @@ def run_worker(script: str, variant: str, args: list[str], threads: int) -> dict
         result = json.loads(Path(out.name).read_text())
     result["peak_gib"] = usage.ru_maxrss / 2**20  # KiB on Linux
     return result
+
+
+def add_worker_arguments(parser, variants: list[str]) -> None:
+    """The two hidden arguments `run_worker` passes to the script it starts."""
+    import argparse
+
+    parser.add_argument("--worker", choices=variants, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+
+
+def answer_as_worker(args, work) -> bool:
+    """In a worker process: run `work(args)`, write its JSON result where `run_worker` reads it."""
+    if not args.worker:
+        return False
+    Path(args.result).write_text(json.dumps(work(args)))
+    return True

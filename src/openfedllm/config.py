@@ -210,9 +210,7 @@ class RunConfig:
         if self.data.name:
             from .data.registry import known
 
-            if known(self.data.name).objective != self.train.objective:
-                raise UserError(f"data.name: {self.data.name} is {known(self.data.name).objective} data, "
-                                f"not {self.train.objective}")
+            known(self.data.name, self.train.objective)
         if self.model.adapter:
             if self.model.finetune != "lora":
                 raise UserError("model.adapter needs model.finetune: lora")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-from ..errors import UserError
 from .example import Example, is_correct
 from .instructions import Hygiene, columns_for, detect, to_examples, usable_or_error
 from .registry import known
@@ -21,9 +20,10 @@ def load_examples(data_config, seed: int) -> tuple[list[Example], list[Example]]
     return split_heldout(examples, data_config, seed)
 
 
-def source_table(data_config):
-    """(the rows as an Arrow-backed table, where they came from, the registry entry or None)."""
-    entry = known(data_config.name) if data_config.name else None
+def source_table(data_config, objective: str):
+    """(the rows as an Arrow-backed table, where they came from, the registry entry or None); a named
+    dataset must hold `objective`'s kind of data."""
+    entry = known(data_config.name, objective) if data_config.name else None
     if data_config.path:
         return read_table(data_config.path), data_config.path, entry
     return load_hub(entry.hub[0], entry.config, entry.split), entry.hub[0], entry
@@ -31,9 +31,7 @@ def source_table(data_config):
 
 def load_instruction_data(data_config) -> tuple[list[Example], Hygiene, str]:
     """The usable Examples of a named dataset or a local file/folder, what hygiene dropped, and where."""
-    table, where, entry = source_table(data_config)
-    if entry is not None and entry.objective != "sft":
-        raise UserError(f"data.name: {data_config.name} holds preference pairs; train it with openfedllm dpo")
+    table, where, entry = source_table(data_config, "sft")
     fmt = data_config.format if data_config.format != "auto" else (entry.format if entry else "auto")
     if fmt == "auto":
         fmt, cols = detect(list(table.column_names), where)

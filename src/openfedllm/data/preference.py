@@ -178,9 +178,7 @@ def load_preference_data(data_config) -> tuple[list[Preference], LoadReport, str
         # read row by row: preference files mix strings and message lists in one column
         prefs, report = load_preferences(data_config.path, data_config.format)
         return prefs, report, data_config.path
-    table, where, entry = source_table(data_config)
-    if entry is not None and entry.objective != "dpo":
-        raise UserError(f"data.name: {data_config.name} is instruction data; train it with openfedllm sft")
+    table, where, entry = source_table(data_config, "dpo")
     fmt = data_config.format if data_config.format != "auto" else (entry.format if entry else "auto")
     prefs, report = convert_rows(table.to_list(), fmt, where)
     return prefs, report, where

@@ -58,7 +58,12 @@ DATASETS = {
 }
 
 
-def known(name: str) -> KnownDataset:
+def known(name: str, objective: str | None = None) -> KnownDataset:
+    """The registry entry of `name`; with `objective`, it must hold that kind of data."""
     if name not in DATASETS:
         raise UserError(f"data.name: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    entry = DATASETS[name]
+    if objective is not None and entry.objective != objective:
+        raise UserError(f"data.name: {name} is {entry.objective} data, not {objective}; "
+                        f"train it with openfedllm {entry.objective}")
+    return entry
