@@ -260,21 +260,79 @@ def final_dir(run_dir: Path, phase: str, full: bool) -> Path:
     return run_dir / name if phase == "federated" else run_dir / "baselines" / phase / name
 
 
+def train_client(setup: Setup, algorithm, phase: str, round_index: int, client_id: int, rows: list,
+                 task: ClientTask, own_state: dict) -> tuple[ClientUpdate, dict]:
+    """One client's round, the same in the simulation and on a Flower node: start from the global
+    tensors, take the local steps with the algorithm's hooks, and return the client's update (its
+    metrics included) and its new client state (SCAFFOLD's c_i)."""
+    cfg = setup.config
+    models.load_trainable_state(setup.model, task.global_state)
+    params = models.trainable_parameters(setup.model)
+    client_name = client_id if phase == "federated" else phase
+    result = train_local(
+        setup.model, rows, steps=task.steps, batch_size=cfg.train.batch_size,
+        grad_accum=cfg.train.grad_accum, lr=task.lr, weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, round_index, client_id),
+        pad_id=setup.tokenizer.pad_token_id, hooks=algorithm.client_hooks(params, task, own_state),
+        optimizer=cfg.train.optimizer, packing=cfg.train.packing,
+        max_tokens_per_pass=cfg.train.max_tokens_per_pass, objective=setup.objective,
+        desc=f"round {round_index + 1} client {client_name}",
+    )
+    weights = models.trainable_state(setup.model)
+    extras, own_state = algorithm.client_finish(task, weights, own_state)
+    metrics = {"loss": result.loss, "steps": result.steps, "tokens": result.tokens,
+               "seconds": round(result.seconds, 3), **result.metrics}
+    return ClientUpdate(client_id, weights, len(rows), metrics=metrics, extras=extras), own_state
+
+
+class LocalClients:
+    """The simulation's clients: each sampled client trains in turn on the one model in memory, and
+    what lives with a client between rounds (SCAFFOLD's c_i) is kept here, keyed by client id."""
+
+    def __init__(self, setup: Setup, phase: str, partitions: list[list[int]], client_states=None):
+        self.setup, self.phase, self.partitions = setup, phase, partitions
+        self.client_states: dict[int, dict] = dict(client_states or {})
+
+    def sizes(self) -> list[int]:
+        return [len(p) for p in self.partitions]
+
+    def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
+        updates = []
+        for cid in sampled:
+            rows = [self.setup.train_rows[i] for i in self.partitions[cid]]
+            update, own_state = train_client(self.setup, algorithm, self.phase, round_index, cid, rows, task,
+                                             self.client_states.get(cid, {}))
+            if own_state:
+                self.client_states[cid] = own_state
+            updates.append(update)
+        return updates
+
+    def checkpoint_state(self) -> dict:
+        return self.client_states
+
+
+def client_record(phase: str, round_index: int, update: ClientUpdate, lr: float) -> dict:
+    """The metrics.jsonl line of one client's round."""
+    m = dict(update.metrics)
+    return {"type": "client", "phase": phase, "round": round_index + 1, "client": update.client_id,
+            "loss": m.pop("loss"), "examples": update.num_examples, "steps": m.pop("steps"),
+            "tokens": m.pop("tokens"), "seconds": m.pop("seconds"), "lr": lr, **m}
+
+
 def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str],
-              start_round: int = 0, state=None, server_state=None, client_states=None) -> dict:
+              start_round: int = 0, state=None, server_state=None, client_states=None, clients=None) -> dict:
+    """The rounds of one phase. `clients` trains the sampled clients of a round: the simulation's
+    LocalClients by default, or a deployment's nodes (flower.server.NodeClients)."""
     cfg = setup.config
     partitions, per_round, steps = phase_clients(setup, phase)
+    clients = clients or LocalClients(setup, phase, partitions, client_states)
     if phase == "federated":
-        algorithm = build_algorithm(cfg.fed, total_examples=sum(len(p) for p in partitions))
+        algorithm = build_algorithm(cfg.fed, total_examples=sum(clients.sizes()))
     else:
         algorithm = FedAvg()  # a federation of one: the client's model is the result
     if server_state:
         algorithm.load_state_dict(server_state)
-    # What lives with each client between rounds (SCAFFOLD's c_i), keyed by client id.
-    client_states: dict[int, dict] = dict(client_states or {})
     state = dict(setup.initial_state) if state is None else state
-    params = models.trainable_parameters(setup.model)
-    pad_id = setup.tokenizer.pad_token_id
     last_eval = None
     rounds = cfg.fed.rounds
     bar = tqdm(range(start_round, rounds), desc=f"{phase} rounds", initial=start_round, total=rounds,
@@ -283,35 +341,15 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
         round_start = time.perf_counter()
         task = ClientTask(global_state=state, message=algorithm.server_message(),
                           lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr), steps=steps)
-        sampled = sample_clients(cfg.train.seed, phase, r, len(partitions), per_round)
-        updates, losses = [], []
-        for cid in sampled:
-            models.load_trainable_state(setup.model, state)
-            own_state = client_states.get(cid, {})
-            rows = [setup.train_rows[i] for i in partitions[cid]]
-            client_name = cid if phase == "federated" else phase
-            result = train_local(
-                setup.model, rows, steps=steps, batch_size=cfg.train.batch_size,
-                grad_accum=cfg.train.grad_accum, lr=task.lr, weight_decay=cfg.train.weight_decay,
-                max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, r, cid),
-                pad_id=pad_id, hooks=algorithm.client_hooks(params, task, own_state),
-                optimizer=cfg.train.optimizer, packing=cfg.train.packing,
-                max_tokens_per_pass=cfg.train.max_tokens_per_pass, objective=setup.objective,
-                desc=f"round {r + 1} client {client_name}",
-            )
-            weights = models.trainable_state(setup.model)
-            extras, own_state = algorithm.client_finish(task, weights, own_state)
-            if own_state:
-                client_states[cid] = own_state
-            updates.append(ClientUpdate(cid, weights, len(rows), extras=extras))
-            losses.append(result.loss)
-            log.write({"type": "client", "phase": phase, "round": r + 1, "client": cid,
-                       "loss": result.loss, "examples": len(rows), "steps": result.steps,
-                       "tokens": result.tokens, "seconds": round(result.seconds, 3), "lr": task.lr,
-                       **result.metrics})
+        sampled = sample_clients(cfg.train.seed, phase, r, len(clients.sizes()), per_round)
+        updates = clients.train_round(algorithm, r, sampled, task)
+        for update in updates:
+            log.write(client_record(phase, r, update, task.lr))
+        losses = [u.metrics["loss"] for u in updates]
         state = algorithm.aggregate(state, updates)
         models.load_trainable_state(setup.model, state)
-        message = f"[{phase}] round {r + 1}/{rounds}  clients {sampled}  train loss {np.mean(losses):.3f}"
+        replied = [u.client_id for u in updates]
+        message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
         # Baselines are evaluated once, at their end; the federation every eval.every rounds.
         due = r + 1 == rounds or (phase == "federated" and (r + 1) % cfg.eval.every == 0)
         if due:
@@ -324,23 +362,25 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
             save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
             done = done + [phase]
         save_checkpoint(run_dir, state, algorithm.state_dict(), {
-            "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, client_states)
+            "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, clients.checkpoint_state())
     bar.close()
     return last_eval or {}
 
 
-def resume_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint) -> dict:
+def resume_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint,
+                 clients=None) -> dict:
     """Continue a phase from its checkpoint: global state, server state and every client's state."""
     return run_phase(setup, phase, run_dir, log, done, checkpoint.progress["round"], checkpoint.state,
-                     checkpoint.server_state, checkpoint.client_states)
+                     checkpoint.server_state, checkpoint.client_states, clients)
 
 
 def phases_of(config: RunConfig) -> list[str]:
     return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
 
 
-def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
-    """Run (or continue) every phase; returns the summary written to summary.json."""
+def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict:
+    """Run (or continue) every phase; returns the summary written to summary.json. `clients` trains
+    the federated phase's rounds (a deployment's nodes); by default the simulation's LocalClients."""
     cfg = setup.config
     log = MetricsLog(run_dir / "metrics.jsonl")
     checkpoint = load_checkpoint(run_dir) if resume else None
@@ -373,9 +413,9 @@ def run(setup: Setup, run_dir: Path, resume: bool = False) -> dict:
         if phase in done:
             continue
         if checkpoint is not None and checkpoint.progress["phase"] == phase:
-            resume_phase(setup, phase, run_dir, log, done, checkpoint)
+            resume_phase(setup, phase, run_dir, log, done, checkpoint, clients if phase == "federated" else None)
         else:
-            run_phase(setup, phase, run_dir, log, done)
+            run_phase(setup, phase, run_dir, log, done, clients=clients if phase == "federated" else None)
         done = done + [phase]
     plot_run(log.records(), run_dir / "plots")
     summary = summarize(log.records(), run_dir, cfg)
