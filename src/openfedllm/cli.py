@@ -83,6 +83,9 @@ def _train_parser(objective: str) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", help=f"run directory (default: runs/{objective}-DATE-TIME); must not exist")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--federation", metavar="CONN",
+                        help="run on a Flower federation instead of simulating: the connection name that "
+                             "`openfedllm federation up` prints (or one in $FLWR_HOME/config.toml)")
     return parser
 
 
@@ -127,6 +130,8 @@ def _train_command(argv: list[str], objective: str) -> int:
         return 0
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"--output-dir {run_dir} already holds files; pick another, or --resume it")
+    if args.federation:
+        return _submit(args.federation, config, run_dir, bool(args.resume))
 
     _quiet_libraries()
     from .simulation import prepare, run
@@ -142,6 +147,65 @@ def _train_command(argv: list[str], objective: str) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: openfedllm {objective} --resume {run_dir}", file=sys.stderr)
         return 130
+    return 0
+
+
+def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
+    """The run on a Flower federation: the ServerApp gets the resolved config and the run directory."""
+    from . import config as cfg_mod
+    from .flower import federation
+
+    run_config = {"output-dir": str(run_dir.resolve()), "resume": resume}
+    if not resume:
+        run_config["config-text"] = yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False)
+    status = federation.submit(connection, run_config)
+    if status == 0 and (run_dir / "summary.json").is_file():
+        return 0
+    hint = (f"; continue with: openfedllm {config.train.objective} --federation {connection} --resume {run_dir}"
+            if (run_dir / "checkpoints").exists() else "")
+    print(f"openfedllm: the federated run did not finish{hint}", file=sys.stderr)
+    return status or 1
+
+
+def cmd_federation(argv: list[str]) -> int:
+    from .flower import federation
+
+    parser = argparse.ArgumentParser(
+        prog="openfedllm federation",
+        description="A Flower federation on 127.0.0.1 for development: `up` starts a SuperLink and N SuperNodes "
+                    "(node i trains partition i of the run's data), `down` stops exactly those; `certs` makes a "
+                    "development CA and server certificate; `key` a node key pair for authentication.")
+    parser.add_argument("action", choices=("up", "down", "certs", "key"))
+    parser.add_argument("--nodes", type=int, default=2, help="up: SuperNodes to start (= fed.num_clients of runs)")
+    parser.add_argument("--dir", help=f"where processes, logs, certificates and the connection live "
+                                      f"(default {federation.default_dir()})")
+    parser.add_argument("--port", type=int, default=0, help="up: SuperLink port on 127.0.0.1 (0: a free one)")
+    parser.add_argument("--tls", action="store_true", help="up: HTTPS with a development CA made in DIR/certs")
+    parser.add_argument("--auth", action="store_true", help="up: only registered node keys may join (implies --tls)")
+    parser.add_argument("--threads", type=int, default=0, help="up: torch threads per node (0: torch's default)")
+    parser.add_argument("--host", action="append", default=[],
+                        help="certs: an IP or name the server certificate is valid for (repeatable)")
+    parser.add_argument("--name", default="node", help="key: file name of the key pair")
+    args = parser.parse_args(argv)
+    folder = Path(args.dir).expanduser() if args.dir else federation.default_dir()
+    if args.action == "up":
+        record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads)
+        home = Path(record["flwr_home"])
+        print(f"SuperLink on 127.0.0.1:{record['port']} ({'TLS' if record['tls'] else 'plaintext'}"
+              f"{', node authentication' if record['auth'] else ''}), {args.nodes} SuperNodes; logs in {folder / 'logs'}")
+        print(f"--federation {federation.CONNECTION}")
+        if home != federation.default_dir() / "flwr":
+            print(f"(with FLWR_HOME={home}; the same for flwr run . {federation.CONNECTION})")
+        return 0
+    if args.action == "down":
+        print(f"stopped {federation.down(folder)} processes")
+        return 0
+    if args.action == "certs":
+        paths = federation.make_dev_certificates(folder / "certs", args.host or ["127.0.0.1", "localhost"])
+        print("\n".join(f"{k:5s} {v}" for k, v in paths.items()))
+        return 0
+    private, public = federation.make_node_key(folder / "keys", args.name)
+    print(f"private {private}\npublic  {public}  (register: flwr supernode register {public} CONN)")
     return 0
 
 
@@ -328,7 +392,7 @@ def cmd_algorithms(argv: list[str]) -> int:
 
 
 COMMANDS = {"sft": cmd_sft, "dpo": cmd_dpo, "experiment": cmd_experiment, "export": cmd_export,
-            "data": cmd_data, "eval": cmd_eval, "serve": cmd_serve,
+            "data": cmd_data, "eval": cmd_eval, "serve": cmd_serve, "federation": cmd_federation,
             "algorithms": cmd_algorithms}
 
 
@@ -345,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
               "  data        list known datasets; inspect the client split of a config\n"
               "  eval        measure a model, a run or a samples file on benchmarks (mmlu, bbh, ...)\n"
               "  serve       a model or run as an OpenAI-compatible chat endpoint on 127.0.0.1\n"
+              "  federation  a Flower federation on 127.0.0.1 (up / down), dev certificates and node keys\n"
               "  algorithms  list the FL algorithms\n\n"
               "openfedllm sft --help (or dpo --help) lists every config key.")
         return 0 if argv else USAGE_ERROR

@@ -87,6 +87,10 @@ class FedConfig:
     fedopt_beta1: float = opt(0.9, "FedAdagrad/FedYogi/FedAdam: decay of the first moment m")
     fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v")
     fedopt_tau: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM")
+    min_clients: int = opt(1, "deployment: a round completes if at least this many sampled clients reply "
+                           "within fed.round_timeout; fewer stop the run (resumable)")
+    round_timeout: float = opt(3600.0, "deployment: seconds the server waits for a round's replies (and for "
+                               "fed.num_clients nodes to connect at the start)")
     fedopt_second_moment: str = opt("delta", "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
                                     "paper) or m (momentum, as the OpenFedLLM reference code does)")
 
@@ -183,7 +187,8 @@ class RunConfig:
             "fed.scaffold_server_lr": self.fed.scaffold_server_lr, "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
             "fed.fedopt_server_lr": self.fed.fedopt_server_lr, "fed.fedopt_tau": self.fed.fedopt_tau,
             "dpo.beta": self.dpo.beta, "dpo.max_prompt_length": self.dpo.max_prompt_length,
-            "fed.key_min_size": self.fed.key_min_size, "fed.shards_per_client": self.fed.shards_per_client,
+            "fed.key_min_size": self.fed.key_min_size, "fed.min_clients": self.fed.min_clients,
+            "fed.round_timeout": self.fed.round_timeout, "fed.shards_per_client": self.fed.shards_per_client,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -199,6 +204,9 @@ class RunConfig:
         if self.fed.clients_per_round > self.fed.num_clients:
             raise UserError(f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
                             f"fed.num_clients ({self.fed.num_clients})")
+        if self.fed.min_clients > self.fed.clients_per_round:
+            raise UserError(f"fed.min_clients ({self.fed.min_clients}) is more than fed.clients_per_round "
+                            f"({self.fed.clients_per_round})")
         for key, value in {"fed.fedavgm_momentum": self.fed.fedavgm_momentum, "fed.fedopt_beta1": self.fed.fedopt_beta1,
                            "fed.fedopt_beta2": self.fed.fedopt_beta2}.items():
             if not 0 <= value < 1:

@@ -391,8 +391,9 @@ def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, to_dict(cfg))
         what = "preference pairs" if cfg.train.objective == "dpo" else "training examples"
-        print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")
-        print(client_table(setup.train_domains, setup.clients))
+        if clients is None:  # a deployment's clients hold their own data; the nodes report their sizes
+            print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")
+            print(client_table(setup.train_domains, setup.clients))
         if setup.over_length:
             what = "dropped" if cfg.data.over_length == "drop" else "cut at the end"
             print(f"({setup.over_length} training rows longer than data.max_length={cfg.data.max_length} "

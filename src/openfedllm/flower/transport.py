@@ -60,3 +60,22 @@ def check_outgoing(content, parameter_names: set[str]) -> None:
         for key, array in record.items():
             if not np.issubdtype(np.dtype(array.dtype), np.floating):
                 raise ValueError(f"record {name!r}: {key} is {array.dtype}; only float tensors may leave a node")
+
+
+def describe(message) -> dict:
+    """What a received message carried, for the run's messages.jsonl: every record's kind, and for
+    tensors their names, dtypes and bytes; for metrics their names. Never the values."""
+    from flwr.app import ArrayRecord, MetricRecord
+
+    if message.has_error():
+        return {"error": message.error.reason}
+    records = {}
+    for name, record in message.content.items():
+        if isinstance(record, ArrayRecord):
+            records[name] = {"kind": "arrays", "tensors": {k: a.dtype for k, a in record.items()},
+                             "bytes": sum(len(a.data) for a in record.values())}
+        elif isinstance(record, MetricRecord):
+            records[name] = {"kind": "metrics", "keys": sorted(record)}
+        else:
+            records[name] = {"kind": type(record).__name__}
+    return {"records": records}

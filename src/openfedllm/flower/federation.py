@@ -1,0 +1,322 @@
+"""A Flower federation on this machine for development and tests, and submitting runs to any.
+
+`openfedllm federation up --nodes N` starts one SuperLink and N SuperNodes on 127.0.0.1 (node i
+trains partition i of the run's data), writes the connection into DIR/flwr/config.toml, and
+records the processes in DIR/processes.json; `federation down` stops exactly those. With --tls the
+SuperLink serves HTTPS with a development CA made in DIR/certs; with --auth (TLS implied) only
+nodes whose public key was registered may join. `openfedllm sft --federation CONN` submits a run
+(`flwr run`), streams its log and returns when it ends.
+
+Every process gets the offline-safe settings: no telemetry, no update check, no runtime
+dependency installation (otherwise each run `uv sync`s the app's dependencies into a new venv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+CONNECTION = "openfedllm-local"
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    # SuperExec (which starts each ServerApp / ClientApp process) looks for work every second by default.
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+}
+APP_DIR = Path(__file__).resolve().parents[3]  # the repo root: the pyproject that declares the Flower App
+
+
+def default_dir() -> Path:
+    from ..models import cache_dir
+
+    return cache_dir() / "federation"
+
+
+def flwr_env(flwr_home: Path | None = None) -> dict:
+    """This process's environment with the offline settings, the venv's bin first on PATH (the
+    SuperLink and SuperNodes start `flower-superexec` by name), and FLWR_HOME if given."""
+    env = dict(os.environ, **OFFLINE_ENV)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"the SuperLink exited at start (status {process.returncode}); see {log}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise UserError(f"the SuperLink did not open port {port} within {timeout:g} s; see {log}")
+
+
+def write_connection(flwr_home: Path, address: str, root_certificates: Path | None) -> None:
+    """A flwr config.toml holding one connection, CONNECTION, made the default."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    lines.append(f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true")
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+# --- development certificates and node keys ------------------------------------------------------
+
+def make_dev_certificates(folder: Path, hosts: list[str]) -> dict[str, Path]:
+    """A self-signed CA and a server certificate for `hosts` (IPs or names), valid for a year.
+    For development: in production, use certificates from the organisation's own CA."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openfedllm development CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP384R1())
+    names = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    paths["key"].chmod(0o600)
+    return paths
+
+
+def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
+    """An EC (NIST P-384) key pair in OpenSSH format, as SuperNode authentication takes it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / name, folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
+
+
+def register_node(public_key: Path, flwr_home: Path, connection: str = CONNECTION) -> None:
+    """Add a node's public key to the SuperLink's allow-list (`flwr supernode register`)."""
+    done = subprocess.run(["flwr", "supernode", "register", str(public_key), connection],
+                          env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise UserError(f"registering {public_key} failed: {(done.stdout + done.stderr).strip()[-300:]}")
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+def superlink_command(port: int, folder: Path, certs: dict | None, auth: bool) -> list[str]:
+    cmd = ["flower-superlink", "--port", str(port), "--database", str(folder / "superlink.db"),
+           "--disable-runtime-dependency-installation"]
+    if certs:
+        cmd += ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]),
+                "--ssl-keyfile", str(certs["key"])]
+    else:
+        cmd.append("--insecure")
+    if auth:
+        cmd.append("--enable-supernode-auth")
+    return cmd
+
+
+def supernode_command(superlink: str, node_port: int, node_config: str, ca: Path | None,
+                      private_key: Path | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "openfedllm.flower.supernode", "--superlink", superlink,
+           "--port", str(node_port), "--node-config", node_config, "--max-wait-time", "120"]
+    cmd += ["--root-certificates", str(ca)] if ca else ["--insecure"]
+    if private_key:
+        cmd += ["--auth-supernode-private-key", str(private_key)]
+    return cmd
+
+
+def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+    # Its own session, so `down` can stop the process with the children it started (SuperExec, apps).
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=str(APP_DIR))
+
+
+def node_config_of(i: int, nodes: int, folder: Path, threads: int) -> str:
+    config = f"partition-id={i} num-partitions={nodes} state-dir='{folder / 'node-state'}'"
+    return config + (f" threads={threads}" if threads else "")
+
+
+def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = False, threads: int = 0) -> dict:
+    """Start a SuperLink and `nodes` SuperNodes on 127.0.0.1; returns what processes.json records."""
+    if nodes < 1:
+        raise UserError(f"--nodes must be at least 1, got {nodes}")
+    state_file = folder / "processes.json"
+    if state_file.exists() and any(alive(p) for p in json.loads(state_file.read_text())["pids"]):
+        raise UserError(f"a federation from {folder} is still up; run openfedllm federation down --dir {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "logs").mkdir(exist_ok=True)
+    tls = tls or auth  # Flower requires TLS for node authentication
+    port = port or free_port()
+    certs = make_dev_certificates(folder / "certs", ["127.0.0.1", "localhost"]) if tls else None
+    flwr_home = folder / "flwr"
+    write_connection(flwr_home, f"127.0.0.1:{port}", certs["ca"] if certs else None)
+    env = flwr_env(flwr_home)
+    link = start(superlink_command(port, folder, certs, auth), folder / "logs" / "superlink.log", env)
+    pids = [link.pid]
+    record = {"pids": pids, "port": port, "superlink": link.pid, "nodes": {}, "flwr_home": str(flwr_home),
+              "tls": tls, "auth": auth, "dir": str(folder)}
+    try:
+        wait_for_port(port, 60, link, folder / "logs" / "superlink.log")
+        keys = {}
+        for i in range(nodes):
+            if auth:
+                private, public = make_node_key(folder / "keys", f"node{i}")
+                register_node(public, flwr_home)
+                keys[i] = private
+        for i in range(nodes):
+            cmd = supernode_command(f"127.0.0.1:{port}", free_port(), node_config_of(i, nodes, folder, threads),
+                                    certs["ca"] if certs else None, keys.get(i))
+            node = start(cmd, folder / "logs" / f"node{i}.log", env)
+            pids.append(node.pid)
+            record["nodes"][str(i)] = node.pid
+    finally:
+        state_file.write_text(json.dumps(record, indent=1))  # what `down` stops, even after a failed start
+    return record
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop_group(pid: int, timeout: float = 10) -> None:
+    """SIGTERM the process's session (it and the apps it started), SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.1)
+        if not alive(pid):
+            return
+
+
+def down(folder: Path) -> int:
+    """Stop the processes `up` started from `folder`; returns how many were running."""
+    state_file = folder / "processes.json"
+    if not state_file.is_file():
+        raise UserError(f"no federation was started from {folder} (no processes.json)")
+    pids = json.loads(state_file.read_text())["pids"]
+    running = [p for p in pids if alive(p)]
+    for pid in reversed(pids):  # nodes first, then the SuperLink
+        stop_group(pid)
+    state_file.unlink()
+    return len(running)
+
+
+# --- submitting a run ------------------------------------------------------------------------------
+
+def find_flwr_home(connection: str) -> Path:
+    """The FLWR_HOME whose config.toml names `connection`: $FLWR_HOME, else the default dev federation's."""
+    import tomli
+
+    candidates = [Path(os.environ["FLWR_HOME"])] if os.environ.get("FLWR_HOME") else []
+    candidates.append(default_dir() / "flwr")
+    for home in candidates:
+        file = home / "config.toml"
+        if file.is_file() and connection in tomli.loads(file.read_text()).get("superlink", {}):
+            return home
+    raise UserError(f"--federation {connection}: no such connection in "
+                    f"{' or '.join(str(c / 'config.toml') for c in candidates)} "
+                    f"(start one with openfedllm federation up, or set FLWR_HOME)")
+
+
+def submit(connection: str, run_config: dict, timeout: float | None = None) -> int:
+    """`flwr run` the app on `connection` with `run_config`, streaming its log until it ends; the exit
+    status is 0 only if the run completed successfully."""
+    import tomli_w
+
+    home = find_flwr_home(connection)
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = Path(tmp) / "run_config.toml"
+        overrides.write_text(tomli_w.dumps(run_config))
+        cmd = ["flwr", "run", str(APP_DIR), connection, "--run-config", str(overrides), "--stream"]
+        done = subprocess.run(cmd, env=flwr_env(home), timeout=timeout, capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    sys.stdout.write(log)
+    run_id = _run_id(log)
+    if done.returncode != 0 or run_id is None:
+        return done.returncode or 1
+    status = run_status(connection, home, run_id)
+    if status != "finished:completed":
+        print(f"openfedllm: the federated run {run_id} ended as {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_id(log: str) -> str | None:
+    import re
+
+    found = re.search(r"started run (\d+)", log) or re.search(r"run_id\W+(\d+)", log)
+    return found.group(1) if found else None
+
+
+def run_status(connection: str, home: Path, run_id: str) -> str:
+    done = subprocess.run(["flwr", "ls", connection, "--run-id", run_id, "--format", "json"],
+                          env=flwr_env(home), capture_output=True, text=True, timeout=60)
+    try:
+        runs = json.loads(done.stdout).get("runs", [])
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+    except (json.JSONDecodeError, AttributeError):
+        return "unknown"
+
+
+def clean(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""The ClientApp: what runs on a SuperNode, next to the data it may not send anywhere.
+
+A node trains with the simulation's own code (`simulation.train_client`) and the algorithm object
+the config names; only the server's tensors and the round's settings come in, and only trainable
+tensors and numbers go out (`transport.check_outgoing` runs on every reply before it leaves).
+
+Which data a node holds comes from its node config (`flower-supernode --node-config "..."`):
+    partition-id=I                 the client's id in the federation (0 .. fed.num_clients-1)
+    data-path=FILE [data-format=F] the node's own file (any layout `openfedllm sft` reads); its
+                                   training share is this client's data
+    num-partitions=N               development instead: partition I of the config's own data,
+                                   split exactly as the simulation splits it (N = fed.num_clients)
+    state-dir=DIR                  where the client state (SCAFFOLD's c_i) lives between rounds
+    threads=T                      torch CPU threads of this node
+
+What lives with a client between rounds (SCAFFOLD's c_i) is kept on the node's disk, one file per
+round the client trained in, so it survives a restart of the server or of the node, and a resumed
+run picks the state as of the round it continues from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+
+TRAIN_STATE = "client-state"
+_SETUPS: dict[str, NodeData] = {}  # one prepared node per (config, node config) in this process
+
+
+@dataclass
+class NodeData:
+    setup: object  # simulation.Setup: the node's model, tokenizer and tokenized rows
+    client_id: int
+    rows: list  # this client's training rows
+    algorithm: object  # the configured algorithm; the node calls only its client side
+
+
+def node_settings(node_config) -> dict:
+    """The node config, checked: partition-id always, and either data-path or num-partitions."""
+    known = {"partition-id", "num-partitions", "data-path", "data-format", "state-dir", "threads"}
+    unknown = sorted(set(node_config) - known)
+    if unknown:
+        raise UserError(f"node config: unknown key {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+    if "partition-id" not in node_config:
+        raise UserError("node config: partition-id=I (this client's id) is required")
+    if "data-path" not in node_config and "num-partitions" not in node_config:
+        raise UserError("node config: give data-path=FILE (this node's data) or num-partitions=N "
+                        "(development: partition-id of the config's data)")
+    return dict(node_config)
+
+
+def node_run_config(config_text: str, node: dict):
+    """The run's config as this node trains it: the server's, with the node's own data."""
+    from .. import config as cfg_mod
+
+    config = cfg_mod.build(yaml.safe_load(config_text))
+    config.baselines.local = config.baselines.centralized = False
+    if node.get("threads"):
+        config.train.threads = int(node["threads"])
+    if "data-path" in node:
+        # The whole file is this client's: a federation of one inside the node.
+        config.data.path, config.data.name = str(node["data-path"]), ""
+        config.data.format = str(node.get("data-format", "auto"))
+        config.fed.num_clients = config.fed.clients_per_round = 1
+        config.fed.split = "iid"
+        config.baselines.local_client = 0
+    elif int(node["num-partitions"]) != config.fed.num_clients:
+        raise UserError(f"node config: num-partitions={node['num-partitions']} but the run has "
+                        f"fed.num_clients={config.fed.num_clients}")
+    return config
+
+
+def node_data(config_text: str, node_config) -> NodeData:
+    """The node's prepared model and rows, built once per process for the same run config."""
+    node = node_settings(node_config)
+    key = hashlib.sha256((config_text + repr(sorted(node.items()))).encode()).hexdigest()
+    if key not in _SETUPS:
+        from ..algorithms import build_algorithm
+        from ..simulation import prepare
+
+        config = node_run_config(config_text, node)
+        client_id = int(node["partition-id"])
+        if "data-path" not in node and not 0 <= client_id < config.fed.num_clients:
+            raise UserError(f"node config: partition-id={client_id} is not in [0, {config.fed.num_clients})")
+        setup = prepare(config)
+        part = setup.clients[0 if "data-path" in node else client_id]
+        rows = [setup.train_rows[i] for i in part]
+        if not rows:
+            raise UserError(f"node {client_id}: no training rows in its data")
+        _SETUPS.clear()  # one run per process: let the previous model go
+        _SETUPS[key] = NodeData(setup, client_id, rows, build_algorithm(config.fed, total_examples=1))
+    return _SETUPS[key]
+
+
+def state_dir(node_config, run_uid: str) -> Path:
+    base = node_config.get("state-dir") or Path.home() / ".cache" / "openfedllm" / "nodes"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", run_uid):
+        raise ValueError(f"bad run id {run_uid!r}")
+    return Path(str(base)).expanduser() / f"client-{node_config['partition-id']}" / run_uid
+
+
+def load_client_state(folder: Path, round_index: int) -> dict:
+    """The client's state as of before `round_index` (0-based): the file of the latest earlier round."""
+    from safetensors.torch import load_file
+
+    best = None
+    for path in folder.glob(f"{TRAIN_STATE}-round*.safetensors"):
+        r = int(path.stem.rsplit("round", 1)[1])
+        if r < round_index and (best is None or r > best[0]):
+            best = (r, path)
+    return load_file(str(best[1])) if best else {}
+
+
+def save_client_state(folder: Path, round_index: int, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{TRAIN_STATE}-round{round_index}.tmp"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, folder / f"{TRAIN_STATE}-round{round_index}.safetensors")
+
+
+def handle_query(msg, context):
+    """Who this node is and how many training examples it holds (the aggregation weight)."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    node = node_data(msg.content["config"]["config"], context.node_config)
+    reply = RecordDict({"metrics": MetricRecord({"client-id": node.client_id, "num-examples": len(node.rows)})})
+    return Message(reply, reply_to=msg)
+
+
+def handle_train(msg, context):
+    """One round of local training on this node's own rows."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from ..algorithms import ClientTask
+    from ..models import trainable_state
+    from ..simulation import train_client
+    from .transport import check_outgoing, from_record, to_record
+
+    settings = msg.content["config"]
+    node = node_data(settings["config"], context.node_config)
+    if int(settings["client-id"]) != node.client_id:
+        raise ValueError(f"this node is client {node.client_id}, the message is for {settings['client-id']}")
+    like = trainable_state(node.setup.model)
+    message = from_record(msg.content["message"], like) if "message" in msg.content else {}
+    task = ClientTask(global_state=from_record(msg.content["arrays"], like), message=message,
+                      lr=float(settings["lr"]), steps=int(settings["steps"]))
+    r = int(settings["round"])
+    folder = state_dir(context.node_config, str(settings["run-uid"]))
+    own_state = load_client_state(folder, r)
+    update, own_state = train_client(node.setup, node.algorithm, str(settings["phase"]), r, node.client_id,
+                                     node.rows, task, own_state)
+    if own_state:
+        save_client_state(folder, r, own_state)
+    reply = {"arrays": to_record(update.weights),
+             "metrics": MetricRecord({**update.metrics, "num-examples": update.num_examples,
+                                      "client-id": node.client_id})}
+    if update.extras:
+        reply["extras"] = to_record(update.extras)
+    content = RecordDict(reply)
+    check_outgoing(content, set(like))  # the privacy contract: nothing but tensors and numbers leaves
+    return Message(content, reply_to=msg)
+
+
+def _make_app():
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    app.train()(handle_train)
+    app.query()(handle_query)
+    return app
+
+
+app = _make_app()

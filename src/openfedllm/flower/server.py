@@ -1,0 +1,270 @@
+"""The ServerApp: the simulation's rounds, with the sampled clients training on their own nodes.
+
+`simulation.run` drives the run exactly as on one machine (sampling, the algorithm object's
+aggregate, evaluation, metrics.jsonl, plots, the adapter, checkpoints and resume); only the
+round's training goes through `NodeClients`, which sends each sampled client the global tensors
+and the round's settings and waits for the replies. A round completes with the clients that
+replied within fed.round_timeout if at least fed.min_clients did; the others are logged as lost.
+
+The run config (`flwr run . CONN --run-config ...`, or what `openfedllm sft --federation` sends):
+    config-file   a YAML recipe on the server (as `openfedllm sft --config`)
+    config-text   the resolved config itself, as YAML (what `openfedllm sft --federation` sends)
+    overrides     "section.key=value ..." applied on top
+    output-dir    the run directory (default runs/sft-DATE-TIME)
+    resume        true: continue output-dir from its last checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from .transport import check_outgoing, describe, from_record, to_record
+
+POLL_SECONDS = 0.1  # how often the server asks the SuperLink for replies (Flower's own loop waits 3 s)
+
+
+class NodeClients:
+    """The clients of a deployment: one SuperNode each, found and counted when the run starts."""
+
+    def __init__(self, grid, setup, run_dir: Path, run_uid: str):
+        from ..config import to_dict
+        from ..models import trainable_state
+        from ..rundir import MetricsLog
+
+        self.grid, self.setup, self.run_uid = grid, setup, run_uid
+        self.config = setup.config
+        self.config_text = yaml.safe_dump(to_dict(self.config), sort_keys=False)
+        self.like = trainable_state(setup.model)
+        self.log = MetricsLog(run_dir / "metrics.jsonl")
+        self.audit = run_dir / "messages.jsonl"
+        self.node_of: dict[int, int] = {}  # client id -> SuperNode id
+        self.examples: dict[int, int] = {}  # client id -> its training examples (the aggregation weight)
+
+    # --- sending and receiving ---------------------------------------------------------------
+
+    def _exchange(self, contents: dict[int, object], message_type: str, timeout: float) -> dict[int, object]:
+        """Send each node its content; the replies that arrive within `timeout` seconds, by node id.
+        A node that leaves the federation meanwhile is given up at once."""
+        from flwr.app import Message
+
+        sent = {}
+        for node_id, content in contents.items():
+            msg = Message(content, dst_node_id=node_id, message_type=message_type)
+            sent[node_id] = msg
+        ids = dict(zip(self.grid.push_messages(list(sent.values())), sent))  # message id -> node id
+        pending = {m for m in ids if m}
+        replies: dict[int, object] = {}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                mid = reply.metadata.reply_to_message_id
+                if mid in pending:
+                    pending.discard(mid)
+                    replies[ids[mid]] = reply
+            if pending:
+                online = set(self.grid.get_node_ids())
+                pending = {m for m in pending if ids[m] in online}
+                time.sleep(POLL_SECONDS)
+        return replies
+
+    def _record(self, round_index: int, client_id, reply) -> None:
+        with self.audit.open("a") as f:
+            f.write(json.dumps({"round": round_index, "client": client_id, "node": reply.metadata.src_node_id,
+                                "type": reply.metadata.message_type, **describe(reply)}) + "\n")
+
+    # --- the run's start: who is there ---------------------------------------------------------
+
+    def connect(self) -> None:
+        """Wait for fed.num_clients nodes, then ask each which client it is and how much it holds."""
+        from flwr.app import ConfigRecord, RecordDict
+
+        fed = self.config.fed
+        deadline = time.monotonic() + fed.round_timeout
+        while len(list(self.grid.get_node_ids())) < fed.num_clients:
+            if time.monotonic() > deadline:
+                raise UserError(f"only {len(list(self.grid.get_node_ids()))} of fed.num_clients={fed.num_clients} "
+                                f"nodes connected within fed.round_timeout={fed.round_timeout:g} s")
+            time.sleep(0.5)
+        self._query(list(self.grid.get_node_ids()), RecordDict, ConfigRecord)
+        missing = [c for c in range(fed.num_clients) if c not in self.node_of]
+        if missing:
+            raise UserError(f"no node is client {missing[0]} (partition-id in the node config); "
+                            f"connected clients: {sorted(self.node_of)}")
+        print(f"Federation: {len(self.node_of)} nodes; training examples per client: "
+              + ", ".join(f"{c}: {self.examples[c]}" for c in sorted(self.examples)), flush=True)
+
+    def _query(self, node_ids, RecordDict, ConfigRecord) -> None:
+        content = {n: RecordDict({"config": ConfigRecord({"config": self.config_text})}) for n in node_ids}
+        replies = self._exchange(content, "query", self.config.fed.round_timeout)
+        for node_id, reply in replies.items():
+            if reply.has_error():
+                raise UserError(f"node {node_id} could not start: {reply.error.reason}")
+            self._record(0, None, reply)
+            metrics = reply.content["metrics"]
+            client = int(metrics["client-id"])
+            if client in self.node_of and self.node_of[client] != node_id and self.node_of[client] in node_ids:
+                raise UserError(f"two nodes say they are client {client} (partition-id must be unique)")
+            if not 0 <= client < self.config.fed.num_clients:
+                raise UserError(f"node {node_id} is client {client}, outside [0, fed.num_clients="
+                                f"{self.config.fed.num_clients})")
+            self.node_of[client] = node_id
+            self.examples[client] = int(metrics["num-examples"])
+
+    def _rediscover(self) -> None:
+        """Nodes that joined since (a restarted node has a new id): ask who they are."""
+        from flwr.app import ConfigRecord, RecordDict
+
+        new = [n for n in self.grid.get_node_ids() if n not in self.node_of.values()]
+        if new:
+            self._query(new, RecordDict, ConfigRecord)
+
+    # --- what run_phase calls --------------------------------------------------------------------
+
+    def sizes(self) -> list[int]:
+        return [self.examples[c] for c in range(self.config.fed.num_clients)]
+
+    def checkpoint_state(self) -> dict:
+        return {}  # client state lives on the nodes
+
+    def train_round(self, algorithm, round_index: int, sampled: list[int], task) -> list:
+        from flwr.app import ConfigRecord, MetricRecord, RecordDict  # noqa: F401
+
+        from ..algorithms import ClientUpdate
+
+        fed = self.config.fed
+        online = set(self.grid.get_node_ids())
+        if any(self.node_of.get(c) not in online for c in sampled):
+            self._rediscover()
+            online = set(self.grid.get_node_ids())
+        arrays, message = to_record(task.global_state), algorithm.server_message()
+        contents, client_of = {}, {}
+        for cid in sampled:
+            node_id = self.node_of.get(cid)
+            if node_id not in online:
+                continue
+            records = {"arrays": arrays, "config": ConfigRecord({
+                "config": self.config_text, "run-uid": self.run_uid, "phase": "federated", "round": round_index,
+                "lr": task.lr, "steps": task.steps, "client-id": cid})}
+            if message:
+                records["message"] = to_record(message)
+            contents[node_id] = RecordDict(records)
+            client_of[node_id] = cid
+        replies = self._exchange(contents, "train", fed.round_timeout)
+        updates = []
+        for node_id, cid in client_of.items():
+            reply = replies.get(node_id)
+            if reply is None or reply.has_error():
+                reason = reply.error.reason if reply is not None else (
+                    "left the federation" if node_id not in set(self.grid.get_node_ids())
+                    else f"no reply within fed.round_timeout={fed.round_timeout:g} s")
+                self._lost(round_index, cid, node_id, reason)
+                continue
+            self._record(round_index + 1, cid, reply)
+            check_outgoing(reply.content, set(self.like))  # refuse anything but tensors and numbers
+            metrics = dict(reply.content["metrics"])
+            num_examples = int(metrics.pop("num-examples"))
+            metrics.pop("client-id", None)
+            extras = from_record(reply.content["extras"], self.like) if "extras" in reply.content else {}
+            updates.append(ClientUpdate(cid, from_record(reply.content["arrays"], self.like), num_examples,
+                                        metrics=metrics, extras=extras))
+        for cid in sampled:
+            if cid not in client_of.values():
+                self._lost(round_index, cid, self.node_of.get(cid), "not connected")
+        if len(updates) < fed.min_clients:
+            raise UserError(f"round {round_index + 1}: {len(updates)} of {len(sampled)} sampled clients replied, "
+                            f"fewer than fed.min_clients={fed.min_clients}; the last checkpoint is kept "
+                            f"(continue with --resume)")
+        return updates
+
+    def _lost(self, round_index: int, cid: int, node_id, reason: str) -> None:
+        print(f"[federated] round {round_index + 1}: client {cid} (node {node_id}) lost: {reason}", flush=True)
+        self.log.write({"type": "lost", "phase": "federated", "round": round_index + 1, "client": cid,
+                        "node": node_id, "reason": reason})
+
+
+def server_config(run_config) -> tuple:
+    """(config, run directory, resume) from the ServerApp's run config."""
+    from .. import config as cfg_mod
+    from ..rundir import read_config
+
+    output_dir = str(run_config.get("output-dir", "") or "")
+    resume = bool(run_config.get("resume", False))
+    if resume:
+        if not output_dir or not Path(output_dir).is_dir():
+            raise UserError(f"resume: no such run directory: {output_dir!r}")
+        return cfg_mod.build(read_config(Path(output_dir))), Path(output_dir), True
+    text = str(run_config.get("config-text", "") or "")
+    path = str(run_config.get("config-file", "") or "")
+    raw = yaml.safe_load(text) if text else (cfg_mod.load_yaml(path) if path else {})
+    overrides = [tuple(item.split("=", 1)) for item in str(run_config.get("overrides", "") or "").split()]
+    if any(len(o) != 2 for o in overrides):
+        raise UserError("overrides: expected section.key=value items separated by spaces")
+    raw = cfg_mod.apply_overrides(raw or {}, overrides)
+    if (raw.get("train") or {}).get("objective") == "dpo":
+        raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
+    config = cfg_mod.build(raw)
+    run_dir = Path(output_dir or time.strftime(f"runs/{config.train.objective}-%Y%m%d-%H%M%S"))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"output-dir {run_dir} already holds files; pick another, or resume it")
+    return config, run_dir, False
+
+
+def run_id_of(run_dir: Path) -> str:
+    """The run's identity on the nodes (their client state lives under it); kept in the run dir."""
+    path = run_dir / "federation.json"
+    if path.is_file():
+        return json.loads(path.read_text())["run_uid"]
+    uid = uuid.uuid4().hex
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_uid": uid}))
+    return uid
+
+
+def serve_run(grid, run_config) -> dict:
+    """The whole federated run, on the nodes of `grid`."""
+    from ..cli import _quiet_libraries
+    from ..simulation import prepare, run
+
+    _quiet_libraries()
+    config, run_dir, resume = server_config(run_config)
+    # Baselines pool data or train one client alone on the server: neither exists in a deployment.
+    config.baselines.local = config.baselines.centralized = False
+    config.validate()
+    setup = prepare(config)
+    created = not run_dir.exists()
+    try:
+        clients = NodeClients(grid, setup, run_dir, run_id_of(run_dir))
+        clients.connect()
+        return run(setup, run_dir, resume=resume, clients=clients)
+    except BaseException:
+        if created and not (run_dir / "checkpoints").exists():
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+        raise
+
+
+def _make_app():
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context) -> None:
+        try:
+            serve_run(grid, context.run_config)
+        except UserError as exc:
+            # One line a user can act on; Flower marks the run failed.
+            print(f"openfedllm server: error: {exc}", flush=True)
+            raise SystemExit(2) from None
+
+    return app
+
+
+app = _make_app()
