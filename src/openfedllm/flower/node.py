@@ -12,6 +12,12 @@ Which data a node holds comes from its node config (`flower-supernode --node-con
                                    split exactly as the simulation splits it (N = fed.num_clients)
     state-dir=DIR                  where the client state (SCAFFOLD's c_i) lives between rounds
     threads=T                      torch CPU threads of this node
+    warm=false                     train inside each ClientApp process instead of the warm worker
+
+Flower starts a fresh ClientApp process for every message. Importing torch and loading the model
+there would cost seconds per round, so the ClientApp only converts the message and hands it to
+the node's warm worker (`worker.py`: one long-lived process per node, holding the model and the
+tokenized rows, reached over a Unix socket on the node itself), then checks and sends the reply.
 
 What lives with a client between rounds (SCAFFOLD's c_i) is kept on the node's disk, one file per
 round the client trained in, so it survives a restart of the server or of the node, and a resumed
@@ -44,7 +50,7 @@ class NodeData:
 
 def node_settings(node_config) -> dict:
     """The node config, checked: partition-id always, and either data-path or num-partitions."""
-    known = {"partition-id", "num-partitions", "data-path", "data-format", "state-dir", "threads"}
+    known = {"partition-id", "num-partitions", "data-path", "data-format", "state-dir", "threads", "warm"}
     unknown = sorted(set(node_config) - known)
     if unknown:
         raise UserError(f"node config: unknown key {unknown[0]!r}; valid: {', '.join(sorted(known))}")
@@ -127,55 +133,90 @@ def save_client_state(folder: Path, round_index: int, state: dict) -> None:
     os.replace(tmp, folder / f"{TRAIN_STATE}-round{round_index}.safetensors")
 
 
-def handle_query(msg, context):
+def query(content: dict, node_config) -> dict:
     """Who this node is and how many training examples it holds (the aggregation weight)."""
-    from flwr.app import Message, MetricRecord, RecordDict
-
-    node = node_data(msg.content["config"]["config"], context.node_config)
-    reply = RecordDict({"metrics": MetricRecord({"client-id": node.client_id, "num-examples": len(node.rows)})})
-    return Message(reply, reply_to=msg)
+    node = node_data(content["config"]["config"], node_config)
+    return {"metrics": {"client-id": node.client_id, "num-examples": len(node.rows)}}
 
 
-def handle_train(msg, context):
-    """One round of local training on this node's own rows."""
-    from flwr.app import Message, MetricRecord, RecordDict
-
+def train(content: dict, node_config) -> dict:
+    """One round of local training on this node's own rows; numpy arrays in, numpy arrays out."""
     from ..algorithms import ClientTask
     from ..models import trainable_state
     from ..simulation import train_client
-    from .transport import check_outgoing, from_record, to_record
+    from .transport import from_numpy, to_numpy
 
-    settings = msg.content["config"]
-    node = node_data(settings["config"], context.node_config)
+    settings = content["config"]
+    node = node_data(settings["config"], node_config)
     if int(settings["client-id"]) != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, the message is for {settings['client-id']}")
     like = trainable_state(node.setup.model)
-    message = from_record(msg.content["message"], like) if "message" in msg.content else {}
-    task = ClientTask(global_state=from_record(msg.content["arrays"], like), message=message,
+    message = from_numpy(content["message"], like) if "message" in content else {}
+    task = ClientTask(global_state=from_numpy(content["arrays"], like), message=message,
                       lr=float(settings["lr"]), steps=int(settings["steps"]))
     r = int(settings["round"])
-    folder = state_dir(context.node_config, str(settings["run-uid"]))
+    folder = state_dir(node_config, str(settings["run-uid"]))
     own_state = load_client_state(folder, r)
     update, own_state = train_client(node.setup, node.algorithm, str(settings["phase"]), r, node.client_id,
                                      node.rows, task, own_state)
     if own_state:
         save_client_state(folder, r, own_state)
-    reply = {"arrays": to_record(update.weights),
-             "metrics": MetricRecord({**update.metrics, "num-examples": update.num_examples,
-                                      "client-id": node.client_id})}
+    reply = {"arrays": to_numpy(update.weights),
+             "metrics": {**update.metrics, "num-examples": update.num_examples, "client-id": node.client_id}}
     if update.extras:
-        reply["extras"] = to_record(update.extras)
-    content = RecordDict(reply)
-    check_outgoing(content, set(like))  # the privacy contract: nothing but tensors and numbers leaves
-    return Message(content, reply_to=msg)
+        reply["extras"] = to_numpy(update.extras)
+    return reply
+
+
+HANDLERS = {"query": query, "train": train}
+
+
+def plain(content) -> dict:
+    """A received RecordDict as plain Python: arrays as numpy, configs and metrics as dicts."""
+    from flwr.app import ArrayRecord
+
+    from .transport import record_arrays
+
+    return {name: record_arrays(r) if isinstance(r, ArrayRecord) else dict(r) for name, r in content.items()}
+
+
+def record_dict(reply: dict):
+    from flwr.app import MetricRecord, RecordDict
+
+    from .transport import array_record
+
+    return RecordDict({name: MetricRecord(value) if name == "metrics" else array_record(value)
+                       for name, value in reply.items()})
+
+
+def _handle(kind: str):
+    def handler(msg, context):
+        from flwr.app import Message
+
+        from .transport import check_outgoing
+        from .worker import call
+
+        content = plain(msg.content)
+        request = {"kind": kind, "content": content, "node_config": dict(context.node_config)}
+        if str(context.node_config.get("warm", "true")).lower() in ("0", "false", "no"):
+            reply = HANDLERS[kind](content, request["node_config"])
+        else:
+            reply = call(request)
+        out = record_dict(reply)
+        # The privacy contract: nothing but the trainable tensors the server sent, and numbers, leaves.
+        check_outgoing(out, set(content.get("arrays", {})))
+        return Message(out, reply_to=msg)
+
+    handler.__name__ = kind
+    return handler
 
 
 def _make_app():
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
-    app.train()(handle_train)
-    app.query()(handle_query)
+    app.train()(_handle("train"))
+    app.query()(_handle("query"))
     return app
 
 

@@ -13,24 +13,49 @@ receiver's own dtype, taken from its copy of the same parameters, so no dtype me
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import UserError
 
-_NUMPY_SAFE = (torch.float32, torch.float64)
+# torch is imported only where tensors are made: a node's ClientApp process (which hands the work to
+# its warm worker) must not pay torch's import on every message.
 
 
-def to_record(state: dict[str, torch.Tensor]):
+def to_numpy(state: dict) -> dict[str, np.ndarray]:
+    """Tensors as float32/float64 numpy arrays (bf16 / fp16 cast to float32, exactly)."""
+    import torch
+
+    return {k: (v if v.dtype in (torch.float32, torch.float64) else v.float()).detach().cpu().contiguous().numpy()
+            for k, v in state.items()}
+
+
+def from_numpy(arrays: dict[str, np.ndarray], like: dict) -> dict:
+    """Numpy arrays as tensors in the dtype and on the device of `like` (same names, same shapes)."""
+    import torch
+
+    return _fit({k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}, like)
+
+
+def array_record(arrays: dict[str, np.ndarray]):
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in arrays.items()})
+
+
+def record_arrays(record) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def to_record(state: dict):
     """An ArrayRecord of the tensors, bf16 / fp16 cast to float32 (exactly)."""
-    from flwr.app import ArrayRecord
-
-    return ArrayRecord({k: (v if v.dtype in _NUMPY_SAFE else v.float()).detach().cpu().contiguous()
-                        for k, v in state.items()})
+    return array_record(to_numpy(state))
 
 
-def from_record(record, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_record(record, like: dict) -> dict:
     """The tensors of a record, in the dtype and on the device of `like` (same names, same shapes)."""
-    state = record.to_torch_state_dict()
+    return from_numpy(record_arrays(record), like)
+
+
+def _fit(state: dict, like: dict) -> dict:
     if set(state) != set(like):
         missing, extra = sorted(set(like) - set(state)), sorted(set(state) - set(like))
         raise UserError(f"a message's tensors do not match this model's trainable parameters "
