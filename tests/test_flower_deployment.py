@@ -1,0 +1,196 @@
+"""The Flower deployment on 127.0.0.1: real SuperLink and SuperNode processes, the tiny model.
+
+Same seeds and clients give the simulation's adapter; only trainable tensors and numbers reach the
+server; a TLS SuperLink refuses plaintext nodes and, with authentication, unregistered ones; a
+node lost mid-round is logged and the run goes on; a killed server resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+from openfedllm.cli import main  # noqa: E402
+from openfedllm.flower import federation  # noqa: E402
+
+from .conftest import tiny_run_args  # noqa: E402
+
+NO_BASELINES = ["--baselines.local", "false", "--baselines.centralized", "false"]
+CONN = federation.CONNECTION
+
+
+def _adapter(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def federation_up(tmp_path, monkeypatch):
+    """Start a federation in tmp_path/fed (FLWR_HOME pointed at it); always taken down."""
+    folders = []
+
+    def start(nodes: int, **kwargs) -> dict:
+        folder = tmp_path / f"fed{len(folders)}"
+        folders.append(folder)
+        record = federation.up(nodes, folder, threads=1, **kwargs)
+        monkeypatch.setenv("FLWR_HOME", record["flwr_home"])
+        return record
+
+    yield start
+    for folder in folders:
+        if (folder / "processes.json").exists():
+            federation.down(folder)
+
+
+def _wait_log(path: Path, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tensors(
+        federation_up, tiny_model_dir, tmp_path):
+    settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2",
+                "--fed.algorithm", "fedprox", "--fed.fedprox_mu", "1.0", *NO_BASELINES]
+    simulated = tmp_path / "simulated"
+    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
+
+    fed = federation_up(2, auth=True)
+    assert fed["tls"] and fed["auth"]
+    deployed = tmp_path / "deployed"
+    assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
+    _assert_same(_adapter(deployed), _adapter(simulated))
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/train_loss.png", "checkpoints/progress.json"):
+        assert (deployed / name).exists(), name
+
+    # Every message the nodes sent, as the server received it: tensors named after the adapter's
+    # trainable parameters, in float32, and numeric metrics; nothing else.
+    trainable = set(_adapter(deployed))
+    messages = [json.loads(line) for line in (deployed / "messages.jsonl").read_text().splitlines()]
+    assert [m["type"] for m in messages].count("train") == 4 and [m["type"] for m in messages].count("query") == 2
+    for m in messages:
+        assert "error" not in m
+        for name, record in m["records"].items():
+            assert record["kind"] in ("arrays", "metrics"), (name, record)
+            if record["kind"] == "arrays":
+                assert set(record["tensors"]) <= trainable and set(record["tensors"].values()) == {"float32"}
+        if m["type"] == "train":
+            assert set(m["records"]) == {"arrays", "metrics"}
+            assert set(m["records"]["arrays"]["tensors"]) == trainable
+            assert {"loss", "steps", "tokens", "num-examples"} <= set(m["records"]["metrics"]["keys"])
+
+
+def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federation_up, tmp_path):
+    fed = federation_up(1, auth=True)
+    folder = Path(fed["dir"])
+    assert _wait_log(folder / "logs" / "node0.log", "SuperNode ID", 60)  # the registered node is in
+    env = federation.flwr_env(Path(fed["flwr_home"]))
+    address = f"127.0.0.1:{fed['port']}"
+    stranger, _ = federation.make_node_key(tmp_path / "keys", "stranger")  # never registered
+    attempts = {
+        "plaintext": federation.supernode_command(address, federation.free_port(), "partition-id=1 num-partitions=2",
+                                                  None),
+        "unregistered": federation.supernode_command(address, federation.free_port(),
+                                                     "partition-id=1 num-partitions=2", folder / "certs" / "ca.crt",
+                                                     stranger),
+        "no key": federation.supernode_command(address, federation.free_port(), "partition-id=1 num-partitions=2",
+                                               folder / "certs" / "ca.crt"),
+    }
+    # All three at once; each gets 20 s to join (an admitted node does so in about one).
+    logs = {what: tmp_path / f"{what.replace(' ', '-')}.log" for what in attempts}
+    started = {what: federation.start(cmd, logs[what], env) for what, cmd in attempts.items()}
+    time.sleep(20)
+    for what, process in started.items():
+        federation.stop_group(process.pid)
+        log = logs[what].read_text(errors="replace")
+        assert "Starting Flower SuperNode" in log, what
+        assert "SuperNode ID" not in log, (what, log[-2000:])  # never admitted into the federation
+
+
+def test_a_node_killed_mid_round_is_logged_and_the_run_goes_on(federation_up, tiny_model_dir, tmp_path):
+    fed = federation_up(3)
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.clients_per_round", "3", "--fed.rounds", "3",
+                         "--fed.min_clients", "2", "--fed.round_timeout", "20", "--train.local_steps", "30",
+                         "--federation", CONN)
+    run = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", *args], env=dict(os.environ),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Once round 1 is logged, round 2's messages are out: kill node 2 (its SuperNode and apps).
+        assert _wait_log(out / "metrics.jsonl", '"round": 1, "client": 2', 180)
+        federation.stop_group(fed["nodes"]["2"])
+        output, _ = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, output[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lost = [r for r in records if r["type"] == "lost"]
+    assert lost and all(r["client"] == 2 for r in lost) and lost[0]["round"] == 2
+    later = [r for r in records if r["type"] == "client" and r["round"] >= 2]
+    assert {r["client"] for r in later} == {0, 1}
+    assert (out / "summary.json").is_file() and "client 2 (node" in output
+
+
+def test_a_killed_server_resumes_from_its_checkpoint_exactly(federation_up, tiny_model_dir, tmp_path):
+    """SCAFFOLD: the server's control variate comes back from the checkpoint, each node's c_i
+    from the node's own disk; the result is the uninterrupted simulation's."""
+    settings = [*NO_BASELINES, "--fed.algorithm", "scaffold", "--fed.rounds", "3"]
+    simulated = tmp_path / "simulated"
+    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
+
+    fed = federation_up(3)
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, *settings, "--federation", CONN)
+    run = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", *args], env=dict(os.environ),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _wait_log(out / "checkpoints" / "progress.json", '"round": 1', 180)
+        federation.down(Path(fed["dir"]))  # the SuperLink, the ServerApp and the nodes, all at once
+        run.wait(timeout=120)
+    finally:
+        run.kill()
+    assert not (out / "summary.json").exists()
+    progress = json.loads((out / "checkpoints" / "progress.json").read_text())
+    assert 1 <= progress["round"] < 3
+
+    # The same folder again: the nodes find their client state where they left it.
+    assert federation.up(3, Path(fed["dir"]), threads=1)["flwr_home"] == fed["flwr_home"]
+    assert main(["sft", "--federation", CONN, "--resume", str(out)]) == 0
+    _assert_same(_adapter(out), _adapter(simulated))
+    rounds = [r["round"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "eval"]
+    assert rounds == [0, 1, 2, 3]
+
+
+def test_bad_federation_input_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "nowhere"))
+    assert main(["sft", "--federation", "nosuch", "--output-dir", str(tmp_path / "r")]) == 2
+    assert "no such connection" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    from openfedllm.errors import UserError
+    from openfedllm.flower.node import node_settings
+
+    with pytest.raises(UserError, match="partition-id"):
+        node_settings({"num-partitions": 2})
+    with pytest.raises(UserError, match="data-path"):
+        node_settings({"partition-id": 0})
+    with pytest.raises(UserError, match="unknown key 'datapath'"):
+        node_settings({"partition-id": 0, "datapath": "x.json"})
+    assert main(["federation", "down", "--dir", str(tmp_path / "none")]) == 2
