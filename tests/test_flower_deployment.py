@@ -80,9 +80,9 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/train_loss.png", "checkpoints/progress.json"):
         assert (deployed / name).exists(), name
 
-    # Every message the nodes sent, as the server received it: tensors named after the adapter's
-    # trainable parameters, in float32, and numeric metrics; nothing else.
-    trainable = set(_adapter(deployed))
+    # Every message the nodes sent, as the server received it: one float32 vector of exactly the
+    # adapter's trainable values, and numeric metrics; nothing else.
+    num_values = sum(t.numel() for t in _adapter(deployed).values())
     messages = [json.loads(line) for line in (deployed / "messages.jsonl").read_text().splitlines()]
     assert [m["type"] for m in messages].count("train") == 4 and [m["type"] for m in messages].count("query") == 2
     for m in messages:
@@ -90,10 +90,10 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
         for name, record in m["records"].items():
             assert record["kind"] in ("arrays", "metrics"), (name, record)
             if record["kind"] == "arrays":
-                assert set(record["tensors"]) <= trainable and set(record["tensors"].values()) == {"float32"}
+                assert record["tensors"] == {"trainable": "float32"} and record["shapes"] == {"trainable": [num_values]}
+                assert record["bytes"] == 4 * num_values
         if m["type"] == "train":
             assert set(m["records"]) == {"arrays", "metrics"}
-            assert set(m["records"]["arrays"]["tensors"]) == trainable
             assert {"loss", "steps", "tokens", "num-examples"} <= set(m["records"]["metrics"]["keys"])
 
 

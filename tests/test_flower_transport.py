@@ -1,16 +1,18 @@
-"""Tensors cross Flower's messages unchanged (bf16 included), and a node can send nothing but
-trainable tensors and numeric metrics."""
+"""Tensors cross Flower's messages unchanged (bf16 included), packed into one vector named after
+nothing but the receiver's own parameters, and a node can send nothing but a vector of exactly the
+trainable parameters' size and numeric metrics."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("flwr")
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict  # noqa: E402
 
 from openfedllm.errors import UserError  # noqa: E402
-from openfedllm.flower.transport import check_outgoing, from_record, to_record  # noqa: E402
+from openfedllm.flower.transport import PACKED, check_outgoing, from_record, pack, to_record, unpack  # noqa: E402
 
 
 def test_bf16_and_fp32_tensors_round_trip_exactly():
@@ -18,28 +20,38 @@ def test_bf16_and_fp32_tensors_round_trip_exactly():
     state = {"lora_A.weight": torch.randn(4, 8).to(torch.bfloat16), "lora_B.weight": torch.randn(8, 4),
              "half": torch.randn(3).to(torch.float16)}
     record = to_record(state)
-    assert {k: a.dtype for k, a in record.items()} == {"lora_A.weight": "float32", "lora_B.weight": "float32",
-                                                       "half": "float32"}
+    assert list(record) == [PACKED] and record[PACKED].dtype == "float32" and tuple(record[PACKED].shape) == (67,)
     back = from_record(record, state)
     for k, v in state.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v)
 
 
+def test_packing_is_sorted_name_order_and_unpacks_by_the_receivers_shapes():
+    arrays = {"b": np.array([[3.0, 4.0]], np.float32), "a": np.array([1.0, 2.0], np.float32)}
+    np.testing.assert_array_equal(pack(arrays), [1.0, 2.0, 3.0, 4.0])  # a first, then b
+    like = {"a": torch.zeros(2), "b": torch.zeros(1, 2)}
+    out = unpack(pack(arrays), like)
+    np.testing.assert_array_equal(out["b"], [[3.0, 4.0]])
+    assert pack({}).size == 0
+
+
 def test_a_record_that_does_not_fit_the_model_is_one_line():
     like = {"w": torch.zeros(2, 3)}
-    with pytest.raises(UserError, match="shape"):
-        from_record(to_record({"w": torch.zeros(3, 2)}), like)
+    with pytest.raises(UserError, match="5 values, the model has 6"):
+        from_record(to_record({"w": torch.zeros(5)}), like)
     with pytest.raises(UserError, match="missing \\['w'\\]"):
-        from_record(to_record({"v": torch.zeros(2, 3)}), like)
+        from_record(ArrayRecord({"v": torch.zeros(2, 3)}), like)
 
 
-def test_only_trainable_tensors_and_metrics_may_leave_a_node():
-    names = {"w"}
+def test_only_the_trainable_vector_and_metrics_may_leave_a_node():
     ok = RecordDict({"arrays": to_record({"w": torch.ones(2)}), "metrics": MetricRecord({"loss": 0.5, "steps": 3})})
-    check_outgoing(ok, names)
+    check_outgoing(ok, 2)
     with pytest.raises(ValueError, match="ConfigRecord"):
-        check_outgoing(RecordDict({"config": ConfigRecord({"text": "a private sentence"})}), names)
+        check_outgoing(RecordDict({"config": ConfigRecord({"text": "a private sentence"})}), 2)
     with pytest.raises(ValueError, match="only float tensors"):
-        check_outgoing(RecordDict({"arrays": ArrayRecord({"w": torch.tensor([101, 2023, 102])})}), names)
-    with pytest.raises(ValueError, match="not trainable parameters"):
-        check_outgoing(RecordDict({"arrays": to_record({"embed_tokens.weight": torch.ones(2)})}), names)
+        ids = ArrayRecord(array_dict={PACKED: Array(np.array([101, 2023, 102]))})
+        check_outgoing(RecordDict({"arrays": ids}), 3)
+    with pytest.raises(ValueError, match="not the 2 values"):
+        check_outgoing(RecordDict({"arrays": to_record({"w": torch.ones(3)})}), 2)
+    with pytest.raises(ValueError, match="not the packed trainable parameters"):
+        check_outgoing(RecordDict({"arrays": ArrayRecord({"embed_tokens.weight": torch.ones(2)})}), 2)

@@ -191,8 +191,9 @@ def cmd_federation(argv: list[str]) -> int:
     if args.action == "up":
         record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads)
         home = Path(record["flwr_home"])
-        print(f"SuperLink on 127.0.0.1:{record['port']} ({'TLS' if record['tls'] else 'plaintext'}"
-              f"{', node authentication' if record['auth'] else ''}), {args.nodes} SuperNodes; logs in {folder / 'logs'}")
+        security = ("TLS" if record["tls"] else "plaintext") + (", node authentication" if record["auth"] else "")
+        print(f"SuperLink on 127.0.0.1:{record['port']} ({security}), {args.nodes} SuperNodes; "
+              f"logs in {folder / 'logs'}")
         print(f"--federation {federation.CONNECTION}")
         if home != federation.default_dir() / "flwr":
             print(f"(with FLWR_HOME={home}; the same for flwr run . {federation.CONNECTION})")

@@ -17,6 +17,7 @@ The run config (`flwr run . CONN --run-config ...`, or what `openfedllm sft --fe
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +42,7 @@ class NodeClients:
         self.config = setup.config
         self.config_text = yaml.safe_dump(to_dict(self.config), sort_keys=False)
         self.like = trainable_state(setup.model)
+        self.num_values = sum(t.numel() for t in self.like.values())
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.audit = run_dir / "messages.jsonl"
         self.node_of: dict[int, int] = {}  # client id -> SuperNode id
@@ -166,7 +168,7 @@ class NodeClients:
                 self._lost(round_index, cid, node_id, reason)
                 continue
             self._record(round_index + 1, cid, reply)
-            check_outgoing(reply.content, set(self.like))  # refuse anything but tensors and numbers
+            check_outgoing(reply.content, self.num_values)  # refuse anything but the adapter's tensors and numbers
             metrics = dict(reply.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
@@ -263,6 +265,12 @@ def _make_app():
             # One line a user can act on; Flower marks the run failed.
             print(f"openfedllm server: error: {exc}", flush=True)
             raise SystemExit(2) from None
+        except Exception:
+            import traceback
+
+            traceback.print_exc(file=sys.stdout)  # the run's log stream shows stdout
+            sys.stdout.flush()
+            raise
 
     return app
 

@@ -1,9 +1,11 @@
 """What a message between the server and a node may carry, and how tensors travel.
 
-Only two kinds of records ever cross the network: ArrayRecords of trainable tensors (the global
-adapter, a client's update, SCAFFOLD's control variates), keyed by parameter name, and
-MetricRecords of numbers. `check_outgoing` refuses anything else, so no raw text, token ids or
-config strings can leave a node by mistake.
+Only two kinds of records ever leave a node: ArrayRecords of its trainable tensors (a client's
+update, SCAFFOLD's change of c_i), packed into one float vector whose size is exactly that of the
+trainable parameters, and MetricRecords of numbers. `check_outgoing` refuses anything else, so no
+raw text, token ids or config strings can leave a node by mistake. Both ends name and shape the
+packed values after their own copy of the same trainable parameters (sorted by name), so no names
+travel; a vector of the wrong size is refused.
 
 Flower moves arrays through numpy, which has no bfloat16: tensors are cast to float32 for
 transport (exact for bf16 and fp16, which float32 represents exactly) and restored to the
@@ -20,6 +22,9 @@ from ..errors import UserError
 # its warm worker) must not pay torch's import on every message.
 
 
+PACKED = "trainable"  # the one array of a record: every tensor, flattened, in sorted-name order
+
+
 def to_numpy(state: dict) -> dict[str, np.ndarray]:
     """Tensors as float32/float64 numpy arrays (bf16 / fp16 cast to float32, exactly)."""
     import torch
@@ -28,17 +33,44 @@ def to_numpy(state: dict) -> dict[str, np.ndarray]:
             for k, v in state.items()}
 
 
+def pack(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """All tensors as one flat vector, in sorted-name order. Flower stores and moves every Array of a
+    message as objects of their own (one HTTP request each); one array instead of one per LoRA
+    matrix (240 for SmolLM2) is what keeps a message's transfer in the tens of milliseconds."""
+    names = sorted(arrays)
+    dtype = np.result_type(*(arrays[n].dtype for n in names)) if names else np.float32
+    return np.concatenate([arrays[n].astype(dtype, copy=False).ravel() for n in names]) if names else \
+        np.zeros(0, np.float32)
+
+
+def unpack(flat: np.ndarray, like: dict) -> dict[str, np.ndarray]:
+    """The tensors of a packed vector, named and shaped after the receiver's own parameters `like`."""
+    names = sorted(like)
+    sizes = [int(np.prod(tuple(like[n].shape))) for n in names]
+    if flat.ndim != 1 or flat.size != sum(sizes):
+        raise UserError(f"a message's tensors do not match this model's trainable parameters "
+                        f"({flat.size} values, the model has {sum(sizes)})")
+    out, offset = {}, 0
+    for name, size in zip(names, sizes):
+        out[name] = flat[offset:offset + size].reshape(tuple(like[name].shape))
+        offset += size
+    return out
+
+
 def from_numpy(arrays: dict[str, np.ndarray], like: dict) -> dict:
     """Numpy arrays as tensors in the dtype and on the device of `like` (same names, same shapes)."""
     import torch
 
+    if set(arrays) == {PACKED} and set(like) != {PACKED}:
+        arrays = unpack(arrays[PACKED], like)
     return _fit({k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}, like)
 
 
 def array_record(arrays: dict[str, np.ndarray]):
+    """One ArrayRecord holding one packed float vector of `arrays` (see `pack`)."""
     from flwr.app import Array, ArrayRecord
 
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in arrays.items()})
+    return ArrayRecord(array_dict={PACKED: Array(np.ascontiguousarray(pack(arrays)))})
 
 
 def record_arrays(record) -> dict[str, np.ndarray]:
@@ -46,7 +78,7 @@ def record_arrays(record) -> dict[str, np.ndarray]:
 
 
 def to_record(state: dict):
-    """An ArrayRecord of the tensors, bf16 / fp16 cast to float32 (exactly)."""
+    """An ArrayRecord of the tensors, bf16 / fp16 cast to float32 (exactly), packed into one vector."""
     return array_record(to_numpy(state))
 
 
@@ -69,9 +101,10 @@ def _fit(state: dict, like: dict) -> dict:
     return out
 
 
-def check_outgoing(content, parameter_names: set[str]) -> None:
-    """Raise unless the RecordDict holds only float tensors named after trainable parameters and
-    numeric metrics (the privacy contract of a node: data never leaves it)."""
+def check_outgoing(content, num_values: int) -> None:
+    """Raise unless the RecordDict holds only numeric metrics and ArrayRecords of one packed float
+    vector of exactly `num_values` values, the size of the trainable parameters (the privacy
+    contract of a node: its data never leaves it)."""
     from flwr.app import ArrayRecord, MetricRecord
 
     for name, record in content.items():
@@ -79,12 +112,14 @@ def check_outgoing(content, parameter_names: set[str]) -> None:
             continue  # MetricRecord itself admits only ints, floats and lists of them
         if not isinstance(record, ArrayRecord):
             raise ValueError(f"record {name!r} is a {type(record).__name__}; a node sends only tensors and metrics")
-        unknown = sorted(set(record) - parameter_names)
-        if unknown:
-            raise ValueError(f"record {name!r} holds {unknown[:3]}, which are not trainable parameters")
-        for key, array in record.items():
-            if not np.issubdtype(np.dtype(array.dtype), np.floating):
-                raise ValueError(f"record {name!r}: {key} is {array.dtype}; only float tensors may leave a node")
+        if set(record) != {PACKED}:
+            raise ValueError(f"record {name!r} holds {sorted(record)[:3]}, not the packed trainable parameters")
+        array = record[PACKED]
+        if not np.issubdtype(np.dtype(array.dtype), np.floating):
+            raise ValueError(f"record {name!r} is {array.dtype}; only float tensors may leave a node")
+        if tuple(array.shape) != (num_values,):
+            raise ValueError(f"record {name!r} has shape {tuple(array.shape)}, not the {num_values} values of "
+                             f"the trainable parameters")
 
 
 def describe(message) -> dict:
@@ -98,6 +133,7 @@ def describe(message) -> dict:
     for name, record in message.content.items():
         if isinstance(record, ArrayRecord):
             records[name] = {"kind": "arrays", "tensors": {k: a.dtype for k, a in record.items()},
+                             "shapes": {k: list(a.shape) for k, a in record.items()},
                              "bytes": sum(len(a.data) for a in record.values())}
         elif isinstance(record, MetricRecord):
             records[name] = {"kind": "metrics", "keys": sorted(record)}

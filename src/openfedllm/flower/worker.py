@@ -29,8 +29,11 @@ START_TIMEOUT = 120  # seconds for a new worker to import torch and listen
 
 def _paths(node_config: dict) -> tuple[str, Path, Path]:
     """(socket address, key file, log file) of this node's worker. The socket lives in the temp dir
-    under a hashed name: a Unix socket path must stay under ~100 characters."""
-    ident = f"{node_config.get('state-dir', '')}:{node_config.get('partition-id')}:{os.getuid()}"
+    under a hashed name: a Unix socket path must stay under ~100 characters. The name includes the
+    installed code's version (its files' modification times), so a changed openfedllm gets a new worker."""
+    package = Path(__file__).resolve().parents[1]
+    code = max(p.stat().st_mtime_ns for p in package.rglob("*.py"))
+    ident = f"{node_config.get('state-dir', '')}:{node_config.get('partition-id')}:{os.getuid()}:{code}"
     name = hashlib.sha256(ident.encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"openfedllm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
