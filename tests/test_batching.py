@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -104,3 +105,24 @@ def test_row_logprobs_are_each_rows_response_log_likelihood_padded_or_packed(tin
             logps, counts = row_logprobs(model, batch, len(rows))
             assert counts.tolist() == [3, 2, 1]
             torch.testing.assert_close(logps, torch.tensor(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_the_packing_check_refuses_a_model_that_attends_across_rows(tiny_model_dir, monkeypatch):
+    """With positions that never restart, packed rows see each other: the check must notice, and its
+    verdict must not depend on which adapter is loaded (float noise is far below cross-row change)."""
+    from openfedllm import batching
+
+    model = models.add_lora(models.load_base_model(str(tiny_model_dir)), 4, 8, 0.0, ["q_proj", "v_proj"])
+    models.load_trainable_state(model, {k: torch.randn_like(v) * 0.5 for k, v in models.trainable_state(model).items()})
+    assert batching.packing_works(model)
+    real_pack = batching.pack
+
+    def leaky_pack(rows, pad_id):
+        batch = real_pack(rows, pad_id)
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).clone()
+        return batch
+
+    monkeypatch.setattr(batching, "pack", leaky_pack)
+    other = models.add_lora(models.load_base_model(str(tiny_model_dir)), 4, 8, 0.0, ["q_proj", "v_proj"])
+    with pytest.warns(UserWarning, match="does not keep packed rows apart"):
+        assert not batching.packing_works(other)

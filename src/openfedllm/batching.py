@@ -231,8 +231,14 @@ def packing_works(model) -> bool:
             packed = run(**_inputs(pack(rows, 0)))
             key_out = "last_hidden_state" if split else "logits"
             a, b = padded[key_out], packed[key_out]
-            ok = all(torch.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in [
+            # Relative to the outputs' scale: float32 noise over a deep model's hidden states (|h| ~ 50
+            # in SmolLM2) reaches ~1e-5 of it and depends on the adapter loaded; a row attending to
+            # another changes its outputs by a large share of that scale. An element-wise tolerance
+            # made the verdict depend on which adapter happened to be loaded at the first check.
+            scale = float(a.abs().max())
+            err = max(float((x - y).abs().max()) for x, y in [
                 (a[0, :6], b[0, :6]), (a[1, :3], b[1, :3]), (a[2, :3], b[1, 3:6])])
+            ok = err <= 1e-3 * scale + 1e-5
         except Exception:  # noqa: BLE001 - any failure means: don't pack this model
             ok = False
         finally:

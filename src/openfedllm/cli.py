@@ -157,6 +157,12 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
 
     run_config = {"output-dir": str(run_dir.resolve()), "resume": resume}
     if not resume:
+        # The ServerApp runs in the SuperLink's folder: paths that exist here are sent absolute.
+        for section, key in (("model", "name"), ("model", "adapter"), ("data", "path")):
+            value = getattr(getattr(config, section), key)
+            if value and Path(value).expanduser().exists():
+                setattr(getattr(config, section), key, str(Path(value).expanduser().resolve()))
+        config.eval.benchmarks = [_absolute_benchmark(entry) for entry in config.eval.benchmarks]
         run_config["config-text"] = yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False)
     status = federation.submit(connection, run_config)
     if status == 0 and (run_dir / "summary.json").is_file():
@@ -165,6 +171,11 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
             if (run_dir / "checkpoints").exists() else "")
     print(f"openfedllm: the federated run did not finish{hint}", file=sys.stderr)
     return status or 1
+
+
+def _absolute_benchmark(entry: str) -> str:
+    name, sep, path = entry.partition("=")
+    return f"{name}={Path(path).expanduser().resolve()}" if sep and path else entry
 
 
 def cmd_federation(argv: list[str]) -> int:
