@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--node-threads", type=int, default=1, help="torch threads of each SuperNode's training")
     parser.add_argument("--sim-threads", type=int, default=2, help="torch threads of the simulation")
+    parser.add_argument("--node-poll", type=float, default=0.2, help="SuperNode idle poll, seconds")
+    parser.add_argument("--exec-poll", type=float, default=0.1, help="SuperExec task poll, seconds")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import yaml
@@ -80,6 +82,8 @@ def main() -> None:
     common = ["--config", args.config, "--fed.rounds", str(args.rounds), "--baselines.local", "false",
               "--baselines.centralized", "false"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    os.environ["OPENFEDLLM_NODE_POLL"] = str(args.node_poll)  # what federation.up passes to the nodes
+    os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.exec_poll)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sim, sim_wall, _ = run_cli(["sft", *common, "--train.threads", str(args.sim_threads),
@@ -100,7 +104,8 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; simulation "
-          f"{args.sim_threads} threads, nodes {args.node_threads} thread(s) each")
+          f"{args.sim_threads} threads, nodes {args.node_threads} thread(s) each, node poll {args.node_poll} s, "
+          f"SuperExec poll {args.exec_poll} s")
     print(f"{'round':>5} {'simulation s':>13} {'deployment s':>13} {'ratio':>6}   slowest client's training s "
           f"(sim / dep)   evaluation s (sim / dep)")
     for r in sorted(sim):

@@ -91,7 +91,7 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
             assert record["kind"] in ("arrays", "metrics"), (name, record)
             if record["kind"] == "arrays":
                 assert record["tensors"] == {"trainable": "float32"} and record["shapes"] == {"trainable": [num_values]}
-                assert record["bytes"] == 4 * num_values
+                assert 4 * num_values <= record["bytes"] <= 4 * num_values + 256  # the values and an .npy header
         if m["type"] == "train":
             assert set(m["records"]) == {"arrays", "metrics"}
             assert {"loss", "steps", "tokens", "num-examples"} <= set(m["records"]["metrics"]["keys"])
@@ -142,16 +142,19 @@ def test_a_node_killed_mid_round_is_logged_and_the_run_goes_on(federation_up, ti
     assert run.returncode == 0, output[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lost = [r for r in records if r["type"] == "lost"]
-    assert lost and all(r["client"] == 2 for r in lost) and lost[0]["round"] == 2
-    later = [r for r in records if r["type"] == "client" and r["round"] >= 2]
-    assert {r["client"] for r in later} == {0, 1}
+    assert lost and all(r["client"] == 2 for r in lost)
+    first_lost = lost[0]["round"]
+    assert first_lost >= 2 and {r["client"] for r in records if r["type"] == "client" and r["round"] == 1} == {0, 1, 2}
+    after = [r for r in records if r["type"] == "client" and r["round"] >= first_lost]
+    assert {r["client"] for r in after} == {0, 1}  # the rounds went on with the two that replied
+    assert [r["round"] for r in records if r["type"] == "eval"] == [0, 1, 2, 3]
     assert (out / "summary.json").is_file() and "client 2 (node" in output
 
 
 def test_a_killed_server_resumes_from_its_checkpoint_exactly(federation_up, tiny_model_dir, tmp_path):
     """SCAFFOLD: the server's control variate comes back from the checkpoint, each node's c_i
     from the node's own disk; the result is the uninterrupted simulation's."""
-    settings = [*NO_BASELINES, "--fed.algorithm", "scaffold", "--fed.rounds", "3"]
+    settings = [*NO_BASELINES, "--fed.algorithm", "scaffold", "--fed.rounds", "5"]
     simulated = tmp_path / "simulated"
     assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
 
@@ -163,12 +166,12 @@ def test_a_killed_server_resumes_from_its_checkpoint_exactly(federation_up, tiny
     try:
         assert _wait_log(out / "checkpoints" / "progress.json", '"round": 1', 180)
         federation.down(Path(fed["dir"]))  # the SuperLink, the ServerApp and the nodes, all at once
-        run.wait(timeout=120)
     finally:
-        run.kill()
+        run.kill()  # the submitting `flwr run` would otherwise retry the vanished SuperLink
+        run.wait(timeout=60)
     assert not (out / "summary.json").exists()
     progress = json.loads((out / "checkpoints" / "progress.json").read_text())
-    assert 1 <= progress["round"] < 3
+    assert 1 <= progress["round"] < 5
 
     # The same folder again: the nodes find their client state where they left it.
     assert federation.up(3, Path(fed["dir"]), threads=1)["flwr_home"] == fed["flwr_home"]
@@ -176,7 +179,7 @@ def test_a_killed_server_resumes_from_its_checkpoint_exactly(federation_up, tiny
     _assert_same(_adapter(out), _adapter(simulated))
     rounds = [r["round"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if r["type"] == "eval"]
-    assert rounds == [0, 1, 2, 3]
+    assert rounds == [0, 1, 2, 3, 4, 5]
 
 
 def test_bad_federation_input_is_one_line(tmp_path, monkeypatch, capsys):
@@ -194,3 +197,36 @@ def test_bad_federation_input_is_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match="unknown key 'datapath'"):
         node_settings({"partition-id": 0, "datapath": "x.json"})
     assert main(["federation", "down", "--dir", str(tmp_path / "none")]) == 2
+
+
+def _alpaca(path: Path, rows: list[dict]) -> Path:
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_each_node_trains_on_its_own_file_and_a_bad_file_stops_the_run_naming_it(
+        federation_up, tiny_model_dir, tmp_path, capsys):
+    math = _alpaca(tmp_path / "math.json", [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)}
+                                            for i in range(30)])
+    sky = _alpaca(tmp_path / "sky.json", [{"instruction": "Colour of the sky?", "input": f"day {i}",
+                                           "output": "blue"} for i in range(20)])
+    federation_up(2, data=[str(math), str(sky)])
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.num_clients", "2", "--fed.clients_per_round", "2",
+                         "--fed.rounds", "1", "--federation", CONN)
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # each node trains on its own file minus the held-out share (5%, at least one row): 30 - 2, 20 - 1
+    assert {r["client"]: r["examples"] for r in records if r["type"] == "client"} == {0: 28, 1: 19}
+
+    broken = _alpaca(tmp_path / "broken.json", [{"question": "no instruction column here"}])
+    federation_up(2, data=[str(math), str(broken)])
+    bad = tmp_path / "bad"
+    capsys.readouterr()
+    assert main(tiny_run_args(tiny_model_dir, bad, *NO_BASELINES, "--fed.num_clients", "2",
+                              "--fed.clients_per_round", "2", "--fed.rounds", "1", "--federation", CONN)) != 0
+    said = capsys.readouterr()
+    line = next(x for x in said.err.splitlines() if "the federated run" in x and "failed" in x)
+    assert "could not start" in line and "broken.json" in line, line
+    assert "openfedllm server: error" in said.out  # and the server's own line in the run's log
+    assert not bad.exists()  # nothing half-written

@@ -167,9 +167,9 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
     status = federation.submit(connection, run_config)
     if status == 0 and (run_dir / "summary.json").is_file():
         return 0
-    hint = (f"; continue with: openfedllm {config.train.objective} --federation {connection} --resume {run_dir}"
-            if (run_dir / "checkpoints").exists() else "")
-    print(f"openfedllm: the federated run did not finish{hint}", file=sys.stderr)
+    if (run_dir / "checkpoints").exists():
+        print(f"openfedllm: continue with: openfedllm {config.train.objective} --federation {connection} "
+              f"--resume {run_dir}", file=sys.stderr)
     return status or 1
 
 
@@ -194,13 +194,15 @@ def cmd_federation(argv: list[str]) -> int:
     parser.add_argument("--tls", action="store_true", help="up: HTTPS with a development CA made in DIR/certs")
     parser.add_argument("--auth", action="store_true", help="up: only registered node keys may join (implies --tls)")
     parser.add_argument("--threads", type=int, default=0, help="up: torch threads per node (0: torch's default)")
+    parser.add_argument("--data", action="append", default=[],
+                        help="up: node i trains on the i-th such file (one per node) instead of partition i")
     parser.add_argument("--host", action="append", default=[],
                         help="certs: an IP or name the server certificate is valid for (repeatable)")
     parser.add_argument("--name", default="node", help="key: file name of the key pair")
     args = parser.parse_args(argv)
     folder = Path(args.dir).expanduser() if args.dir else federation.default_dir()
     if args.action == "up":
-        record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads)
+        record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads, args.data)
         home = Path(record["flwr_home"])
         security = ("TLS" if record["tls"] else "plaintext") + (", node authentication" if record["auth"] else "")
         print(f"SuperLink on 127.0.0.1:{record['port']} ({security}), {args.nodes} SuperNodes; "

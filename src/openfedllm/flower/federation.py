@@ -47,7 +47,10 @@ def default_dir() -> Path:
 def flwr_env(flwr_home: Path | None = None) -> dict:
     """This process's environment with the offline settings, the venv's bin first on PATH (the
     SuperLink and SuperNodes start `flower-superexec` by name), and FLWR_HOME if given."""
-    env = dict(os.environ, **OFFLINE_ENV)
+    env = {**OFFLINE_ENV, **os.environ}  # a setting the user exported wins
+    for key in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "RAY_USAGE_STATS_ENABLED",
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"):
+        env[key] = OFFLINE_ENV[key]  # except these: a federation here must work offline
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
@@ -180,15 +183,25 @@ def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
                                 cwd=str(APP_DIR))
 
 
-def node_config_of(i: int, nodes: int, folder: Path, threads: int) -> str:
-    config = f"partition-id={i} num-partitions={nodes} state-dir='{folder / 'node-state'}'"
+def node_config_of(i: int, nodes: int, folder: Path, threads: int, data: str = "") -> str:
+    """Node i's config: its own file if given, else partition i of the run's own data."""
+    where = f"data-path='{Path(data).resolve()}'" if data else f"num-partitions={nodes}"
+    config = f"partition-id={i} {where} state-dir='{folder / 'node-state'}'"
     return config + (f" threads={threads}" if threads else "")
 
 
-def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = False, threads: int = 0) -> dict:
-    """Start a SuperLink and `nodes` SuperNodes on 127.0.0.1; returns what processes.json records."""
+def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = False, threads: int = 0,
+       data: list[str] | None = None) -> dict:
+    """Start a SuperLink and `nodes` SuperNodes on 127.0.0.1; returns what processes.json records.
+    With `data`, node i trains on the file data[i] (one per node) instead of a partition."""
     if nodes < 1:
         raise UserError(f"--nodes must be at least 1, got {nodes}")
+    data = list(data or [])
+    if data and len(data) != nodes:
+        raise UserError(f"--data: one file per node ({nodes}), got {len(data)}")
+    for path in data:
+        if not Path(path).expanduser().exists():
+            raise UserError(f"--data: file not found: {path}")
     state_file = folder / "processes.json"
     if state_file.exists() and any(alive(p) for p in json.loads(state_file.read_text())["pids"]):
         raise UserError(f"a federation from {folder} is still up; run openfedllm federation down --dir {folder}")
@@ -213,8 +226,9 @@ def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = 
                 register_node(public, flwr_home)
                 keys[i] = private
         for i in range(nodes):
-            cmd = supernode_command(f"127.0.0.1:{port}", free_port(), node_config_of(i, nodes, folder, threads),
-                                    certs["ca"] if certs else None, keys.get(i))
+            config = node_config_of(i, nodes, folder, threads, data[i] if data else "")
+            cmd = supernode_command(f"127.0.0.1:{port}", free_port(), config, certs["ca"] if certs else None,
+                                    keys.get(i))
             node = start(cmd, folder / "logs" / f"node{i}.log", env)
             pids.append(node.pid)
             record["nodes"][str(i)] = node.pid
@@ -294,9 +308,10 @@ def submit(connection: str, run_config: dict, timeout: float | None = None) -> i
     run_id = _run_id(log)
     if done.returncode != 0 or run_id is None:
         return done.returncode or 1
-    status = run_status(connection, home, run_id)
+    status, details = run_status(connection, home, run_id)
     if status != "finished:completed":
-        print(f"openfedllm: the federated run {run_id} ended as {status}", file=sys.stderr)
+        why = details.removeprefix("ServerApp failed with exception: ") if details not in ("", "N/A") else status
+        print(f"openfedllm: the federated run {run_id} failed: {why}", file=sys.stderr)
         return 1
     return 0
 
@@ -308,14 +323,17 @@ def _run_id(log: str) -> str | None:
     return found.group(1) if found else None
 
 
-def run_status(connection: str, home: Path, run_id: str) -> str:
+def run_status(connection: str, home: Path, run_id: str) -> tuple[str, str]:
+    """(status, status details) of a run, as `flwr ls` reports them."""
     done = subprocess.run(["flwr", "ls", connection, "--run-id", run_id, "--format", "json"],
                           env=flwr_env(home), capture_output=True, text=True, timeout=60)
     try:
         runs = json.loads(done.stdout).get("runs", [])
-        return str(runs[0].get("status", "unknown")) if runs else "unknown"
     except (json.JSONDecodeError, AttributeError):
-        return "unknown"
+        runs = []
+    if not runs:
+        return "unknown", ""
+    return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
 
 
 def clean(folder: Path) -> None:

@@ -106,7 +106,7 @@ class NodeClients:
         replies = self._exchange(content, "query", self.config.fed.round_timeout)
         for node_id, reply in replies.items():
             if reply.has_error():
-                raise UserError(f"node {node_id} could not start: {reply.error.reason}")
+                raise UserError(f"node {node_id} could not start: {error_reason(reply)}")
             self._record(0, None, reply)
             metrics = reply.content["metrics"]
             client = int(metrics["client-id"])
@@ -162,7 +162,7 @@ class NodeClients:
         for node_id, cid in client_of.items():
             reply = replies.get(node_id)
             if reply is None or reply.has_error():
-                reason = reply.error.reason if reply is not None else (
+                reason = error_reason(reply) if reply is not None else (
                     "left the federation" if node_id not in set(self.grid.get_node_ids())
                     else f"no reply within fed.round_timeout={fed.round_timeout:g} s")
                 self._lost(round_index, cid, node_id, reason)
@@ -188,6 +188,14 @@ class NodeClients:
         print(f"[federated] round {round_index + 1}: client {cid} (node {node_id}) lost: {reason}", flush=True)
         self.log.write({"type": "lost", "phase": "federated", "round": round_index + 1, "client": cid,
                         "node": node_id, "reason": reason})
+
+
+def error_reason(reply) -> str:
+    """A node's error, without Flower's "<class 'RuntimeError'>:<'...'>" wrapping."""
+    import re
+
+    found = re.fullmatch(r"<class '[^']+'>:<'(.*)'>", reply.error.reason, re.DOTALL)
+    return found.group(1) if found else reply.error.reason
 
 
 def server_config(run_config) -> tuple:
@@ -262,9 +270,10 @@ def _make_app():
         try:
             serve_run(grid, context.run_config)
         except UserError as exc:
-            # One line a user can act on; Flower marks the run failed.
+            # One line a user can act on, in the run's log; raised on as an Exception so that Flower
+            # flushes the log, marks the run failed and keeps the line as the run's status details.
             print(f"openfedllm server: error: {exc}", flush=True)
-            raise SystemExit(2) from None
+            raise RuntimeError(str(exc)) from None
         except Exception:
             import traceback
 
