@@ -135,7 +135,7 @@ class NodeClients:
         return {}  # client state lives on the nodes
 
     def train_round(self, algorithm, round_index: int, sampled: list[int], task) -> list:
-        from flwr.app import ConfigRecord, MetricRecord, RecordDict  # noqa: F401
+        from flwr.app import ConfigRecord, RecordDict
 
         from ..algorithms import ClientUpdate
 
