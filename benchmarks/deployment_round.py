@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--node-threads", type=int, default=1, help="torch threads of each SuperNode's training")
     parser.add_argument("--sim-threads", type=int, default=2, help="torch threads of the simulation")
+    parser.add_argument("--server-threads", type=int, default=0,
+                        help="torch threads of the ServerApp's evaluation (default: --sim-threads)")
     parser.add_argument("--node-poll", type=float, default=0.2, help="SuperNode idle poll, seconds")
     parser.add_argument("--exec-poll", type=float, default=0.1, help="SuperExec task poll, seconds")
     args = parser.parse_args()
@@ -94,7 +96,7 @@ def main() -> None:
         up_seconds = time.perf_counter() - start
         try:
             env_fed = dict(env, FLWR_HOME=record["flwr_home"])
-            dep, dep_wall, _ = run_cli(["sft", *common, "--train.threads", str(args.sim_threads),
+            dep, dep_wall, _ = run_cli(["sft", *common, "--train.threads", str(args.server_threads or args.sim_threads),
                                         "--output-dir", str(tmp / "dep"), "--federation", federation.CONNECTION],
                                        env_fed)
         finally:
@@ -104,7 +106,8 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; simulation "
-          f"{args.sim_threads} threads, nodes {args.node_threads} thread(s) each, node poll {args.node_poll} s, "
+          f"{args.sim_threads} threads, server {args.server_threads or args.sim_threads}, nodes {args.node_threads} "
+          f"thread(s) each, node poll {args.node_poll} s, "
           f"SuperExec poll {args.exec_poll} s")
     print(f"{'round':>5} {'simulation s':>13} {'deployment s':>13} {'ratio':>6}   slowest client's training s "
           f"(sim / dep)   evaluation s (sim / dep)")

@@ -151,6 +151,23 @@ def test_a_node_killed_mid_round_is_logged_and_the_run_goes_on(federation_up, ti
     assert (out / "summary.json").is_file() and "client 2 (node" in output
 
 
+def test_federated_dpo_on_the_nodes_equals_the_simulation(federation_up, tiny_model_dir, tmp_path):
+    """DPO's reference log-probs are computed on each node from its own model; FedYogi's moments
+    stay on the server."""
+    def dpo(out, *extra):
+        args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.rounds", "2", "--fed.algorithm", "fedyogi",
+                             "--data.max_length", "160", "--dpo.max_prompt_length", "96", *extra)
+        args[0] = "dpo"
+        return main(args)
+
+    assert dpo(tmp_path / "simulated") == 0
+    federation_up(3)
+    assert dpo(tmp_path / "deployed", "--federation", CONN) == 0
+    _assert_same(_adapter(tmp_path / "deployed"), _adapter(tmp_path / "simulated"))
+    summary = json.loads((tmp_path / "deployed" / "summary.json").read_text())
+    assert summary["objective"] == "dpo" and "pref_accuracy" in summary["evaluation"]["federated"]
+
+
 def test_a_killed_server_resumes_from_its_checkpoint_exactly(federation_up, tiny_model_dir, tmp_path):
     """SCAFFOLD: the server's control variate comes back from the checkpoint, each node's c_i
     from the node's own disk; the result is the uninterrupted simulation's."""
