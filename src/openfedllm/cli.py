@@ -164,8 +164,9 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
                 setattr(getattr(config, section), key, str(Path(value).expanduser().resolve()))
         config.eval.benchmarks = [_absolute_benchmark(entry) for entry in config.eval.benchmarks]
         run_config["config-text"] = yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False)
+    # The run directory is on the SuperLink's machine; Flower's own status says how the run ended.
     status = federation.submit(connection, run_config)
-    if status == 0 and (run_dir / "summary.json").is_file():
+    if status == 0:
         return 0
     if (run_dir / "checkpoints").exists():
         print(f"openfedllm: continue with: openfedllm {config.train.objective} --federation {connection} "

@@ -84,8 +84,6 @@ class NodeClients:
 
     def connect(self) -> None:
         """Wait for fed.num_clients nodes, then ask each which client it is and how much it holds."""
-        from flwr.app import ConfigRecord, RecordDict
-
         fed = self.config.fed
         deadline = time.monotonic() + fed.round_timeout
         while len(list(self.grid.get_node_ids())) < fed.num_clients:
@@ -93,7 +91,7 @@ class NodeClients:
                 raise UserError(f"only {len(list(self.grid.get_node_ids()))} of fed.num_clients={fed.num_clients} "
                                 f"nodes connected within fed.round_timeout={fed.round_timeout:g} s")
             time.sleep(0.5)
-        self._query(list(self.grid.get_node_ids()), RecordDict, ConfigRecord)
+        self._query(list(self.grid.get_node_ids()))
         missing = [c for c in range(fed.num_clients) if c not in self.node_of]
         if missing:
             raise UserError(f"no node is client {missing[0]} (partition-id in the node config); "
@@ -101,7 +99,9 @@ class NodeClients:
         print(f"Federation: {len(self.node_of)} nodes; training examples per client: "
               + ", ".join(f"{c}: {self.examples[c]}" for c in sorted(self.examples)), flush=True)
 
-    def _query(self, node_ids, RecordDict, ConfigRecord) -> None:
+    def _query(self, node_ids) -> None:
+        from flwr.app import ConfigRecord, RecordDict
+
         content = {n: RecordDict({"config": ConfigRecord({"config": self.config_text})}) for n in node_ids}
         replies = self._exchange(content, "query", self.config.fed.round_timeout)
         for node_id, reply in replies.items():
@@ -120,11 +120,9 @@ class NodeClients:
 
     def _rediscover(self) -> None:
         """Nodes that joined since (a restarted node has a new id): ask who they are."""
-        from flwr.app import ConfigRecord, RecordDict
-
         new = [n for n in self.grid.get_node_ids() if n not in self.node_of.values()]
         if new:
-            self._query(new, RecordDict, ConfigRecord)
+            self._query(new)
 
     # --- what run_phase calls --------------------------------------------------------------------
 
