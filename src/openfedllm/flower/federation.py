@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +26,13 @@ from pathlib import Path
 from ..errors import UserError
 
 CONNECTION = "openfedllm-local"
-OFFLINE_ENV = {
+OFFLINE_ENV = {  # always set: a federation here must work offline
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+SPEED_ENV = {  # defaults a setting the user exported overrides
     # SuperExec (which starts each ServerApp / ClientApp process) looks for work every second by default.
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
@@ -47,10 +48,7 @@ def default_dir() -> Path:
 def flwr_env(flwr_home: Path | None = None) -> dict:
     """This process's environment with the offline settings, the venv's bin first on PATH (the
     SuperLink and SuperNodes start `flower-superexec` by name), and FLWR_HOME if given."""
-    env = {**OFFLINE_ENV, **os.environ}  # a setting the user exported wins
-    for key in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "RAY_USAGE_STATS_ENABLED",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"):
-        env[key] = OFFLINE_ENV[key]  # except these: a federation here must work offline
+    env = {**SPEED_ENV, **os.environ, **OFFLINE_ENV}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
@@ -292,22 +290,26 @@ def find_flwr_home(connection: str) -> Path:
                     f"(start one with openfedllm federation up, or set FLWR_HOME)")
 
 
-def submit(connection: str, run_config: dict, timeout: float | None = None) -> int:
-    """`flwr run` the app on `connection` with `run_config`, streaming its log until it ends; the exit
-    status is 0 only if the run completed successfully."""
+def submit(connection: str, run_config: dict) -> int:
+    """`flwr run` the app on `connection` with `run_config`, printing its log as it comes until the run
+    ends; the exit status is 0 only if the run completed successfully."""
     import tomli_w
 
     home = find_flwr_home(connection)
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "run_config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
         cmd = ["flwr", "run", str(APP_DIR), connection, "--run-config", str(overrides), "--stream"]
-        done = subprocess.run(cmd, env=flwr_env(home), timeout=timeout, capture_output=True, text=True)
-    log = done.stdout + done.stderr
-    sys.stdout.write(log)
-    run_id = _run_id(log)
-    if done.returncode != 0 or run_id is None:
-        return done.returncode or 1
+        with subprocess.Popen(cmd, env=flwr_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as process:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                lines.append(line)
+        returncode = process.returncode
+    run_id = _run_id("".join(lines))
+    if returncode != 0 or run_id is None:
+        return returncode or 1
     status, details = run_status(connection, home, run_id)
     if status != "finished:completed":
         why = details.removeprefix("ServerApp failed with exception: ") if details not in ("", "N/A") else status
@@ -335,6 +337,3 @@ def run_status(connection: str, home: Path, run_id: str) -> tuple[str, str]:
         return "unknown", ""
     return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
 
-
-def clean(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -142,7 +142,9 @@ class NodeClients:
         if any(self.node_of.get(c) not in online for c in sampled):
             self._rediscover()
             online = set(self.grid.get_node_ids())
+        # Packed once per round: every sampled client gets the same x (and SCAFFOLD's c).
         arrays, message = to_record(task.global_state), algorithm.server_message()
+        message = to_record(message) if message else None
         contents, client_of = {}, {}
         for cid in sampled:
             node_id = self.node_of.get(cid)
@@ -151,8 +153,8 @@ class NodeClients:
             records = {"arrays": arrays, "config": ConfigRecord({
                 "config": self.config_text, "run-uid": self.run_uid, "phase": "federated", "round": round_index,
                 "lr": task.lr, "steps": task.steps, "client-id": cid})}
-            if message:
-                records["message"] = to_record(message)
+            if message is not None:
+                records["message"] = message
             contents[node_id] = RecordDict(records)
             client_of[node_id] = cid
         replies = self._exchange(contents, "train", fed.round_timeout)
