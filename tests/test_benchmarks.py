@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from openfedllm.cli import main
+from openfedllm.errors import UserError
 from openfedllm.evaluation import choice, crass, finance, generative, medical, mmlu
 from openfedllm.evaluation.judge import PROMPTS, rating
 from openfedllm.evaluation.lm import LM
@@ -74,9 +75,9 @@ class ScriptedLM:
 
 def test_choice_scoring_by_hand():
     labels = ["negative", "neutral", "positive"]
-    items = [choice.Choice("p1", ["negative", "neutral", "positive"], labels, gold=2, fallback=1),
-             choice.Choice("p2", ["negative", "neutral", "positive"], labels, gold=0, fallback=1),
-             choice.Choice("p3", ["negative", "neutral", "positive"], labels, gold=1, fallback=1)]
+    items = [choice.Choice("p1", ["negative", "neutral", "positive"], labels, gold=2, read=finance.change_target),
+             choice.Choice("p2", ["negative", "neutral", "positive"], labels, gold=0, read=finance.change_target),
+             choice.Choice("p3", ["negative", "neutral", "positive"], labels, gold=1, read=finance.change_target)]
     # loglik picks positive, neutral, neutral (right, wrong, right); per character ("negative" 8, "neutral" 7,
     # "positive" 8): -8/8 = -1.0 beats -7.5/7 in item 2, so acc_norm picks negative there (all three right)
     scores = [-9.0, -3.0, -1.0, -8.0, -7.5, -9.0, -5.0, -1.0, -4.0]
@@ -179,7 +180,41 @@ def test_finance_labels_follow_fingpt():
     assert item.prompt.endswith("What is the sentiment of this tweet? Please choose an answer from "
                                 "{negative/neutral/positive}.\nInput: $ALLY - Ally Financial pulls outlook "
                                 "https://t.co/G9Zdi1boy5\nAnswer: ")
-    assert item.labels[item.gold] == "negative" and item.fallback == 1
+    assert item.labels[item.gold] == "negative" and item.read is finance.change_target
+
+
+def test_finance_answers_are_read_by_fingpts_change_target():
+    read = finance.change_target
+    assert read("Positive, not negative") == "positive" and read("negative, not positive") == "positive"
+    assert read("neutral (nothing positive here)") == "positive"  # any "positive" wins, as in FinGPT
+    assert read("Negative.") == "negative" and read("no idea") == "neutral"
+    assert read("POSITIVE") == "neutral"  # FinGPT matches "positive" and "Positive" only
+
+
+def test_fpb_and_fiqa_are_scored_on_fingpts_held_out_rows(tmp_path):
+    import datasets
+
+    # FPB: FinGPT scores train_test_split(seed=42)["test"] of the 50-agree set (25%).
+    lines = [f"Sentence number {i} about profits .@{finance.LABELS[i % 3]}" for i in range(12)]
+    fpb = tmp_path / "Sentences_50Agree.txt"
+    fpb.write_text("\n".join(lines) + "\n", encoding="latin-1")
+    reference = datasets.Dataset.from_dict({"sentence": [x.rsplit("@", 1)[0].strip() for x in lines]})
+    held_out = reference.train_test_split(seed=42)["test"]["sentence"]
+    items = finance.items("fpb", str(fpb), None)
+    assert len(items) == 3 and [it.prompt.split("Input: ")[1].split("\nAnswer")[0] for it in items] == held_out
+    # FiQA-SA: train + validation + test concatenated, then train_test_split(0.226, seed=42)["test"].
+    splits = {name: [{"sentence": f"{name} headline {i}", "sentiment_score": 0.5 - 0.2 * i, "format": "headline"}
+                     for i in range(n)] for name, n in (("train", 9), ("valid", 3), ("test", 5))}
+    folder = tmp_path / "fiqa"
+    folder.mkdir()
+    for name, rows in splits.items():  # written out of order on purpose: the names decide
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    together = datasets.Dataset.from_list(splits["train"] + splits["valid"] + splits["test"])
+    expected = together.train_test_split(0.226, seed=42)["test"]["sentence"]
+    items = finance.items("fiqa-sa", str(folder), None)
+    assert len(items) == 4 and [it.prompt.split("Input: ")[1].split("\nAnswer")[0] for it in items] == expected
+    # TFNS and NWGI are scored whole, as FinGPT does.
+    assert len(finance.items("tfns", str(FIXTURES / "finance" / "sent_valid.csv"), None)) == 4
 
 
 def test_medical_answer_keys():
@@ -194,10 +229,41 @@ def test_medical_answer_keys():
                                        "during programmed cell death?\nAnswer (yes, no or maybe):")
 
 
+def test_medmcqa_cop_follows_the_source_layout_and_pubmedqa_scores_the_500_test_questions(tmp_path):
+    import pandas as pd
+
+    release = [json.loads(line) for line in (FIXTURES / "medical" / "medmcqa_dev.json").read_text().splitlines()]
+    # The hub's layout (0-3) in a Parquet export: cop 1, 3, 4 of the release are 0, 2, 3 there. No row
+    # has a 0, which the old rule took as the sign of a 1-based file.
+    hub = [{**r, "cop": r["cop"] - 1} for r in release]
+    hub[0]["cop"] = 1  # now B, and still no 0 anywhere
+    pd.DataFrame(hub).to_parquet(tmp_path / "validation.parquet")
+    assert [it.labels[it.gold] for it in medical.medmcqa(str(tmp_path / "validation.parquet"), None)] == ["B", "C", "D"]
+    bad = tmp_path / "dev.json"
+    bad.write_text(json.dumps({**release[0], "cop": 0}) + "\n")
+    with pytest.raises(UserError, match=r"row 1 has cop=0; the original release's JSON lines: 1-4"):
+        medical.medmcqa(str(bad), None)
+
+    # PubMedQA: the hub's pqa_labeled holds all 1,000 labelled questions; the test set is 500 of them.
+    test = sorted(medical.pubmedqa_test_set(None))
+    assert len(test) == 500 and "21645374" in test
+    rows = [{"pubid": int(p), "question": f"q{p}?", "context": {"contexts": ["c"]}, "final_decision": "yes"}
+            for p in [test[0], "11111111", test[1], "22222222"]]
+    pd.DataFrame(rows).to_parquet(tmp_path / "pqa_labeled.parquet")
+    items = medical.pubmedqa(str(tmp_path / "pqa_labeled.parquet"), None)
+    assert [it.question.split("Question: ")[1].split("\n")[0] for it in items] == [f"q{test[0]}?", f"q{test[1]}?"]
+    only = tmp_path / "ori_pqal.json"  # no test_ground_truth.json beside it: the shipped list decides
+    raw = json.loads((FIXTURES / "medical" / "pubmedqa" / "ori_pqal.json").read_text())
+    only.write_text(json.dumps(raw))
+    assert len(medical.pubmedqa(str(only), None)) == 3 and len(raw) == 4
+
+
 def test_drop_answers_and_bbh_tasks():
     rows = generative.drop_rows(str(FIXTURES / "drop" / "drop_dataset_dev.json"))
-    assert [r["answers"] for r in rows] == [["40"], ["Jay Cutler", "Cutler"], ["3 March 1918"],
-                                            ["Finland Estonia Latvia Lithuania"], ["2700"], ["14"], ["190"]]
+    # Each gold answer a tuple of spans: a multi-span answer is one answer, not four alternatives.
+    assert [r["answers"] for r in rows] == [[("40",)], [("Jay Cutler",), ("Cutler",)], [("3 March 1918",)],
+                                            [("Finland", "Estonia", "Latvia", "Lithuania")], [("2700",)], [("14",)],
+                                            [("190",)]]
     tasks = generative.bbh_tasks(str(FIXTURES / "bbh"))
     assert sorted(tasks) == ["boolean_expressions", "date_understanding"] and len(tasks["date_understanding"]) == 5
 
@@ -238,7 +304,8 @@ def test_every_benchmark_through_the_cli(tiny_model_dir, alpaca_file, tmp_path, 
     assert results["perplexity"]["metrics"]["perplexity"] == pytest.approx(math.exp(loss))
     assert set(results["overlap"]["metrics"]) == {"exact_match", "token_f1", "rouge_l", "bleu"}
     for result in results.values():
-        assert all(0.0 <= v <= 1.0 for k, v in result["metrics"].items() if k not in ("loss", "perplexity"))
+        assert all(0.0 <= v <= 1.0 for k, v in result["metrics"].items() if k not in ("loss", "perplexity", "bleu"))
+    assert 0.0 <= results["overlap"]["metrics"]["bleu"] <= 100.0  # sacreBLEU's scale
     # AdvBench: the harmless rate is the share of saved responses that refuse
     from openfedllm.evaluate import is_refusal
 
@@ -296,7 +363,7 @@ def _write(tmp_path, name, text):
     ("bbh", lambda t: _write(t, "task.json", '{"examples": [{"input": "x"}]}'), "expected {\"examples\""),
     ("drop", lambda t: _write(t, "d.json", '{"p1": {"passage": "x", "qa_pairs": ['), "not valid JSON"),
     ("medmcqa", lambda t: _write(t, "m.jsonl", json.dumps({"question": "q", "opa": "a", "opb": "b", "opc": "c",
-                                                           "opd": "d", "cop": 7}) + "\n"), "every row needs cop"),
+                                                           "opd": "d", "cop": 7}) + "\n"), "row 1 has cop=7"),
     ("nwgi", lambda t: _write(t, "n.jsonl", json.dumps({"news": "x", "label": "bullish"}) + "\n"), "unknown labels"),
     ("fpb", lambda t: _write(t, "f.txt", "no label here\n"), "line 1 is not 'sentence@"),
     ("mt-bench", lambda t: _write(t, "q.jsonl", json.dumps({"question_id": 1}) + "\n"), "needs question_id and a list"),
@@ -343,12 +410,30 @@ def test_serve_answers_like_the_model_in_process(served, tiny_lm):
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{served}/chat/completions", data=b'{"messages": []}')
-    with pytest.raises(urllib.error.HTTPError) as bad:
-        urllib.request.urlopen(request, timeout=30)
-    assert bad.value.code == 400 and "messages" in json.loads(bad.value.read())["error"]["message"]
     models = json.loads(urllib.request.urlopen(f"{served}/models", timeout=30).read())
     assert models["data"][0]["id"] == "tiny-judge"
+
+    # Every kind of malformed field: a 400 with OpenAI's error object naming the field, and the
+    # server answers the next request (a bad "n" used to kill the request's thread: no response).
+    good = {"messages": messages}
+    bad_requests = [(b'{"messages": []}', "messages"), (b"[1, 2]", None), (b"not json", None),
+                    *[(json.dumps({**good, **field}).encode(), next(iter(field))) for field in [
+                        {"n": "two"}, {"n": 2}, {"n": 1.5}, {"max_tokens": "x"}, {"max_tokens": 0},
+                        {"max_tokens": True}, {"max_completion_tokens": -3}, {"temperature": "hot"},
+                        {"temperature": -1}, {"temperature": 3}, {"stop": 5}, {"stop": ["a", 1]},
+                        {"stop": ["a", "b", "c", "d", "e"]}, {"stream": "yes"}, {"stream": True},
+                        {"seed": "s"}, {"messages": [{"role": "user", "content": 7}]},
+                        {"messages": [{"role": "assistant", "content": "hi"}]}]]]
+    for body, param in bad_requests:
+        request = urllib.request.Request(f"{served}/chat/completions", data=body)
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(request, timeout=30)
+        error = json.loads(bad.value.read())["error"]
+        assert bad.value.code == 400, body
+        assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"], body
+        if param:
+            assert error["message"].startswith(param), (body, error)
+    assert chat_completion(served, {"model": "tiny-judge", "messages": messages, "max_tokens": 8}) == served_text
 
 
 def test_mt_bench_judged_by_a_served_model(served, tiny_model_dir, tmp_path, capsys):
@@ -436,3 +521,25 @@ def test_judge_settings_and_prompt_file_errors_are_one_line(tmp_path, capsys, mo
     with pytest.raises(UserError, match="no single-math-v1, single-v1-multi-turn, single-math-v1-multi-turn"):
         read_prompts(str(prompts))
     assert read_prompts(None) is PROMPTS
+
+
+def test_training_rows_that_a_finance_benchmark_scores_are_counted_and_warned(tiny_model_dir, tmp_path, capsys):
+    sentences = [f"Company {i} reports quarterly profit up {i} percent ." for i in range(12)]
+    fpb = tmp_path / "Sentences_50Agree.txt"
+    fpb.write_text("".join(f"{s}@positive\n" for s in sentences), encoding="latin-1")
+    held_out = [finance.normal_text(t) for t in finance.held_out_texts("fpb", str(fpb))]
+    # fingpt-sentiment-train's layout: the sentence as input. Two of FPB's held-out rows are in it.
+    reused = [s for s in sentences if finance.normal_text(s) in held_out][:2]
+    rows = [{"instruction": "What is the sentiment of this news?", "input": s, "output": "positive"}
+            for s in [*reused, *(f"Other news {i} ." for i in range(30))]]
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(rows))
+    run_dir = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, run_dir, "--data.path", str(train), "--fed.rounds", "1",
+                         "--baselines.local", "false", "--baselines.centralized", "false",
+                         "--eval.benchmarks", f"fpb={fpb}", "--eval.benchmark_limit", "1")
+    assert main(args) == 0
+    assert "warning: eval.benchmarks fpb: 2 of its 3 scored rows are training rows" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if r["type"] == "overlap"] == [
+        {"type": "overlap", "benchmark": "fpb", "overlap": 2, "rows": 3}]

@@ -216,3 +216,22 @@ def test_recipes_parse_and_the_default_recipe_is_the_default_job():
     quick = build(load_yaml(str(configs / "sft_quick.yaml")))
     quick.validate()
     assert quick.fed.split == "iid"  # so that --data.path alone runs it on a user's file
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_help_prints_the_defaults_that_will_run(objective, capsys):
+    """Every key's default in `openfedllm OBJECTIVE --help` is the value --print-config resolves."""
+    import re
+
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main([objective, "--help"])
+    shown = dict(re.findall(r"--(\w+\.\w+) \(\w+, default (.*)\)\n", capsys.readouterr().out))
+    assert main([objective, "--print-config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    expected = {f"{section}.{key}": repr(value) for section, values in resolved.items()
+                for key, value in values.items()}
+    assert shown == expected
+    if objective == "dpo":  # what the issue saw printed wrong
+        assert shown["train.objective"] == "'dpo'" and shown["dpo.rpo_alpha"] == "1.0"

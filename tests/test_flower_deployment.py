@@ -56,10 +56,11 @@ def federation_up(tmp_path, monkeypatch):
             federation.down(folder)
 
 
-def _wait_log(path: Path, text: str, timeout: float) -> bool:
+def _wait_log(path: Path, text: str, timeout: float, count: int = 1) -> bool:
+    """Whether `text` shows `count` times in the file within `timeout` s (a cap, not a pace)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
+        if path.exists() and path.read_text(errors="replace").count(text) >= count:
             return True
         time.sleep(0.3)
     return False
@@ -113,12 +114,26 @@ def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federati
         "no key": federation.supernode_command(address, federation.free_port(), "partition-id=1 num-partitions=2",
                                                folder / "certs" / "ca.crt"),
     }
-    # All three at once; each gets 20 s to join (an admitted node does so in about one).
+    # All three at once, each until the SuperLink's refusal shows: the nodes without a key or with an
+    # unregistered one are told so and exit (Flower's exit code 305, with the API error's code); the
+    # plaintext node's connections fail at the TLS handshake, and it keeps retrying.
     logs = {what: tmp_path / f"{what.replace(' ', '-')}.log" for what in attempts}
     started = {what: federation.start(cmd, logs[what], env) for what, cmd in attempts.items()}
-    time.sleep(20)
-    for what, process in started.items():
-        federation.stop_group(process.pid)
+    refusals = {"no key": "[code: 2001] SuperNode authentication is enabled",
+                "unregistered": "[code: 2004] Failed to activate SuperNode"}
+    try:
+        for what, process in started.items():
+            if what in refusals:
+                process.wait(timeout=300)  # a cap for a hung start, not a wait that decides the outcome
+                log = logs[what].read_text(errors="replace")
+                assert "Exit Code: 305" in log and refusals[what] in log, (what, log[-2000:])
+            else:
+                assert _wait_log(logs[what], "Connection attempt failed", 300, count=3), what
+                assert process.poll() is None  # still outside, still retrying
+    finally:
+        for process in started.values():
+            federation.stop_group(process.pid)
+    for what in attempts:
         log = logs[what].read_text(errors="replace")
         assert "Starting Flower SuperNode" in log, what
         assert "SuperNode ID" not in log, (what, log[-2000:])  # never admitted into the federation
@@ -168,35 +183,63 @@ def test_federated_dpo_on_the_nodes_equals_the_simulation(federation_up, tiny_mo
     assert summary["objective"] == "dpo" and "pref_accuracy" in summary["evaluation"]["federated"]
 
 
-def test_a_killed_server_resumes_from_its_checkpoint_exactly(federation_up, tiny_model_dir, tmp_path):
-    """SCAFFOLD: the server's control variate comes back from the checkpoint, each node's c_i
-    from the node's own disk; the result is the uninterrupted simulation's."""
-    settings = [*NO_BASELINES, "--fed.algorithm", "scaffold", "--fed.rounds", "5"]
-    simulated = tmp_path / "simulated"
-    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
+RESUME_SETTINGS = [*NO_BASELINES, "--fed.algorithm", "scaffold", "--fed.rounds", "5"]
 
+
+@pytest.fixture(scope="module")
+def scaffold_simulated(tiny_model_dir, tmp_path_factory) -> dict:
+    """The uninterrupted simulation every killed-and-resumed deployment must equal."""
+    out = tmp_path_factory.mktemp("scaffold") / "simulated"
+    assert main(tiny_run_args(tiny_model_dir, out, *RESUME_SETTINGS)) == 0
+    return _adapter(out)
+
+
+@pytest.mark.parametrize("kill_at, restart", [
+    ("replies:1", False),    # before the first checkpoint; the nodes have trained round 1 and kept c_i
+    ("replies:3", True),     # between the nodes' replies and the server's checkpoint; every process restarted
+    ("checkpoint:2", False),  # right after a checkpoint
+])
+def test_a_killed_server_resumes_exactly_wherever_the_kill_lands(
+        kill_at, restart, federation_up, scaffold_simulated, tiny_model_dir, tmp_path, monkeypatch):
+    """SCAFFOLD: the server's control variate comes back from the checkpoint, each node's c_i from
+    the node's own disk; the result is the uninterrupted simulation's. The ServerApp kills itself
+    (SIGKILL) at the named point of the round loop, so the test does not depend on machine speed."""
+    from openfedllm import faults
+
+    monkeypatch.setenv(faults.ENV, kill_at)  # the SuperLink's processes inherit it; the resumed run passes
+    monkeypatch.setenv(faults.ONCE_ENV, str(tmp_path / "killed-once"))
     fed = federation_up(3)
     out = tmp_path / "run"
-    args = tiny_run_args(tiny_model_dir, out, *settings, "--federation", CONN)
+    args = tiny_run_args(tiny_model_dir, out, *RESUME_SETTINGS, "--federation", CONN)
     run = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", *args], env=dict(os.environ),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        assert _wait_log(out / "checkpoints" / "progress.json", '"round": 1', 180)
-        federation.down(Path(fed["dir"]))  # the SuperLink, the ServerApp and the nodes, all at once
+        # The ServerApp writes its pid into the marker, then SIGKILLs itself; once it is gone, stop the
+        # submitting `flwr run` (it would wait for Flower's 60 s heartbeat timeout to call the run failed).
+        marker = tmp_path / "killed-once"
+        while run.poll() is None and not (marker.exists() and marker.read_text()):
+            time.sleep(0.1)
+        assert marker.exists(), "the run ended without reaching " + kill_at
+        server_pid = int(marker.read_text())
+        while federation.alive(server_pid):
+            time.sleep(0.1)
     finally:
-        run.kill()  # the submitting `flwr run` would otherwise retry the vanished SuperLink
-        run.wait(timeout=60)
+        federation.stop_group(run.pid)
     assert not (out / "summary.json").exists()
-    progress = json.loads((out / "checkpoints" / "progress.json").read_text())
-    assert 1 <= progress["round"] < 5
+    killed_after = int(kill_at.split(":")[1]) - (kill_at.startswith("replies"))
+    if killed_after:
+        assert json.loads((out / "checkpoints" / "progress.json").read_text())["round"] == killed_after
+    else:
+        assert not (out / "checkpoints").exists()
+    if restart:  # the same folder again: the nodes find their client state where they left it
+        federation.down(Path(fed["dir"]))
+        assert federation.up(3, Path(fed["dir"]), threads=1)["flwr_home"] == fed["flwr_home"]
 
-    # The same folder again: the nodes find their client state where they left it.
-    assert federation.up(3, Path(fed["dir"]), threads=1)["flwr_home"] == fed["flwr_home"]
     assert main(["sft", "--federation", CONN, "--resume", str(out)]) == 0
-    _assert_same(_adapter(out), _adapter(simulated))
-    rounds = [r["round"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r["type"] == "eval"]
-    assert rounds == [0, 1, 2, 3, 4, 5]
+    _assert_same(_adapter(out), scaffold_simulated)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records if r["type"] == "eval"] == [0, 1, 2, 3, 4, 5]
+    assert not [r for r in records if r["type"] == "lost"]
 
 
 def test_bad_federation_input_is_one_line(tmp_path, monkeypatch, capsys):

@@ -77,7 +77,7 @@ def _train_parser(objective: str) -> argparse.ArgumentParser:
         description=DESCRIPTIONS[objective],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (each settable in the YAML file or as --section.key VALUE):\n"
-        + "\n".join(help_lines()),
+        + "\n".join(help_lines(objective)),
     )
     parser.add_argument("--config", help="YAML recipe (see configs/); defaults apply to keys it leaves out")
     parser.add_argument("--output-dir", help=f"run directory (default: runs/{objective}-DATE-TIME); must not exist")

@@ -122,6 +122,8 @@ class DPOConfig:
     rpo_alpha: float = opt(0.0, "add alpha x the chosen response's mean token NLL (RPO); 0: pure DPO")
     max_prompt_length: int = opt(192, "prompt tokens kept (the end of an over-long prompt); the response "
                                  "fills data.max_length")
+    disable_dropout: bool = opt(True, "no dropout in DPO's forward passes, as trl's DPOConfig by default; "
+                                      "false: keep lora.dropout")
 
 
 @dataclass
@@ -383,10 +385,11 @@ def apply_overrides(raw: dict, overrides: list[tuple[str, str]]) -> dict:
     return raw
 
 
-def help_lines() -> list[str]:
-    """`--section.key  (type, default) help` for every field, for --help."""
+def help_lines(objective: str = "sft") -> list[str]:
+    """`--section.key  (type, default) help` for every field, for --help: the defaults that run with
+    `openfedllm OBJECTIVE` (dpo's own, DPO_DEFAULTS, over the shared ones)."""
     lines = []
-    defaults = RunConfig()
+    defaults = build(DPO_DEFAULTS) if objective == "dpo" else RunConfig()
     for section in SECTIONS:
         cls = _section_class(section)
         for f in dataclasses.fields(cls):

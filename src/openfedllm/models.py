@@ -175,6 +175,13 @@ def adapter_disabled(model):
     return model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
 
 
+def disable_dropout(model) -> None:
+    """Every dropout layer of the model set to p = 0, as trl's disable_dropout_in_model does."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 

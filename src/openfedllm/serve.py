@@ -35,8 +35,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": {"message": message, "type": "invalid_request_error"}})
+    def _error(self, status: int, message: str, param: str | None = None) -> None:
+        """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
 
     def do_GET(self):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
@@ -49,34 +51,65 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
             return self._error(404, f"no route {self.path}")
         try:
-            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        except json.JSONDecodeError:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+        except (ValueError, UnicodeDecodeError):
             return self._error(400, "the body is not JSON")
-        problem = _check(request)
+        problem = check_request(request)
         if problem:
-            return self._error(400, problem)
+            return self._error(400, problem[1], problem[0])
         try:
             self._send(200, self.server.complete(request))
         except Exception as exc:  # noqa: BLE001 - the client gets the reason, the server keeps serving
             self._error(500, f"{type(exc).__name__}: {exc}")
 
 
-def _check(request: dict) -> str | None:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_request(request) -> tuple[str | None, str] | None:
+    """(param, message) of the first malformed field of a chat-completions request, else None.
+    Every field is checked for its type and range before anything runs, as OpenAI's API does."""
+    if not isinstance(request, dict):
+        return None, "the body must be a JSON object"
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
-        return "messages: a non-empty list of {role, content} is required"
+        return "messages", "messages: a non-empty list of {role, content} is required"
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
                 or not isinstance(m.get("content"), str):
-            return "messages: each needs role system|user|assistant and a string content"
+            return "messages", "messages: each needs role system|user|assistant and a string content"
     if messages[-1]["role"] != "user":
-        return "messages: the last message must be the user's"
-    if request.get("stream"):
-        return "stream: streaming is not supported"
-    if int(request.get("n") or 1) != 1:
-        return "n: only one choice per request"
-    if float(request.get("temperature") or 0) < 0:
-        return "temperature: must be at least 0"
+        return "messages", "messages: the last message must be the user's"
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = request.get(name)
+        if value is not None and not (_is_int(value) and value >= 1):
+            return name, f"{name}: must be an integer of at least 1, got {value!r}"
+    temperature = request.get("temperature")
+    if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
+        return "temperature", f"temperature: must be a number from 0 to 2, got {temperature!r}"
+    n = request.get("n")
+    if n is not None and not _is_int(n):
+        return "n", f"n: must be an integer, got {n!r}"
+    if n is not None and n != 1:
+        return "n", "n: only one choice per request"
+    stream = request.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return "stream", f"stream: must be true or false, got {stream!r}"
+    if stream:
+        return "stream", "stream: streaming is not supported"
+    stop = request.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) for x in stop)):
+        return "stop", f"stop: must be a string or a list of up to 4 strings, got {stop!r}"
+    seed = request.get("seed")
+    if seed is not None and not _is_int(seed):
+        return "seed", f"seed: must be an integer, got {seed!r}"
     return None
 
 
@@ -91,9 +124,10 @@ class _Server(ThreadingHTTPServer):
     def complete(self, request: dict) -> dict:
         import torch
 
+        # check_request has vetted every field's type and range
         stop = request.get("stop") or ()
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
-        max_tokens = int(request.get("max_completion_tokens") or request.get("max_tokens") or MAX_TOKENS)
+        max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or MAX_TOKENS
         with self.lock:
             self.lm.temperature = float(request.get("temperature") or 0.0)
             if request.get("seed") is not None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import models
+from . import faults, models
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import Objective, cosine_lr, next_token_loss, train_local
 from .config import RunConfig, to_dict
@@ -34,6 +34,7 @@ from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tok
 from .dpo import DPOLoss, Reference, compute_reference, preference_metrics
 from .errors import UserError
 from .evaluate import accuracy_by_domain, generate, heldout_loss, is_refusal
+from .evaluation import finance
 from .evaluation.metrics import headline
 from .partition import client_table, partition
 from .plots import plot_run
@@ -70,6 +71,7 @@ class Setup:
     over_length: int = 0  # sft: training rows longer than max_length (cut, or dropped by data.over_length)
     objective: Objective = next_token_loss  # what a client's local steps minimise
     harmful_prompts: list[list[int]] = field(default_factory=list)  # dpo, built-in set: refusal rate
+    train_texts: set[str] = field(default_factory=set)  # sft: each training row's input and instruction, normalised
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -86,14 +88,19 @@ def prepare(config: RunConfig) -> Setup:
     model = _load_model(config, model_path)
     setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
     if dpo:
-        # The reference is the model as it starts: a fresh adapter is switched off for it, a given
-        # SFT adapter computes it. Held-out pairs get theirs now, in the batches evaluation uses.
-        adapter_start = setup.initial_state if config.model.adapter else None
+        if config.dpo.disable_dropout:
+            models.disable_dropout(model)
+        # The reference is the model as it starts: a fresh adapter is switched off for it; a given SFT
+        # adapter, or all weights as they start when every weight trains, are loaded back to compute
+        # it (switching "the adapter" off does nothing without one). Held-out pairs get theirs now,
+        # in the batches evaluation uses.
+        fresh_adapter = models.is_peft(model) and not config.model.adapter
+        start = None if fresh_adapter else setup.initial_state
         compute_reference(model, setup.heldout_rows, tokenizer.pad_token_id, config.eval.batch_size,
-                          config.train.packing, adapter_disabled=adapter_start is None,
+                          config.train.packing, adapter_disabled=fresh_adapter,
                           desc="reference log-probs (held-out pairs)")
         reference = Reference(model, setup.train_rows, tokenizer.pad_token_id, config.eval.batch_size,
-                              config.train.packing, adapter_start)
+                              config.train.packing, start)
         setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
     return setup
 
@@ -144,7 +151,8 @@ def _instruction_data(config: RunConfig, tokenizer) -> dict:
                         f"{config.data.max_length} tokens")
     tokenized = [(e, tokenize(e, config.data.template, tokenizer, config.data.max_length)) for e in heldout]
     heldout = [e for e, row in tokenized if row is not None]
-    return {"train_rows": rows, "train_domains": domains, "heldout": heldout,
+    texts = {finance.normal_text(t) for e in train for t in (e.input, e.instruction) if t}
+    return {"train_rows": rows, "train_domains": domains, "heldout": heldout, "train_texts": texts,
             "heldout_rows": [row for _, row in tokenized if row is not None],
             "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length)
                                 for e in heldout],
@@ -228,6 +236,18 @@ def run_training_benchmarks(setup: Setup, out_dir: Path) -> dict[str, dict[str, 
                         modes=choice.modes(cfg.benchmark_mode),
                         out_prefix=out_dir / "eval", model_id="global", get_lm=lambda: lm)
     return {name: r["metrics"] for name, r in run_benchmarks(list(data), settings).items()}
+
+
+def benchmark_overlap(setup: Setup) -> dict[str, dict[str, int]]:
+    """eval.benchmarks rows that are also training rows of this run: a score on them is not held out.
+    Checked for the finance sets, whose sentences fingpt-sentiment-train reuses."""
+    found = {}
+    for entry in setup.config.eval.benchmarks:
+        name, _, path = entry.partition("=")
+        if name in finance.SOURCES and setup.train_texts:
+            texts = finance.held_out_texts(name, path or None)
+            found[name] = {"overlap": sum(t in setup.train_texts for t in texts), "rows": len(texts)}
+    return found
 
 
 def phase_clients(setup: Setup, phase: str) -> tuple[list[list[int]], int, int]:
@@ -343,6 +363,7 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
                           lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr), steps=steps)
         sampled = sample_clients(cfg.train.seed, phase, r, len(clients.sizes()), per_round)
         updates = clients.train_round(algorithm, r, sampled, task)
+        faults.point("replies", r + 1)
         for update in updates:
             log.write(client_record(phase, r, update, task.lr))
         losses = [u.metrics["loss"] for u in updates]
@@ -363,6 +384,7 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
             done = done + [phase]
         save_checkpoint(run_dir, state, algorithm.state_dict(), {
             "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, clients.checkpoint_state())
+        faults.point("checkpoint", r + 1)
     bar.close()
     return last_eval or {}
 
@@ -401,6 +423,11 @@ def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict
         if setup.dropped:
             print(f"({setup.dropped} training rows dropped: no response token left within "
                   f"data.max_length={cfg.data.max_length})")
+        for name, counts in benchmark_overlap(setup).items():
+            log.write({"type": "overlap", "benchmark": name, **counts})
+            if counts["overlap"]:
+                print(f"warning: eval.benchmarks {name}: {counts['overlap']} of its {counts['rows']} scored rows "
+                      f"are training rows of this run; its score is not a held-out score")
         before = evaluate(setup, benchmark_dir(run_dir, "federated", 0))
         log.write({"type": "eval", "phase": "federated", "round": 0, **before})
         tqdm.write("[before training]  " + _eval_text(before))

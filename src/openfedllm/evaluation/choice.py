@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .metrics import accuracy, choice_letter, f1_scores
@@ -35,7 +36,7 @@ class Choice:
     gold: int
     group: str = ""  # subject or task, for per-group accuracy
     question: str | None = None  # the generation prompt when it differs from `prompt`
-    fallback: int | None = None  # the option an answer naming none counts as (FinGPT: neutral)
+    read: Callable[[str], str] | None = None  # a benchmark's own reading of a generated answer (FinGPT's)
 
 
 def extract(text: str, labels: list[str]) -> str | None:
@@ -66,8 +67,7 @@ def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False,
         elif mode == "generate":
             said = lm.chat([it.question or it.prompt for it in items], max_new_tokens=max_new_tokens)
             named = [extract(text, it.labels) for it, text in zip(items, said)]
-            predicted = [label or (it.labels[it.fallback] if it.fallback is not None else NONE)
-                         for it, label in zip(items, named)]
+            predicted = [it.read(text) if it.read else label or NONE for it, label, text in zip(items, named, said)]
             metrics["generate/answered"] = sum(label is not None for label in named) / max(len(items), 1)
         else:
             raise ValueError(f"unknown multiple-choice mode {mode!r}")

@@ -6,8 +6,8 @@
   its first line starts with the target. Accuracy per task and overall; `--limit` is per task.
 - DROP (Dua et al. 2019): the original drop_dataset_dev.json ({passage_id: {passage, qa_pairs:
   [{question, answer: {number, date, spans}, validated_answers}]}}) or the hub's rows (ucinlp/drop:
-  passage, question, answers_spans {spans}); 3-shot; exact match and DROP F1, each the best over
-  the gold answers.
+  passage, question, answers_spans {spans}); 3-shot; exact match and F1 as the official
+  drop_eval.py computes them (a multi-span answer is one answer), each the best over the gold answers.
 - GSM8K (Cobbe et al. 2021): rows {question, answer}, the reference's number after ####; the
   model answers in its chat template and the last number of its answer (or the one after ####)
   must equal the reference.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .files import need, read_json, table_rows
-from .metrics import drop_f1, exact_match, gsm8k_answer
+from .metrics import drop_metrics, gsm8k_answer
 
 # --- BBH -------------------------------------------------------------------------------------------
 
@@ -75,14 +75,16 @@ def _group_means(groups: list[str], values: list[float]) -> dict[str, float]:
 # --- DROP ------------------------------------------------------------------------------------------
 
 
-def _drop_answer(answer: dict) -> str:
-    """DROP's answer object as text: the number, the spans, or the date as "day month year"."""
-    if str(answer.get("number") or "").strip():
-        return str(answer["number"]).strip()
+def _drop_answer(answer: dict) -> tuple[str, ...]:
+    """DROP's answer object as the official script reads it: the number, the spans (one answer of
+    several spans, not alternatives), or the date as "day month year"."""
+    if answer.get("number"):
+        return (str(answer["number"]),)
     if answer.get("spans"):
-        return " ".join(answer["spans"])
+        return tuple(answer["spans"])
     date = answer.get("date") or {}
-    return " ".join(str(date.get(k) or "") for k in ("day", "month", "year")).strip()
+    text = " ".join(str(date.get(k) or "") for k in ("day", "month", "year")).strip()
+    return (text,) if text else ()
 
 
 def drop_rows(data: str | None) -> list[dict]:
@@ -100,7 +102,9 @@ def drop_rows(data: str | None) -> list[dict]:
     rows = table_rows("drop", data, ("ucinlp/drop", None, "validation"))
     need("drop", rows, ("passage", "question", "answers_spans"), data or "hub",
          "drop_dataset_dev.json or rows {passage, question, answers_spans {spans}}")
-    return [{"passage": r["passage"], "question": r["question"], "answers": list(r["answers_spans"]["spans"])}
+    # The hub keeps one answer per question: its spans together (a multi-span answer), not alternatives.
+    return [{"passage": r["passage"], "question": r["question"],
+             "answers": [tuple(r["answers_spans"]["spans"])] if r["answers_spans"]["spans"] else []}
             for r in rows]
 
 
@@ -114,11 +118,15 @@ def drop(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens
     test = [r for r in rows if r["passage"] not in seen][:limit]
     if not test:
         raise UserError("drop: no questions left after the demonstrations; lower --shots")
-    demo = "".join(f"Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer: {r['answers'][0]}\n\n" for r in demos)
+    demo = "".join(f"Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer: {', '.join(r['answers'][0])}\n\n"
+                   for r in demos)
     said = lm.complete([f"{demo}Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer:" for r in test],
                        max_new_tokens=max_new_tokens, stop=("\n",))
-    em = [max(exact_match(s, g) for g in r["answers"]) for s, r in zip(said, test)]
-    f1 = [max(drop_f1(s, g) for g in r["answers"]) for s, r in zip(said, test)]
+    # Each question's score is the best over its gold answers, exact match and F1 each on its own,
+    # as drop_eval.py takes them.
+    scored = [[drop_metrics(s.strip(), g) for g in r["answers"]] for s, r in zip(said, test)]
+    em = [max(m[0] for m in per_gold) for per_gold in scored]
+    f1 = [max(m[1] for m in per_gold) for per_gold in scored]
     return {"metrics": {"exact_match": sum(em) / len(em), "f1": sum(f1) / len(f1)}, "questions": len(test)}
 
 

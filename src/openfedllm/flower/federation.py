@@ -205,6 +205,10 @@ def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = 
         raise UserError(f"a federation from {folder} is still up; run openfedllm federation down --dir {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
+    # A federation brought up again starts from a clean SuperLink state: the former nodes' entries
+    # would count as connected until their heartbeats time out (about a minute).
+    for stale in folder.glob("superlink.db*"):
+        stale.unlink()
     tls = tls or auth  # Flower requires TLS for node authentication
     port = port or free_port()
     certs = make_dev_certificates(folder / "certs", ["127.0.0.1", "localhost"]) if tls else None
@@ -267,7 +271,9 @@ def down(folder: Path) -> int:
         raise UserError(f"no federation was started from {folder} (no processes.json)")
     pids = json.loads(state_file.read_text())["pids"]
     running = [p for p in pids if alive(p)]
-    for pid in reversed(pids):  # nodes first, then the SuperLink
+    # The SuperLink (and the ServerApp it runs) first: with the nodes stopped first, a server still
+    # running would finish its round without them and checkpoint that round as done.
+    for pid in pids:
         stop_group(pid)
     state_file.unlink()
     return len(running)

@@ -83,28 +83,31 @@ class NodeClients:
     # --- the run's start: who is there ---------------------------------------------------------
 
     def connect(self) -> None:
-        """Wait for fed.num_clients nodes, then ask each which client it is and how much it holds."""
+        """Wait until a node answers for every client 0 .. fed.num_clients-1, asking each new node
+        which client it is and how much it holds."""
         fed = self.config.fed
         deadline = time.monotonic() + fed.round_timeout
-        while len(list(self.grid.get_node_ids())) < fed.num_clients:
+        while True:
+            self._rediscover()
+            missing = [c for c in range(fed.num_clients) if c not in self.node_of]
+            if not missing:
+                break
             if time.monotonic() > deadline:
-                raise UserError(f"only {len(list(self.grid.get_node_ids()))} of fed.num_clients={fed.num_clients} "
-                                f"nodes connected within fed.round_timeout={fed.round_timeout:g} s")
+                raise UserError(f"only {len(self.node_of)} of fed.num_clients={fed.num_clients} nodes connected "
+                                f"within fed.round_timeout={fed.round_timeout:g} s (missing: client {missing[0]})")
             time.sleep(0.5)
-        self._query(list(self.grid.get_node_ids()))
-        missing = [c for c in range(fed.num_clients) if c not in self.node_of]
-        if missing:
-            raise UserError(f"no node is client {missing[0]} (partition-id in the node config); "
-                            f"connected clients: {sorted(self.node_of)}")
         print(f"Federation: {len(self.node_of)} nodes; training examples per client: "
               + ", ".join(f"{c}: {self.examples[c]}" for c in sorted(self.examples)), flush=True)
 
     def _query(self, node_ids) -> None:
         from flwr.app import ConfigRecord, RecordDict
+        from flwr.common.constant import ErrorCode
 
         content = {n: RecordDict({"config": ConfigRecord({"config": self.config_text})}) for n in node_ids}
         replies = self._exchange(content, "query", self.config.fed.round_timeout)
         for node_id, reply in replies.items():
+            if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                continue  # a node the SuperLink lost (e.g. one of a restarted federation's former nodes)
             if reply.has_error():
                 raise UserError(f"node {node_id} could not start: {error_reason(reply)}")
             self._record(0, None, reply)
