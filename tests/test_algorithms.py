@@ -91,14 +91,16 @@ def test_every_algorithm_is_registered_with_its_paper():
 def test_config_values_reach_the_algorithms():
     fed = FedConfig(fedprox_mu=0.5, scaffold_server_lr=0.3, scaffold_correction="gradient", fedavgm_server_lr=0.7,
                     fedavgm_momentum=0.2, fedopt_server_lr=0.05, fedopt_beta1=0.8, fedopt_beta2=0.9,
-                    fedopt_tau=0.1, fedopt_second_moment="momentum")
+                    fedopt_tau=0.1, fedopt_second_moment="momentum", fedavgm_damped=True,
+                    fedopt_first_moment="delta")
     assert FedProx.from_config(fed).mu == 0.5
     s = Scaffold.from_config(fed, total_examples=9)
     assert (s.server_lr, s.correction, s.total_examples) == (0.3, "gradient", 9)
     m = FedAvgM.from_config(fed)
-    assert (m.server_lr, m.momentum) == (0.7, 0.2)
+    assert (m.server_lr, m.momentum, m.damped) == (0.7, 0.2, True)
     a = FedAdam.from_config(fed)
-    assert (a.server_lr, a.beta1, a.beta2, a.tau, a.second_moment) == (0.05, 0.8, 0.9, 0.1, "momentum")
+    assert (a.server_lr, a.beta1, a.beta2, a.tau, a.second_moment, a.first_moment) == (
+        0.05, 0.8, 0.9, 0.1, "momentum", "delta")
 
 
 # --- FedProx (Li et al. 2020)
@@ -134,6 +136,28 @@ def test_fedavgm_two_rounds_by_hand():
     # Both clients move by +1: Delta = 1;  v = 0.5 * 7/3 + 1 = 13/6;  x = 17/3 + 2 * 13/6 = 10
     x2 = algo.aggregate(x1, [_y(0, 17 / 3 + 1, 1), _y(1, 17 / 3 + 1, 2)])
     assert _value(x2) == pytest.approx(10.0)
+
+
+def test_fedavgm_damped_is_the_references_convention_by_hand():
+    assert not FedAvgM().damped and not FedConfig().fedavgm_damped  # Hsu et al. by default
+    algo = FedAvgM(server_lr=1.0, momentum=0.5, damped=True)
+    # round 1: v = Delta = 7/3 (no damping yet);  x = 1 + 7/3 = 10/3
+    x1 = algo.aggregate(_x(1.0), [_y(0, 2.0, 1), _y(1, 4.0, 2)])
+    assert _value(x1) == pytest.approx(10 / 3)
+    # round 2: Delta = 1;  v = 0.5 * 7/3 + 0.5 * 1 = 5/3;  x = 10/3 + 5/3 = 5
+    x2 = algo.aggregate(x1, [_y(0, 10 / 3 + 1, 1), _y(1, 10 / 3 + 1, 2)])
+    assert _value(x2) == pytest.approx(5.0)
+
+
+def test_fedopt_first_moment_delta_is_the_references_first_round():
+    assert FedAdam().first_moment == "zero" and FedConfig().fedopt_first_moment == "zero"
+    algo = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.01, first_moment="delta")
+    x1 = algo.aggregate(_x(0.5), ROUND_1)  # m = Delta = -0.025, not (1 - beta1) * Delta
+    v1 = V_ROUND_1[FedAdam]
+    assert _value(x1) == pytest.approx(0.5 + 0.1 * -0.025 / (math.sqrt(v1) + 0.01), rel=1e-6)
+    # round 2 (Delta = 0): m = 0.9 * -0.025 as usual
+    x2 = algo.aggregate(x1, [_y(0, _value(x1), 1), _y(1, _value(x1), 3)])
+    assert _value(x2) == pytest.approx(_value(x1) + 0.1 * (0.9 * -0.025) / (math.sqrt(0.99 * v1) + 0.01), rel=1e-6)
 
 
 def test_fedavgm_without_momentum_and_unit_rate_is_fedavg():

@@ -83,8 +83,13 @@ class FedConfig:
                                    "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)")
     fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s")
     fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg")
+    fedavgm_damped: bool = opt(False, "FedAvgM: v <- beta*v + (1-beta)*Delta, v = Delta in round 1 (the OpenFedLLM "
+                                      "reference); false: v <- beta*v + Delta (Hsu et al., Flower)")
     fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta")
-    fedopt_beta1: float = opt(0.9, "FedAdagrad/FedYogi/FedAdam: decay of the first moment m")
+    fedopt_beta1: float = opt(0.9, "FedAdagrad/FedYogi/FedAdam: decay of the first moment m (Reddi et al.; "
+                                   "the reference and Flower use 0 for FedAdagrad)")
+    fedopt_first_moment: str = opt("zero", "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
+                                           "delta (m = Delta in round 1, as the OpenFedLLM reference)")
     fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v")
     fedopt_tau: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM")
     min_clients: int = opt(1, "deployment: a round completes if at least this many sampled clients reply "
@@ -172,7 +177,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Impossible settings, named by their key."""
-        from .algorithms import CORRECTIONS, SECOND_MOMENTS, check_algorithm
+        from .algorithms import CORRECTIONS, FIRST_MOMENTS, SECOND_MOMENTS, check_algorithm
 
         check_algorithm(self.fed.algorithm)
         positive = {
@@ -226,6 +231,7 @@ class RunConfig:
                    "fed.split": (self.fed.split, ("iid", "domain", "dirichlet", "key", "quantity", "shards")),
                    "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
                    "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
+                   "fed.fedopt_first_moment": (self.fed.fedopt_first_moment, FIRST_MOMENTS),
                    "train.optimizer": (self.train.optimizer, ("adamw", "sgd")),
                    "eval.benchmark_mode": (self.eval.benchmark_mode, ("loglik", "generate", "both")),
                    "train.objective": (self.train.objective, OBJECTIVES),

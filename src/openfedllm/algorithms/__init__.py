@@ -12,7 +12,7 @@ from ..errors import UserError
 from .base import Algorithm, ClientTask, ClientUpdate, StateDict, example_weighted_mean, weighted_mean
 from .fedavg import FedAvg
 from .fedavgm import FedAvgM
-from .fedopt import SECOND_MOMENTS, FedAdagrad, FedAdam, FedYogi
+from .fedopt import FIRST_MOMENTS, SECOND_MOMENTS, FedAdagrad, FedAdam, FedYogi
 from .fedprox import FedProx
 from .scaffold import CORRECTIONS, Scaffold
 
@@ -46,6 +46,6 @@ def describe(name: str) -> str:
     return ALGORITHMS[name].__doc__.strip().splitlines()[0]
 
 
-__all__ = ["ALGORITHMS", "CORRECTIONS", "SECOND_MOMENTS", "Algorithm", "ClientTask", "ClientUpdate",
+__all__ = ["ALGORITHMS", "CORRECTIONS", "FIRST_MOMENTS", "SECOND_MOMENTS", "Algorithm", "ClientTask", "ClientUpdate",
            "StateDict", "build_algorithm", "check_algorithm", "describe", "example_weighted_mean",
            "weighted_mean"]

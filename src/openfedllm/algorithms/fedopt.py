@@ -10,9 +10,13 @@ example-weighted mean of (y_i - x) over the sampled clients:
 starting from m = 0 and v = tau^2 (the paper asks v_{-1} >= tau^2; we take the smallest), with
 no bias correction, as in the paper.
 
-`second_moment: momentum` replaces Delta^2 by m^2 in the v update: that is what a widely copied
-implementation (the OpenFedLLM reference code) computes. It is offered for reproducing results
-made with that code, never the default.
+Two conventions of the OpenFedLLM reference code (federated_learning/fed_global.py) are offered for
+reproducing results made with it, never the default:
+- `second_moment: momentum` replaces Delta^2 by m^2 in the v update;
+- `first_moment: delta` takes m = Delta in the first round (the paper starts from m = 0, so its first
+  step is (1 - beta1) = 10x smaller at beta1 = 0.9: the reference's eta 1e-3 moves as far in round 1
+  as eta 1e-2 here).
+The reference and Flower also run FedAdagrad without momentum: `fed.fedopt_beta1 0` gives that.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from .base import Algorithm, ClientUpdate, StateDict, apply_step, mean_delta, to_float64
 
 SECOND_MOMENTS = ("delta", "momentum")
+FIRST_MOMENTS = ("zero", "delta")
 
 
 @dataclass
@@ -33,13 +38,15 @@ class _FedOpt(Algorithm):
     beta2: float = 0.99  # decay of the second moment v (not used by FedAdagrad)
     tau: float = 1e-3  # adaptivity: larger tau behaves more like FedAvgM
     second_moment: str = "delta"  # what is squared in the v update: delta (the paper) or momentum
+    first_moment: str = "zero"  # m before the first round: zero (the paper) or delta (m = Delta in round 1)
     m: StateDict = field(default_factory=dict, repr=False)  # server state, checkpointed (float64)
     v: StateDict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, fed):
         return cls(server_lr=fed.fedopt_server_lr, beta1=fed.fedopt_beta1, beta2=fed.fedopt_beta2,
-                   tau=fed.fedopt_tau, second_moment=fed.fedopt_second_moment)
+                   tau=fed.fedopt_tau, second_moment=fed.fedopt_second_moment,
+                   first_moment=fed.fedopt_first_moment)
 
     def update_v(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -48,7 +55,10 @@ class _FedOpt(Algorithm):
         delta = mean_delta(global_state, updates)
         step = {}
         for name, d in delta.items():
-            m = self.beta1 * self.m.get(name, torch.zeros_like(d)) + (1 - self.beta1) * d
+            if name not in self.m and self.first_moment == "delta":
+                m = d  # the reference's first round
+            else:
+                m = self.beta1 * self.m.get(name, torch.zeros_like(d)) + (1 - self.beta1) * d
             square = d * d if self.second_moment == "delta" else m * m
             v = self.update_v(self.v.get(name, torch.full_like(d, self.tau**2)), square)
             self.m[name], self.v[name] = m, v

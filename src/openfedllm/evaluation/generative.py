@@ -1,9 +1,11 @@
 """Benchmarks answered in free text: BBH, DROP and GSM8K.
 
 - BBH (Suzgun et al. 2022, BIG-Bench Hard): 27 tasks, each bbh/TASK.json {"examples": [{input,
-  target}]}. As InstructEval (which the paper uses) does it: the first `shots` (3) examples of a
-  task are the demonstrations ("Q: ...\\nA: target"), the rest are scored; an answer is right when
-  its first line starts with the target. Accuracy per task and overall; `--limit` is per task.
+  target}]}. As InstructEval's bbh.py (which the paper uses) does it: the first `shots` (3) examples
+  of a task are the demonstrations ("{input}\\nAnswer: {target}"), the rest are scored; an answer
+  is right when, stripped, it starts with the target; `accuracy` is the mean over tasks of each
+  task's accuracy. `accuracy_first_line` is a stricter house rule (see bbh_first_line_correct).
+  `--limit` is per task.
 - DROP (Dua et al. 2019): the original drop_dataset_dev.json ({passage_id: {passage, qa_pairs:
   [{question, answer: {number, date, spans}, validated_answers}]}}) or the hub's rows (ucinlp/drop:
   passage, question, answers_spans {spans}); 3-shot; exact match and F1 as the official
@@ -45,23 +47,43 @@ def bbh_tasks(data: str | None) -> dict[str, list[dict]]:
 
 
 def bbh_correct(answer: str, target: str) -> bool:
+    """InstructEval's rule (bbh.py): the stripped answer starts with the target, case as given."""
+    return answer.strip().startswith(target)
+
+
+def bbh_first_line_correct(answer: str, target: str) -> bool:
+    """A stricter house rule (`accuracy_first_line`): the answer's first line starts with the target,
+    any case, and ends or goes on with a non-alphanumeric ("True." yes; "Truest" and "12" for 1, no)."""
     first = answer.strip().split("\n", 1)[0].strip().lower()
     target = target.strip().lower()
     return first.startswith(target) and (len(first) == len(target) or not first[len(target)].isalnum())
 
 
 def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens: int = 32) -> dict:
+    """InstructEval's BBH: each sample is "{input}\nAnswer:" (a demonstration adds " {target}\n\n"),
+    the first `shots` examples of a task are its demonstrations (fewer when the prompt would pass the
+    model's input length, as InstructEval drops them), 32 new tokens without stop sequences, and
+    the score is the macro average over tasks of `bbh_correct`."""
+    def sample(e, answer=True):
+        return f"{e['input']}\nAnswer:" + (f" {e['target']}\n\n" if answer else "")
+
     prompts, targets, groups = [], [], []
     for task, examples in bbh_tasks(data).items():
-        demo = "".join(f"Q: {e['input']}\nA: {e['target']}\n\n" for e in examples[:shots])
         for e in examples[shots:][:limit]:
-            prompts.append(f"{demo}Q: {e['input']}\nA:")
+            k = shots
+            prompt = "".join(sample(d) for d in examples[:k]) + sample(e, answer=False)
+            while k > 0 and len(lm.tokenizer(prompt)["input_ids"]) > lm.max_length:
+                k -= 1
+                prompt = "".join(sample(d) for d in examples[:k]) + sample(e, answer=False)
+            prompts.append(prompt)
             targets.append(str(e["target"]))
             groups.append(task)
-    said = lm.complete(prompts, max_new_tokens=max_new_tokens, stop=("\n\n", "\nQ:"))
-    right = [bbh_correct(s, t) for s, t in zip(said, targets)]
-    return {"metrics": {"accuracy": sum(right) / len(right)}, "questions": len(right),
-            "per_group": {"generate": _group_means(groups, right)}}
+    said = lm.complete(prompts, max_new_tokens=max_new_tokens)
+    per_task = _group_means(groups, [bbh_correct(s, t) for s, t in zip(said, targets)])
+    first_line = _group_means(groups, [bbh_first_line_correct(s, t) for s, t in zip(said, targets)])
+    return {"metrics": {"accuracy": sum(per_task.values()) / len(per_task),
+                        "accuracy_first_line": sum(first_line.values()) / len(first_line)},
+            "questions": len(prompts), "per_group": {"generate": per_task}}
 
 
 def _group_means(groups: list[str], values: list[float]) -> dict[str, float]:

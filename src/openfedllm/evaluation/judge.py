@@ -32,7 +32,8 @@ _JUDGE = ("Please act as an impartial judge and evaluate the quality of the resp
           "to the user question{shown}. ")
 _GENERAL = ("Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "
             "and level of detail of the response. ")
-_SECOND = "Your evaluation should focus on the assistant's answer to the second user question. "
+# "You evaluation": FastChat's typo, kept so that the judge reads FastChat's prompt byte for byte.
+_SECOND = "You evaluation should focus on the assistant's answer to the second user question. "
 _CONVERSATION = ("<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
                  "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
                  "<|The End of Assistant A's Conversation with User|>")
@@ -51,7 +52,7 @@ PROMPTS = {
         "system_prompt": _JUDGE.format(shown=" displayed below") + _GENERAL + _SECOND + _RULES + "\n\n",
         "prompt_template": _CONVERSATION},
     "single-math-v1-multi-turn": {
-        "system_prompt": _JUDGE.format(shown="") + _MATH_RULES.format(focus=_SECOND) + "\n\n",
+        "system_prompt": _JUDGE.format(shown="") + _MATH_RULES.format(focus=_SECOND.replace(" user", "")) + "\n\n",
         "prompt_template": "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
                            "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
                            "<|The End of Reference Answer|>\n\n\n" + _CONVERSATION},

@@ -69,7 +69,7 @@ def _code(s: Settings, name: str) -> dict:
 
 def _judged(s: Settings, name: str) -> dict:
     return open_ended.judged_bench(name, s.get_lm, s.path(name), s.limit, s.out_dir(name), s.model_id, s.judge,
-                                   s.judge_prompts, s.tokens(512))
+                                   s.judge_prompts, s.tokens(open_ended.ANSWER_TOKENS))
 
 
 def _advbench(s: Settings, name: str) -> dict:
