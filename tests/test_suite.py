@@ -47,3 +47,17 @@ def test_python_expression_check_runs_the_answer_on_test_values():
 
 def test_free_text_examples_have_no_verdict():
     assert is_correct(Example("q", "anything"), "whatever") is None
+
+
+def test_data_domains_restricts_training_and_heldout_to_those_domains():
+    from openfedllm import config as cfg_mod
+    from openfedllm.data import load_examples
+
+    config = cfg_mod.build({"data": {"domains": ["general"], "train_per_domain": 8, "heldout_per_domain": 3}})
+    train, held = load_examples(config.data, seed=1)
+    assert {e.domain for e in train} == {e.domain for e in held} == {"general"}
+    assert len(train) == 8 and len(held) == 3
+    everything, _ = load_examples(cfg_mod.build({"data": {"train_per_domain": 8}}).data, seed=1)
+    # the same stream per domain: the general examples are those of a run over all five domains
+    assert sorted(e.instruction + e.input for e in train) == sorted(
+        e.instruction + e.input for e in everything if e.domain == "general")

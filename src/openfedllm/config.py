@@ -60,6 +60,8 @@ class DataConfig:
                            "or drop; either way counted")
     train_per_domain: int = opt(200, "built-in suite: training examples (dpo: pairs) per domain")
     heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain")
+    domains: list[str] = opt([], "built-in suite: the domains used, for training and held-out alike (general, "
+                                 "finance, medical, code, math); empty: all five")
     heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation")
     max_heldout: int = opt(200, "user file: at most this many held-out rows")
 
@@ -222,6 +224,11 @@ class RunConfig:
             raise UserError(f"lora.dropout must be in [0, 1), got {self.lora.dropout}")
         if not 0 < self.data.heldout_fraction < 1:
             raise UserError(f"data.heldout_fraction must be in (0, 1), got {self.data.heldout_fraction}")
+        from .data.suite import DOMAINS
+
+        unknown = [d for d in self.data.domains if d not in DOMAINS]
+        if unknown:
+            raise UserError(f"data.domains: unknown domain {unknown[0]!r}; valid: {', '.join(DOMAINS)}")
         if not self.lora.target_modules:
             raise UserError("lora.target_modules must name at least one module")
         choices = {"model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
