@@ -71,7 +71,7 @@ class Setup:
     over_length: int = 0  # sft: training rows longer than max_length (cut, or dropped by data.over_length)
     objective: Objective = next_token_loss  # what a client's local steps minimise
     harmful_prompts: list[list[int]] = field(default_factory=list)  # dpo, built-in set: refusal rate
-    train_texts: set[str] = field(default_factory=set)  # sft: each training row's input and instruction, normalised
+    train_texts: set[str] = field(default_factory=set)  # sft with a finance eval.benchmark: rows' texts, normalised
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -151,7 +151,10 @@ def _instruction_data(config: RunConfig, tokenizer) -> dict:
                         f"{config.data.max_length} tokens")
     tokenized = [(e, tokenize(e, config.data.template, tokenizer, config.data.max_length)) for e in heldout]
     heldout = [e for e, row in tokenized if row is not None]
-    texts = {finance.normal_text(t) for e in train for t in (e.input, e.instruction) if t}
+    # Kept only when a finance benchmark will be checked against them (benchmark_overlap): a large
+    # file's texts are not held for nothing.
+    checked = any(b.partition("=")[0] in finance.SOURCES for b in config.eval.benchmarks)
+    texts = {finance.normal_text(t) for e in train for t in (e.input, e.instruction) if t} if checked else set()
     return {"train_rows": rows, "train_domains": domains, "heldout": heldout, "train_texts": texts,
             "heldout_rows": [row for _, row in tokenized if row is not None],
             "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length)
