@@ -70,11 +70,10 @@ def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens:
     prompts, targets, groups = [], [], []
     for task, examples in bbh_tasks(data).items():
         for e in examples[shots:][:limit]:
-            k = shots
-            prompt = "".join(sample(d) for d in examples[:k]) + sample(e, answer=False)
-            while k > 0 and len(lm.tokenizer(prompt)["input_ids"]) > lm.max_length:
-                k -= 1
+            for k in range(shots, -1, -1):  # drop demonstrations while the prompt is too long
                 prompt = "".join(sample(d) for d in examples[:k]) + sample(e, answer=False)
+                if k == 0 or len(lm.tokenizer(prompt)["input_ids"]) <= lm.max_length:
+                    break
             prompts.append(prompt)
             targets.append(str(e["target"]))
             groups.append(task)

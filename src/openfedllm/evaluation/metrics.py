@@ -84,6 +84,9 @@ def _overlap_f1(pred: list[str], ref: list[str]) -> float:
 # rounded to two decimals as the script does. Exact match: the same normalised spans, as sets.
 
 
+_PUNCTUATION = set(string.punctuation)
+
+
 def _drop_number(token: str) -> str | None:
     try:
         return str(float(token))
@@ -136,9 +139,6 @@ def drop_metrics(prediction: str | list[str] | tuple[str, ...],
 def drop_f1(prediction: str, reference: str | list[str] | tuple[str, ...]) -> float:
     """DROP's F1 of a predicted span against a gold answer (a span, or the spans of one answer)."""
     return drop_metrics(prediction, reference)[1]
-
-
-_PUNCTUATION = set(string.punctuation)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
