@@ -1,8 +1,7 @@
-"""Evaluation: every metric on hand-checked cases, the sandbox's cases, the HumanEval harness."""
+"""Evaluation: every metric on hand-checked cases, the HumanEval harness (the sandbox: test_sandbox.py)."""
 
 import json
 import math
-import os
 
 import pytest
 
@@ -20,7 +19,6 @@ from openfedllm.evaluation.metrics import (
     rouge_l,
     token_f1,
 )
-from openfedllm.evaluation.sandbox import run_program
 
 
 def test_f1_variants_by_hand():
@@ -87,31 +85,6 @@ def test_answer_extraction():
     assert gsm8k_answer("no number here") is None
     assert [choice_letter(t) for t in ["B", "(C) because", "The answer is D.", "a dog barks", "Answer: A"]] == \
         ["B", "C", "D", None, "A"]
-
-
-@pytest.mark.parametrize("program, status, detail", [
-    ("assert sum([1, 2]) == 3", "passed", ""),
-    ("assert 1 == 2", "failed", "AssertionError"),
-    ("while True:\n    pass", "timeout", ""),
-    ("import os\nos.fork()", "failed", "os.fork is not allowed"),
-    ("import subprocess\nsubprocess.run(['true'])", "failed", "subprocess.Popen is not allowed"),
-    ("x = bytearray(8 * 1024 ** 3)", "failed", "MemoryError"),
-    ("import socket\nsocket.create_connection(('127.0.0.1', 9))", "failed", "is not allowed"),
-    ("import sys\nsys.addaudithook(lambda *a: None)\nimport os\nos.system('true')", "failed", "os.system"),
-    ("open('here.txt', 'w').write('ok')\nassert open('here.txt').read() == 'ok'", "passed", ""),
-])
-def test_sandbox_contains_each_bad_sample(program, status, detail):
-    outcome = run_program(program, timeout=2)
-    assert outcome.status == status and detail in outcome.detail
-
-
-def test_sandbox_refuses_to_delete_or_write_outside_its_directory(tmp_path):
-    keep = tmp_path / "keep.txt"
-    keep.write_text("mine")
-    assert run_program(f"import os\nos.remove({str(keep)!r})", timeout=2).status == "failed"
-    assert run_program(f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')", timeout=2).status == "failed"
-    assert keep.read_text() == "mine" and not (tmp_path / "new.txt").exists()
-    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
 
 
 def test_humaneval_canonical_solutions_score_pass_at_1_of_one(tmp_path, capsys):
