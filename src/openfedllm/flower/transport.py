@@ -2,8 +2,9 @@
 
 Only two kinds of records ever leave a node: ArrayRecords of its trainable tensors (a client's
 update, SCAFFOLD's change of c_i), packed into one float vector whose size is exactly that of the
-trainable parameters, and MetricRecords of numbers. `check_outgoing` refuses anything else, so no
-raw text, token ids or config strings can leave a node by mistake. Both ends name and shape the
+trainable parameters, and MetricRecords of scalar numbers under the names in NODE_METRICS.
+`check_outgoing` refuses anything else, so no raw text, token ids (a list of ints is a valid
+MetricRecord value) or config strings can leave a node by mistake. Both ends name and shape the
 packed values after their own copy of the same trainable parameters (sorted by name), so no names
 travel; a vector of the wrong size is refused.
 
@@ -23,6 +24,10 @@ from ..errors import UserError
 
 
 PACKED = "trainable"  # the one array of a record: every tensor, flattened, in sorted-name order
+# The metrics a node reports (client.train_local's and DPO's step statistics, the round's size):
+# named here so that a new one is a decision, not an accident.
+NODE_METRICS = frozenset({"loss", "steps", "tokens", "seconds", "reward_accuracy", "reward_margin",
+                          "num-examples", "client-id"})
 
 
 def to_numpy(state: dict) -> dict[str, np.ndarray]:
@@ -109,7 +114,12 @@ def check_outgoing(content, num_values: int) -> None:
 
     for name, record in content.items():
         if isinstance(record, MetricRecord):
-            continue  # MetricRecord itself admits only ints, floats and lists of them
+            for key, value in record.items():
+                if key not in NODE_METRICS:
+                    raise ValueError(f"metric {key!r} is not one a node reports ({', '.join(sorted(NODE_METRICS))})")
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"metric {key!r} is a {type(value).__name__}; only single numbers may leave a node")
+            continue
         if not isinstance(record, ArrayRecord):
             raise ValueError(f"record {name!r} is a {type(record).__name__}; a node sends only tensors and metrics")
         if set(record) != {PACKED}:
