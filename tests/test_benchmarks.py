@@ -475,6 +475,57 @@ def test_serve_answers_like_the_model_in_process(served, tiny_lm):
     assert chat_completion(served, {"model": "tiny-judge", "messages": messages, "max_tokens": 8}) == served_text
 
 
+def _raw_exchange(url: str, data: bytes, shut: bool = True) -> bytes:
+    """Send raw bytes to the server, return everything it answers until it closes."""
+    import socket
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        if shut:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_serve_answers_every_malformed_request_with_an_openai_error(served):
+    def post(body: bytes, extra: str = "") -> bytes:
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+        return _raw_exchange(served, head.encode() + body)
+
+    def status_and_error(response: bytes) -> tuple[int, dict]:
+        head, _, body = response.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)["error"]
+
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    cases = [
+        (b"GARBAGE\r\n\r\n", 400, None),  # a request line http.server cannot parse
+        (b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 70000 + b"\r\n\r\n", 431, None),  # a header line too long
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400, None),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: lots\r\n\r\n", 400, None),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", 413, None),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", 400, None),  # body cut short
+    ]
+    for raw, code, param in cases:
+        status, error = status_and_error(_raw_exchange(served, raw))
+        assert status == code and error["param"] == param and error["message"], (raw[:60], error)
+    for body, param, text in [
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', None, "NaN is not JSON"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": Infinity}', None, "Infinity"),
+        (b"[" * 100000, None, "not JSON"),  # nesting deeper than the parser's recursion
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": 2**70}).encode(), "seed", "2**63"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": -1}).encode(), "seed", "2**63"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}).encode(), "stop", "empty"),
+    ]:
+        status, error = status_and_error(post(body))
+        assert status == 400 and error["param"] == param and text in error["message"], (body[:60], error)
+    # still serving; max_tokens above the model's context (512 for the tiny model) is capped there
+    head, _, body = post(json.dumps({**json.loads(good), "max_tokens": 10**9}).encode()).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and json.loads(body)["usage"]["completion_tokens"] <= 512
+
+
 def test_mt_bench_judged_by_a_served_model(served, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out.json"
     assert main(["eval", "--benchmark", "mt-bench", "--data", str(FIXTURES / "mt_bench"), "--model",

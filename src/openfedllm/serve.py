@@ -4,7 +4,10 @@ It listens on 127.0.0.1 only: it is for trying a trained model from any OpenAI c
 using it as a local judge (`openfedllm eval --judge-url http://127.0.0.1:PORT/v1`), not for
 exposure to a network. Endpoints: GET /v1/models, POST /v1/chat/completions (messages,
 max_tokens or max_completion_tokens, temperature, stop; one choice, no streaming). Requests are
-answered one at a time: one model, one forward at a time.
+answered one at a time: one model, one forward at a time. Every malformed request, down to a
+request line http.server cannot parse, gets OpenAI's error object: 400, 413 for a body over
+MAX_BODY, 408 for one that does not arrive within READ_TIMEOUT; max_tokens is capped at the
+model's context length.
 """
 
 from __future__ import annotations
@@ -18,14 +21,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from .errors import UserError
 
 MAX_TOKENS = 512  # when a request names none
+MAX_BODY = 4 * 2**20  # bytes: a request body above this is refused (413) before it is read
+READ_TIMEOUT = 30  # seconds a connection may take to send its request (a short body cannot pin a thread)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT  # socket timeout, set by StreamRequestHandler
+    protocol_version = "HTTP/1.0"  # one request per connection
 
     def log_message(self, fmt, *args):  # one line per request, not the default's stderr noise
         if self.server.verbose:
-            print(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}", flush=True)
+            print(f"{self.command} {getattr(self, 'path', '')} {args[1] if len(args) > 1 else ''}", flush=True)
 
     def _send(self, status: int, payload: dict) -> None:
         body = json.dumps(payload).encode()
@@ -40,6 +51,13 @@ class _Handler(BaseHTTPRequestHandler):
         kind = "invalid_request_error" if status < 500 else "server_error"
         self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
 
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (garbage request line, bad or oversized headers) in OpenAI's
+        format too; a request line it cannot parse would otherwise get a bare body, no status line."""
+        self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        self._error(code, message or self.responses.get(code, ("error",))[0])
+
     def do_GET(self):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             self._send(200, {"object": "list", "data": [{"id": self.server.model_id, "object": "model",
@@ -52,9 +70,23 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"no route {self.path}")
         try:
             length = int(self.headers.get("Content-Length") or 0)
-            request = json.loads(self.rfile.read(length) or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            return self._error(400, "the body is not JSON")
+        except ValueError:
+            length = -1
+        if length < 0:
+            return self._error(400, f"Content-Length: must be a byte count, got {self.headers.get('Content-Length')!r}")
+        if length > MAX_BODY:
+            return self._error(413, f"the body has {length} bytes; at most {MAX_BODY} are accepted")
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            return self._error(408, f"the body did not arrive within {READ_TIMEOUT} s")
+        if len(body) < length:
+            return self._error(400, f"the body has {len(body)} of the {length} bytes its Content-Length says")
+        try:
+            request = json.loads(body or b"{}", parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            detail = str(exc) if "is not JSON" in str(exc) else "the body is not JSON"
+            return self._error(400, detail)
         problem = check_request(request)
         if problem:
             return self._error(400, problem[1], problem[0])
@@ -90,6 +122,7 @@ def check_request(request) -> tuple[str | None, str] | None:
         value = request.get(name)
         if value is not None and not (_is_int(value) and value >= 1):
             return name, f"{name}: must be an integer of at least 1, got {value!r}"
+
     temperature = request.get("temperature")
     if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
         return "temperature", f"temperature: must be a number from 0 to 2, got {temperature!r}"
@@ -107,9 +140,11 @@ def check_request(request) -> tuple[str | None, str] | None:
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) for x in stop)):
         return "stop", f"stop: must be a string or a list of up to 4 strings, got {stop!r}"
+    if stop is not None and "" in ([stop] if isinstance(stop, str) else stop):
+        return "stop", "stop: an empty stop sequence would stop before the first token"
     seed = request.get("seed")
-    if seed is not None and not _is_int(seed):
-        return "seed", f"seed: must be an integer, got {seed!r}"
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**63):
+        return "seed", f"seed: must be an integer from 0 to 2**63 - 1, got {seed!r}"
     return None
 
 
@@ -119,6 +154,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, port: int, lm, model_id: str, verbose: bool):
         super().__init__(("127.0.0.1", port), _Handler)
         self.lm, self.model_id, self.verbose = lm, model_id, verbose
+        self.context = getattr(getattr(lm.model, "config", None), "max_position_embeddings", None)
         self.lock = threading.Lock()
 
     def complete(self, request: dict) -> dict:
@@ -128,6 +164,8 @@ class _Server(ThreadingHTTPServer):
         stop = request.get("stop") or ()
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or MAX_TOKENS
+        # capped at the model's context: FastChat's judge asks for 2048 whatever the model
+        max_tokens = min(max_tokens, self.context or max_tokens)
         with self.lock:
             self.lm.temperature = float(request.get("temperature") or 0.0)
             if request.get("seed") is not None:
