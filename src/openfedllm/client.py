@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .batching import make_batch, packing_works, split_passes, token_losses
 from .data.templates import IGNORE, Tokenized
+from .errors import UserError
 
 
 @dataclass
@@ -142,6 +143,9 @@ def train_local(
             if term.requires_grad:
                 term.backward()
         stats = objective(model, micro, batching)
+        if not math.isfinite(stats.loss):
+            raise UserError(f"{desc}: the training loss is {stats.loss} at local step {step + 1}; the run stops "
+                            "here and keeps its last checkpoint (try a smaller train.lr)")
         if hooks.after_backward is not None:
             hooks.after_backward()
         if max_grad_norm > 0:
@@ -155,6 +159,9 @@ def train_local(
         for key, value in stats.metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{stats.loss:.3f}")
+    if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite last loss can still step to inf
+        raise UserError(f"{desc}: the weights are not finite after {steps} local steps; the run stops here and "
+                        "keeps its last checkpoint (try a smaller train.lr)")
     return LocalResult(
         loss=sum(losses) / max(len(losses), 1),
         losses=losses,

@@ -9,6 +9,7 @@ with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,10 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise UserError(f"{key} must be > 0, got {value}")
+        for key, most in SANITY_BOUNDS.items():
+            section, name = key.split(".")
+            if getattr(getattr(self, section), name) > most:
+                raise UserError(f"{key} must be at most {most:,}, got {getattr(getattr(self, section), name):,}")
         nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
                   "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads,
                   "train.max_tokens_per_pass": self.train.max_tokens_per_pass, "fed.fedprox_mu": self.fed.fedprox_mu,
@@ -267,6 +272,14 @@ class RunConfig:
                             f"within data.max_length ({self.data.max_length})")
 
 
+# Upper bounds far past any real run: a typo (an extra digit run, 1e12 rounds) fails at once
+# with its key instead of allocating for hours or overflowing later.
+SANITY_BOUNDS = {"fed.rounds": 1_000_000, "fed.num_clients": 10_000_000, "train.local_steps": 10_000_000,
+                 "train.batch_size": 100_000, "train.grad_accum": 100_000, "data.max_length": 10_000_000,
+                 "lora.rank": 65_536, "eval.max_new_tokens": 1_000_000, "train.max_tokens_per_pass": 100_000_000,
+                 "data.train_per_domain": 100_000_000, "data.heldout_per_domain": 100_000_000,
+                 "data.max_heldout": 100_000_000, "fed.round_timeout": 10_000_000.0}
+
 OBJECTIVES = ("sft", "dpo")
 FORMATS = {"sft": ("alpaca", "sharegpt", "messages", "prompt_response"),
            "dpo": ("hh", "ultrafeedback", "sharegpt", "plain")}  # data.format per objective
@@ -325,6 +338,8 @@ def _check_type(key: str, value, hint):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # nan passes every range check (nan <= 0 is False) and inf trains to NaN
+            raise UserError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if value is None:

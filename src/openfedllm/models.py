@@ -130,6 +130,10 @@ def load_base_model(path: str, dtype: str = "float32"):
 def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[str]):
     from peft import LoraConfig, get_peft_model
 
+    hidden = getattr(model.config, "hidden_size", None)
+    if hidden and rank > hidden:  # a rank above the layer width adds parameters and no expressiveness
+        raise UserError(f"lora.rank ({rank}) is above the model's hidden size ({hidden})")
+
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,

@@ -8,9 +8,10 @@ Formats (`data.format`, or detected from the columns):
   prompt/completion, question/answer, input/output, query/response).
 
 A conversation trains on every assistant turn (`Example.turns`); single-turn rows keep the
-instruction / input / output of the suite's examples. Hygiene drops rows with an empty response
-and exact duplicates, and counts each rule; a dataset with no usable row is an error that names
-the file and shows the first bad row.
+instruction / input / output of the suite's examples. Hygiene drops rows with an empty response,
+a cell that is not text (a number, list or object where the text goes, in a JSON file) and exact
+duplicates, and counts each rule; a dataset with no usable row is an error that names the file
+and shows the first bad row.
 """
 
 from __future__ import annotations
@@ -98,13 +99,12 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
         raise UserError(f"{where}: no column {', '.join(repr(c) for c in missing)} for data.format={fmt} "
                         f"(columns: {', '.join(names)})")
     label = _label_column(label_column, names, where)
-    data = table.data  # the Arrow table: columns to Python lists one at a time, no per-row dicts
-    labels = data.column(label).to_pylist() if label else None
+    labels = _column(table, label) if label else None
     hygiene = Hygiene(rows=len(table))
     seen: set = set()
     out: list[Example] = []
     if cols.conversation:
-        column = data.column(cols.conversation).to_pylist()
+        column = _column(table, cols.conversation)
         for i, turns in enumerate(column):
             example, why = _conversation(turns, "from" if fmt == "sharegpt" else "role",
                                          "value" if fmt == "sharegpt" else "content")
@@ -112,27 +112,57 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
             _keep(example and Example(example[0], example[1], "", domain, "none", example[2]), why, i, turns,
                   hygiene, seen, out)
         return out, hygiene
-    instructions = data.column(cols.instruction).to_pylist()
-    outputs = data.column(cols.output).to_pylist()
-    inputs = data.column(cols.input).to_pylist() if cols.input and cols.input in names else None
+    instructions = _column(table, cols.instruction, typed=True)
+    outputs = _column(table, cols.output, typed=True)
+    inputs = _column(table, cols.input, typed=True) if cols.input and cols.input in names else None
     for i in range(len(instructions)):
-        # CSV readers type a column of numbers as numbers: an answer "5" is still text here
-        instruction, output = _text(instructions[i]), _text(outputs[i])
-        extra = _text(inputs[i]) if inputs else ""
+        instruction, output = instructions[i], outputs[i]
+        extra = inputs[i] if inputs else ""
         domain = str(labels[i]) if labels and labels[i] is not None else "default"
         example, why = None, None
-        if not isinstance(instruction, str) or not instruction.strip():
+        if any(isinstance(v, _NotText) for v in (instruction, output, extra)):
+            why = "not text"
+        elif not isinstance(instruction, str) or not instruction.strip():
             why = "empty instruction"
         elif not isinstance(output, str) or not output.strip():
             why = "empty response"
         else:
             example = Example(instruction, output, extra if isinstance(extra, str) else "", domain, "none")
-        _keep(example, why, i, {"instruction": instruction, "input": extra, "output": output}, hygiene, seen, out)
+        row = {"instruction": instruction, "input": extra, "output": output}
+        _keep(example, why, i, {k: v.value if isinstance(v, _NotText) else v for k, v in row.items()}, hygiene,
+              seen, out)
     return out, hygiene
 
 
-def _text(value):
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+class _NotText:
+    """A cell of a text column that holds a number, list or object (a JSON file mixing types)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return json.dumps(self.value, ensure_ascii=False)[:100]
+
+
+def _column(table, name: str, typed: bool = False) -> list:
+    """A column as Python values, one column at a time (no per-row dicts).
+
+    `datasets` types a JSON column whose cells mix strings with numbers, lists or objects as Json
+    and hands out each cell as JSON text (`"Answer"` with its quotes): decode those cells; with
+    `typed`, a decoded cell that is not a string is marked _NotText (dropped and counted), while a
+    column that is numbers throughout (a CSV reader's guess) is read as text.
+    """
+    import datasets
+
+    if "arrow.json" in str(table.data.schema.field(name).type):
+        values = table[name][:]  # datasets decodes its Json cells (also inside lists of messages)
+        if typed and isinstance(table.features.get(name), datasets.Json):
+            values = [v if v is None or isinstance(v, str) else _NotText(v) for v in values]
+        return values
+    values = table.data.column(name).to_pylist()  # plain Arrow: no per-cell decoding
+    if typed:
+        values = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+    return values
 
 
 def _keep(example, why, i, row, hygiene: Hygiene, seen: set, out: list) -> None:
@@ -153,6 +183,8 @@ def _conversation(turns, role_key: str, text_key: str):
         return None, "malformed conversation"
     messages = []
     for t in turns:
+        if isinstance(t, dict) and t.get(text_key) is not None and not isinstance(t.get(text_key), str):
+            return None, "not text"  # a content that is a list of parts or an object
         if not isinstance(t, dict) or not isinstance(t.get(text_key), str) or t.get(role_key) not in _ROLES:
             return None, "malformed conversation"
         messages.append((_ROLES[t[role_key]], t[text_key]))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .alpaca import read_rows
-from .templates import IGNORE, Message, Tokenized, render_dialogue
+from .templates import IGNORE, Message, Tokenized, encode_head, encode_tail, render_dialogue
 
 FORMATS = ("hh", "ultrafeedback", "sharegpt", "plain")
 
@@ -230,9 +230,9 @@ def tokenize_pair(pref: Preference, template: str, tokenizer, max_length: int,
     rows = []
     for response in (pref.chosen, pref.rejected):
         prompt, completion = render_dialogue(template, pref.messages(), response, tokenizer)
-        prompt_ids = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"][-max_prompt_length:]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        completion_ids = completion_ids[:max(0, max_length - len(prompt_ids))]
+        prompt_ids = encode_tail(tokenizer, prompt, template != "chat", max_prompt_length)
+        room = max(0, max_length - len(prompt_ids))
+        completion_ids = encode_head(tokenizer, completion, False, room)[:room] if room else []
         if not completion_ids:
             return None
         rows.append(Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids,

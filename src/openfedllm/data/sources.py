@@ -43,12 +43,61 @@ def read_table(path: str):
     for f in files:
         if f.stat().st_size == 0:
             raise UserError(f"{f}: empty file")
+    if kind == "json":
+        for f in files:
+            _check_json_rows(f)
+    if kind == "csv":
+        for f in files:
+            _check_csv_rows(f, "\t" if f.suffix.lower() == ".tsv" else ",")
     options = {"delimiter": "\t"} if kind == "csv" and files[0].suffix.lower() == ".tsv" else {}
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader logs an error line before raising
     try:
         loaded = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **options)
     except Exception as exc:  # noqa: BLE001 - every reader error becomes one line naming the file
         raise UserError(_reader_error(files, kind, exc)) from None
+    finally:
+        datasets.logging.set_verbosity(level)
     return _nonempty(loaded, path)
+
+
+def _check_json_rows(file: Path) -> None:
+    """Rows must be JSON objects: datasets' JSON reader crashes the process (a segmentation fault)
+    on a file or a first line holding `null`, and fails obscurely on other scalars. Cheap: only
+    the first character of each line (JSON Lines) or of the document is looked at."""
+    with open(file, "rb") as f:
+        if file.suffix.lower() == ".json":
+            head = f.read(4096).lstrip()
+            if head[:1] not in (b"[", b"{"):
+                raise UserError(f"{file}: not a JSON array of objects or JSON Lines (starts with "
+                                f"{head[:20].decode('utf-8', 'replace')!r})")
+            return
+        for lineno, line in enumerate(f, start=1):
+            start = line.lstrip()[:1]
+            if start and start not in (b"{", b"["):  # an array: a JSON document in a .jsonl file
+                shown = line.strip()[:40].decode("utf-8", "replace")
+                try:
+                    json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    raise UserError(f"{file}: line {lineno} is not valid JSON ({shown!r})") from None
+                raise UserError(f"{file}: line {lineno} is not a JSON object ({shown!r})")
+
+
+def _check_csv_rows(file: Path, delimiter: str) -> None:
+    """Every row must have as many fields as the header: a ragged row would shift its columns."""
+    import csv
+
+    csv.field_size_limit(2**31 - 1)  # long texts are rows too (the default limit is 128 KiB)
+    with open(file, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            for row in reader:
+                if row and header and len(row) != len(header):
+                    raise UserError(f"{file}: row {reader.line_num} has {len(row)} fields, the header "
+                                    f"{len(header)} ({', '.join(header)})")
+        except csv.Error as exc:
+            raise UserError(f"{file}: cannot read as csv: line {reader.line_num}: {exc}") from None
 
 
 def _nonempty(table, path: str):

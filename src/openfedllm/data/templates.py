@@ -113,14 +113,48 @@ def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tok
     labels: list[int] = []
     prompt_len = None
     for k, (text, loss) in enumerate(segments):
+        if max_length and len(input_ids) >= max_length:
+            break  # truncation would drop the rest
         # The chat template writes its own special tokens; the plain templates get the tokenizer's
         # usual prefix (e.g. BOS for Llama tokenizers) once, at the start.
-        ids = tokenizer(text, add_special_tokens=k == 0 and template != "chat")["input_ids"]
+        ids = encode_head(tokenizer, text, k == 0 and template != "chat", max_length - len(input_ids) if max_length
+                          else 0)
         if loss and prompt_len is None:
             prompt_len = len(input_ids)
         input_ids += ids
         labels += ids if loss else [IGNORE] * len(ids)
     return truncate(Tokenized(input_ids, labels, prompt_len), max_length)
+
+
+MARGIN = 16  # tokens past a cut that may tokenize differently from the whole text
+
+
+def encode_head(tokenizer, text: str, special: bool, budget: int) -> list[int]:
+    """The token ids of `text`, at least its first `budget` of them exactly (0: all).
+
+    A long text is cut before it is tokenized (a 50 MB row tokenized whole costs ~12 GB of RAM):
+    a prefix long enough to give more than budget + MARGIN tokens gives the same first `budget`
+    tokens as the whole text, since a cut changes the tokenization only around itself.
+    """
+    n = 8 * (budget + MARGIN)
+    while budget and n < len(text):
+        ids = tokenizer(text[:n], add_special_tokens=special)["input_ids"]
+        if len(ids) > budget + MARGIN:
+            return ids[:budget]
+        n *= 4
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def encode_tail(tokenizer, text: str, special: bool, budget: int) -> list[int]:
+    """The last `budget` token ids of `text` (0: all), cutting a long text from its start first."""
+    n = 8 * (budget + MARGIN)
+    while budget and n < len(text):
+        ids = tokenizer(text[-n:], add_special_tokens=False)["input_ids"]
+        if len(ids) > budget + MARGIN:
+            return ids[-budget:]
+        n *= 4
+    ids = tokenizer(text, add_special_tokens=special)["input_ids"]
+    return ids[-budget:] if budget else ids
 
 
 def truncate(row: Tokenized, max_length: int) -> Tokenized | None:
@@ -177,11 +211,10 @@ def prompt_ids(example: Example, template: str, tokenizer, max_length: int) -> l
         history = [{"role": r, "content": t} for r, t in example.turns[:-1]]
         return dialogue_prompt_ids(history, template, tokenizer, max_length)
     prompt, _ = render(template, example, tokenizer)
-    ids = tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"]
-    return ids[-max_length:]
+    return encode_tail(tokenizer, prompt, template != "chat", max_length)
 
 
 def dialogue_prompt_ids(messages: list[Message], template: str, tokenizer, max_length: int) -> list[int]:
     """A conversation's generation prompt (it ends with a user turn), keeping its end within max_length."""
     prompt, _ = render_dialogue(template, messages, "", tokenizer)
-    return tokenizer(prompt, add_special_tokens=template != "chat")["input_ids"][-max_length:]
+    return encode_tail(tokenizer, prompt, template != "chat", max_length)

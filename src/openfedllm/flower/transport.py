@@ -118,7 +118,8 @@ def check_outgoing(content, num_values: int) -> None:
                 if key not in NODE_METRICS:
                     raise ValueError(f"metric {key!r} is not one a node reports ({', '.join(sorted(NODE_METRICS))})")
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"metric {key!r} is a {type(value).__name__}; only single numbers may leave a node")
+                    raise ValueError(f"metric {key!r} is a {type(value).__name__}; only single numbers may "
+                                     "leave a node")
             continue
         if not isinstance(record, ArrayRecord):
             raise ValueError(f"record {name!r} is a {type(record).__name__}; a node sends only tensors and metrics")
