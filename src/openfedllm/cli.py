@@ -14,6 +14,7 @@ A user error (bad key, value, file or row) prints one line and exits with status
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -128,8 +129,10 @@ def _train_command(argv: list[str], objective: str) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False), end="")
         return 0
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"--output-dir {run_dir} already holds files; pick another, or --resume it")
+    if not args.resume:
+        from .rundir import check_output_dir
+
+        check_output_dir(run_dir)
     if args.federation:
         return _submit(args.federation, config, run_dir, bool(args.resume))
 
@@ -342,12 +345,17 @@ def cmd_eval(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.model and args.run:
         raise UserError("give --model or --run, not both")
-    if args.limit is not None and args.limit < 1 or args.batch_size < 1 or args.temperature < 0:
-        raise UserError("--limit and --batch-size must be at least 1, --temperature at least 0")
+    if args.limit is not None and args.limit < 1 or args.batch_size < 1 or not 0 <= args.temperature < math.inf:
+        raise UserError("--limit and --batch-size must be at least 1, --temperature a finite number at least 0")
     try:
         ks = tuple(int(k) for k in args.k.split(","))
     except ValueError:
         raise UserError(f"--k: expected numbers like 1,10, got {args.k!r}") from None
+    if not ks or min(ks) < 1:
+        raise UserError(f"--k: each k must be at least 1, got {args.k!r}")
+    from .rundir import check_output_file
+
+    check_output_file(Path(args.output), "--output")  # before any sample runs
     from .evaluation import choice
     from .evaluation.judge import Judge
     from .evaluation.runner import Settings, check_names, evaluate_all, lm_loader

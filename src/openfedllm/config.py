@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, read_yaml
 
 
 def opt(default, help: str):
@@ -383,15 +383,16 @@ def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def load_yaml(path: str) -> dict:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"--config: file not found: {path}")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"--config {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return data or {}
+def load_yaml(path: str, what: str = "--config") -> dict:
+    """A config file: a mapping of sections, each a mapping of keys (checked by `build`)."""
+    data = read_yaml(path, what) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: {path}: expected a mapping of sections (model:, train:, ...), "
+                        f"got a {type(data).__name__}")
+    for section, values in data.items():
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f"{what}: {path}: section {section!r} must be a mapping of keys, got {values!r}"[:300])
+    return data
 
 
 def apply_overrides(raw: dict, overrides: list[tuple[str, str]]) -> dict:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import models
 from .algorithms import ALGORITHMS
 from .config import RunConfig, apply_overrides, build, to_dict
-from .errors import UserError
+from .errors import UserError, read_yaml
 from .rundir import MetricsLog, load_checkpoint, save_config
 from .simulation import Setup, evaluate, prepare, resume_phase, run_phase
 from .textfmt import text_table
@@ -57,14 +57,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def load_grid(path: str, quick: bool = False, overrides: list[tuple[str, str]] = ()) -> Grid:
     """The grid of a YAML file; every cell's config is built (and so checked) before anything runs."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"experiment: file not found: {path}")
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"experiment {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return grid_from_dict(raw, quick, overrides)
+    return grid_from_dict(read_yaml(path, "experiment") or {}, quick, overrides)
 
 
 def grid_from_dict(raw: dict, quick: bool = False, overrides: list[tuple[str, str]] = ()) -> Grid:
@@ -386,7 +379,7 @@ def read_grid(out_dir: Path) -> Grid:
     path = out_dir / "experiment.yaml"
     if not path.is_file():
         raise UserError(f"--resume {out_dir}: no experiment.yaml there (not an experiment directory)")
-    return grid_from_dict(yaml.safe_load(path.read_text()))
+    return grid_from_dict(read_yaml(path, "--resume") or {})
 
 
 def format_table(rows: list[dict]) -> list[str]:

@@ -8,13 +8,14 @@ from pathlib import Path
 from . import models
 from .config import build
 from .errors import UserError
-from .rundir import read_config
+from .rundir import check_output_dir, check_safetensors, read_config
 
 
 def export(run_dir: Path, out: Path, merge: bool) -> Path:
+    if not run_dir.is_dir():
+        raise UserError(f"export: no such run directory: {run_dir}")
     config = build(read_config(run_dir))
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--output-dir {out} already holds files")
+    check_output_dir(out)
     base_path = models.resolve_model(config.model.name)
     tokenizer = models.load_tokenizer(base_path)
     if config.model.finetune == "full":
@@ -26,6 +27,8 @@ def export(run_dir: Path, out: Path, merge: bool) -> Path:
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{run_dir}: no adapter in {adapter} (did the run finish?)")
+    models.adapter_config(str(adapter))  # a readable LoRA config
+    check_safetensors(adapter / "adapter_model.safetensors", f"export {run_dir}")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if merge:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, read_json
 
 StateDict = dict[str, torch.Tensor]
 
@@ -78,10 +78,12 @@ def convert_gguf(gguf: Path, cache_name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"Converting {gguf.name} to a safetensors folder in {target} (once) ...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails anywhere in the reader
+        first = (str(exc) or type(exc).__name__).splitlines()[0][:160]
+        raise UserError(f"model.name: {gguf} is not a readable GGUF model ({first})") from None
     # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
     # quantization config and copy the dequantized weights over.
     config = loaded.config
@@ -150,17 +152,26 @@ def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[
 
 def adapter_config(path: str) -> dict:
     """The LoRA settings of a saved adapter: a peft adapter folder, or a run directory holding one."""
-    import json
-
     folder = Path(path).expanduser()
     if (folder / "adapter" / "adapter_config.json").is_file():
         folder = folder / "adapter"
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(f"model.adapter: no adapter_config.json in {path} (give a run directory or an adapter folder)")
-    config = json.loads(config_file.read_text())
-    if config.get("peft_type") != "LORA":
-        raise UserError(f"model.adapter: {path} is a {config.get('peft_type')} adapter; only LoRA is supported")
+    config = read_json(config_file, "model.adapter")
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else None
+        raise UserError(f"model.adapter: {path} is a {kind} adapter; only LoRA is supported")
+    if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)) \
+            or not isinstance(config.get("target_modules"), list):
+        raise UserError(f"model.adapter: {config_file} lacks r, lora_alpha or target_modules")
+    weights = folder / "adapter_model.safetensors"
+    if weights.is_file():
+        from .rundir import check_safetensors
+
+        check_safetensors(weights, "model.adapter")
+    elif not (folder / "adapter_model.bin").is_file():
+        raise UserError(f"model.adapter: {path} has no adapter_model.safetensors (nor adapter_model.bin)")
     return {"path": str(folder), "rank": config["r"], "alpha": config["lora_alpha"],
             "target_modules": sorted(config["target_modules"])}
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from .errors import UserError, read_json
 
 CHECKPOINT = "checkpoints"
 
@@ -28,6 +28,21 @@ class MetricsLog:
             return 0
         with self.path.open() as f:
             return sum(1 for _ in f)
+
+    def valid_lines(self) -> int:
+        """How many lines from the start are whole JSON objects (a damaged log is cut there on resume)."""
+        if not self.path.exists():
+            return 0
+        count = 0
+        with self.path.open("rb") as f:
+            for line in f:
+                try:
+                    if not isinstance(json.loads(line.decode("utf-8")), dict):
+                        break
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    break
+                count += 1
+        return count
 
     def truncate(self, keep: int) -> None:
         """Drop records written after the checkpoint being resumed (they will be written again)."""
@@ -54,7 +69,9 @@ def read_config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
-    return yaml.safe_load(path.read_text()) or {}
+    from .config import load_yaml
+
+    return load_yaml(str(path), "--resume")
 
 
 @dataclass
@@ -96,9 +113,75 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             final = old
         else:
             return None
-    return Checkpoint(
-        state=load_file(str(final / "trainable.safetensors")),
-        server_state=torch.load(final / "server_state.pt", weights_only=True),
-        client_states=torch.load(final / "client_states.pt", weights_only=True),
-        progress=json.loads((final / "progress.json").read_text()),
-    )
+
+    def damaged(name: str, why) -> UserError:
+        return UserError(f"--resume {run_dir}: {final.name}/{name} is damaged ({str(why).splitlines()[0][:120]}); "
+                         "the run cannot continue from it")
+
+    progress = read_json(final / "progress.json", f"--resume {run_dir}")
+    if not isinstance(progress, dict) or not {"phase", "round", "done", "metrics_lines"} <= set(progress):
+        raise damaged("progress.json", "expected phase, round, done, metrics_lines")
+    check_safetensors(final / "trainable.safetensors", f"--resume {run_dir}")
+    states = {}
+    for name in ("server_state.pt", "client_states.pt"):
+        try:
+            states[name] = torch.load(final / name, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a damaged file
+            raise damaged(name, exc) from None
+    return Checkpoint(state=load_file(str(final / "trainable.safetensors")), server_state=states["server_state.pt"],
+                      client_states=states["client_states.pt"], progress=progress)
+
+
+def check_safetensors(file: Path, what: str) -> None:
+    """A safetensors file whose header parses and whose size matches it (a truncated or foreign
+    file fails here, with one line, instead of deep inside a loader)."""
+    try:
+        with open(file, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 100 * 2**20 else None
+    except FileNotFoundError:
+        raise UserError(f"{what}: {file} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what}: {file} is not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{what}: {file} is not a safetensors file")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    expected = 8 + size + max(ends, default=0)
+    actual = file.stat().st_size
+    if actual != expected:
+        raise UserError(f"{what}: {file} is truncated or damaged ({actual} bytes, its header says {expected})")
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """A file the command will write: not a folder, in a folder that exists or can be made, writable."""
+    import tempfile
+
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: {parent} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot write in {parent} ({exc.strerror})") from None
+
+
+def check_output_dir(path: Path, what: str = "--output-dir") -> None:
+    """A folder a run or export may create: not a file, empty if it exists, and on a writable
+    filesystem (tried with a temporary folder that is removed at once)."""
+    import tempfile
+
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{what} {path} is a file, not a folder")
+        if any(path.iterdir()):
+            raise UserError(f"{what} {path} already holds files; pick another")
+    parent = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: {parent} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=parent, prefix=".openfedllm-probe-").cleanup()
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot write in {parent} ({exc.strerror})") from None

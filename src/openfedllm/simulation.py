@@ -399,6 +399,22 @@ def resume_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done:
                      checkpoint.server_state, checkpoint.client_states, clients)
 
 
+def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsLog, run_dir: Path) -> None:
+    """A checkpoint's progress must fit the run's config and its metrics log, or resuming would
+    repeat records or name an adapter that does not exist."""
+    where = f"--resume {run_dir}: checkpoints/progress.json"
+    phase, done, at, lines = progress["phase"], progress["done"], progress["round"], progress["metrics_lines"]
+    if phase not in phases:
+        raise UserError(f"{where} names phase {phase!r}; this run's phases are {', '.join(phases)}")
+    if not isinstance(done, list) or any(p not in phases for p in done):
+        raise UserError(f"{where}: finished phases {done!r} are not among {', '.join(phases)}")
+    if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at <= rounds:
+        raise UserError(f"{where}: round {at!r} is outside the run's 0..{rounds}")
+    written = log.valid_lines()
+    if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= written:
+        raise UserError(f"{where}: {lines!r} metrics lines, but metrics.jsonl has {written} readable ones")
+
+
 def phases_of(config: RunConfig) -> list[str]:
     return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
 
@@ -436,6 +452,7 @@ def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict
         tqdm.write("[before training]  " + _eval_text(before))
     else:
         progress = checkpoint.progress
+        check_progress(progress, phases_of(cfg), cfg.fed.rounds, log, run_dir)
         log.truncate(progress["metrics_lines"])
         done = list(progress["done"])
         print(f"Resuming {run_dir}: {progress['phase']} phase after round {progress['round']}; "

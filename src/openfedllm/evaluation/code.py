@@ -26,13 +26,23 @@ def read_jsonl(path: str) -> list[dict]:
         raise UserError(f"{path}: file not found")
     opener = gzip.open if file.suffix == ".gz" else open
     rows = []
-    with opener(file, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}: line {lineno} is not valid JSON: {exc.msg}") from None
+    lineno = 0
+    try:
+        with opener(file, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise UserError(f"{path}: line {lineno} is not a JSON object")
+                    rows.append(row)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {lineno} is not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: line {lineno + 1} is not UTF-8 text") from None
+    except RecursionError:
+        raise UserError(f"{path}: line {lineno} is nested too deeply to read") from None
+    except (OSError, EOFError) as exc:  # a damaged .gz, a folder
+        raise UserError(f"{path}: cannot read: {exc}") from None
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows
