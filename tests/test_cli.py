@@ -182,6 +182,48 @@ def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp
     assert not out.exists()
 
 
+def test_a_diverging_loss_stops_the_run_naming_round_and_client(tiny_model_dir, tmp_path, capsys):
+    # lr 1e30 without clipping: the second AdamW step turns the loss NaN (an all-NaN adapter before)
+    out = tmp_path / "run"
+    assert main(tiny_run_args(tiny_model_dir, out, "--train.lr", "1e30", "--train.min_lr", "0",
+                              "--train.max_grad_norm", "0")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "round 1 client" in err and "the training loss is nan" in err, err
+    assert not out.exists()  # no round finished: nothing to keep
+
+
+def test_a_long_row_is_cut_before_it_is_tokenized(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from openfedllm.data.example import Example
+    from openfedllm.data.templates import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    seen = []
+    original = type(tokenizer).__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.append(len(text))
+        return original(self, text, *args, **kwargs)
+
+    long_answer = Example("Add 2 and 3.", "The sum is 5. " * 100_000, "", "math", "none")  # a 1.4 MB response
+    long_question = Example("Add the numbers. " * 100_000, "5", "", "math", "none")
+    expected = [tokenize(e, template, tokenizer, 0) for e in (long_answer, long_question) for template in
+                ("alpaca", "chat")]
+    type(tokenizer).__call__ = spy
+    try:
+        cut = [tokenize(e, template, tokenizer, 256) for e in (long_answer, long_question) for template in
+               ("alpaca", "chat")]
+    finally:
+        type(tokenizer).__call__ = original
+    # the same first 256 tokens as tokenizing everything and cutting, from a few thousand characters
+    for row, whole in zip(cut[:2], expected[:2]):
+        assert row.input_ids == whole.input_ids[:256] and row.labels == whole.labels[:256]
+        assert row.prompt_len == whole.prompt_len
+    assert cut[2:] == [None, None]  # the response starts past the cut: nothing to learn, as before
+    assert max(seen) < 10_000, seen
+
+
 def test_empty_client_partition_fails_before_training(tiny_model_dir, alpaca_file, tmp_path, capsys):
     out = tmp_path / "run"
     # two categories, three clients, and a Dirichlet so skewed that each category lands on one client

@@ -174,6 +174,28 @@ def test_hygiene_drops_and_counts_each_rule(tmp_path):
                                               "1 exact duplicate, 1 empty instruction")
 
 
+def test_cells_that_are_not_text_are_dropped_and_counted_and_the_rest_read_as_text(tmp_path):
+    # one number or list makes `datasets` type the whole column as JSON: every other answer then came
+    # back with its quotes ("\"Answer 0\"") and every row counted usable
+    rows = [{"instruction": "q0", "output": "Answer 0"}, {"instruction": "q1", "output": 5},
+            {"instruction": "q2", "output": ["x", "y"]}, {"instruction": {"text": "q3"}, "output": "Answer 3"},
+            {"instruction": "q4", "output": "Answer 4"}]
+    examples, hygiene, _ = load_instruction_data(DataConfig(path=str(_write(rows, tmp_path / "mixed.jsonl"))))
+    assert [(e.instruction, e.output) for e in examples] == [("q0", "Answer 0"), ("q4", "Answer 4")]
+    assert hygiene.dropped == {"not text": 3}
+    messages = [{"messages": [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]},
+                {"messages": [{"role": "user", "content": [{"type": "text", "text": "q1"}]},
+                              {"role": "assistant", "content": "a1"}]},
+                {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": {"a": 1}}]}]
+    examples, hygiene, _ = load_instruction_data(DataConfig(path=str(_write(messages, tmp_path / "m.jsonl"))))
+    assert [(e.instruction, e.output) for e in examples] == [("q0", "a0")]
+    assert hygiene.dropped == {"not text": 2}
+    csv = tmp_path / "numbers.csv"  # a column of numbers, typed as numbers by the CSV reader, is text
+    csv.write_text("instruction,output\nAdd 2 and 3.,5\nAdd 1 and 1.,2\n")
+    examples, _, _ = load_instruction_data(DataConfig(path=str(csv)))
+    assert [e.output for e in examples] == ["5", "2"]
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("trunc.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "out', "not valid JSON at line 1"),
     ("trunc.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "out', "line 2 is not valid JSON"),

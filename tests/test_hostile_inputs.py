@@ -225,3 +225,32 @@ def test_every_bad_input_is_one_line_and_leaves_the_disk_as_it_was(ctx, tmp_path
     with ThreadPoolExecutor(max_workers=2) as pool:
         problems = [p for p in pool.map(lambda n: _run_case(n, ctx, tmp_path), CASES) if p]
     assert not problems, "\n".join(problems)
+
+
+def test_ctrl_c_while_starting_is_one_line_and_writes_nothing(ctx, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENFEDLLM_INTERRUPT_AT": "prepare"}
+    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", *_sft(ctx, tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130 and proc.stderr.strip() == "openfedllm sft: interrupted", proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(ctx, tmp_path):
+    out = tmp_path / "out"
+    args = [*_sft(ctx, tmp_path, "--fed.rounds", "3", "--fed.clients_per_round", "1"), "--baselines.local", "false",
+            "--baselines.centralized", "false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENFEDLLM_FAIL_WRITE_AT": "checkpoint:2"}
+    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "cannot write the checkpoint of round 2" in err[0], err
+    assert "No space left on device" in err[0] and "the previous checkpoint is kept" in err[0]
+    assert json.loads((out / "checkpoints" / "progress.json").read_text())["round"] == 1
+    assert not (out / ".checkpoints.tmp").exists()
+    # and the run continues from round 1 once there is room
+    env.pop("OPENFEDLLM_FAIL_WRITE_AT")
+    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", "sft", "--resume", str(out)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "after round 1" in proc.stdout
+    assert json.loads((out / "checkpoints" / "progress.json").read_text())["round"] == 3

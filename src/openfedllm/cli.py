@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"openfedllm {argv[0]}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:  # Ctrl-C while starting (training catches its own and says how to resume)
+        print(f"openfedllm {argv[0]}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

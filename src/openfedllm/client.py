@@ -145,7 +145,7 @@ def train_local(
         stats = objective(model, micro, batching)
         if not math.isfinite(stats.loss):
             raise UserError(f"{desc}: the training loss is {stats.loss} at local step {step + 1}; the run stops "
-                            "here and keeps its last checkpoint (try a smaller train.lr)")
+                            "here, its checkpoints stay as they were (try a smaller train.lr)")
         if hooks.after_backward is not None:
             hooks.after_backward()
         if max_grad_norm > 0:
@@ -160,8 +160,8 @@ def train_local(
             metric_sums[key] = metric_sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{stats.loss:.3f}")
     if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite last loss can still step to inf
-        raise UserError(f"{desc}: the weights are not finite after {steps} local steps; the run stops here and "
-                        "keeps its last checkpoint (try a smaller train.lr)")
+        raise UserError(f"{desc}: the weights are not finite after {steps} local steps; the run stops here, its "
+                        "checkpoints stay as they were (try a smaller train.lr)")
     return LocalResult(
         loss=sum(losses) / max(len(losses), 1),
         losses=losses,

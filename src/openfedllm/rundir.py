@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,8 +53,9 @@ class MetricsLog:
         self.path.write_text("".join(kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        with disk_errors(self.path.parent, "metrics.jsonl"):
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
         if not self.path.exists():
@@ -92,17 +94,36 @@ def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], server_state:
     final = run_dir / CHECKPOINT
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trainable.safetensors"))
-    torch.save(server_state, tmp / "server_state.pt")
-    torch.save(client_states or {}, tmp / "client_states.pt")
-    (tmp / "progress.json").write_text(json.dumps(progress, indent=1))
+    try:
+        with disk_errors(run_dir, f"the checkpoint of round {progress.get('round')}"):
+            tmp.mkdir()
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trainable.safetensors"))
+            from . import faults
+
+            faults.fail_write("checkpoint", progress.get("round"))
+            torch.save(server_state, tmp / "server_state.pt")
+            torch.save(client_states or {}, tmp / "client_states.pt")
+            (tmp / "progress.json").write_text(json.dumps(progress, indent=1))
+    except UserError:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays as it was
+        raise
     old = run_dir / f".{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def disk_errors(run_dir: Path, what: str):
+    """A failed write (a full disk, a quota, a file-size limit) as one line that says what is kept."""
+    try:
+        yield
+    except OSError as exc:
+        kept = "the previous checkpoint is kept" if (run_dir / CHECKPOINT).is_dir() else "no checkpoint yet"
+        raise UserError(f"{run_dir}: cannot write {what} ({exc.strerror or exc}); {kept}: make room, then "
+                        f"--resume {run_dir}") from None
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:

@@ -38,7 +38,7 @@ from .evaluation import finance
 from .evaluation.metrics import headline
 from .partition import client_table, partition
 from .plots import plot_run
-from .rundir import MetricsLog, load_checkpoint, save_checkpoint, save_config
+from .rundir import MetricsLog, disk_errors, load_checkpoint, save_checkpoint, save_config
 from .textfmt import text_table
 
 PHASES = ("federated", "local", "centralized")  # in run order; a baseline runs if baselines.<name>
@@ -77,6 +77,7 @@ class Setup:
 def prepare(config: RunConfig) -> Setup:
     """Read the data, load the model, tokenize once, split over clients. Writes no run files."""
     config.validate()
+    faults.interrupt("prepare")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     model_path = models.resolve_model(config.model.name)
@@ -383,7 +384,8 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
             message += "  " + _eval_text(last_eval, per_domain=False)
         tqdm.write(message + f"  ({time.perf_counter() - round_start:.1f} s)")
         if r + 1 == rounds:
-            save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
+            with disk_errors(run_dir, f"the trained {phase} model"):
+                save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
             done = done + [phase]
         save_checkpoint(run_dir, state, algorithm.state_dict(), {
             "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, clients.checkpoint_state())
