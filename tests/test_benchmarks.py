@@ -427,7 +427,8 @@ def served(tiny_model_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", "serve", "--model", str(tiny_model_dir),
-                                    "--port", "0", "--model-id", "tiny-judge"], stdout=out, stderr=subprocess.STDOUT,
+                                    "--port", "0", "--model-id", "tiny-judge", "--read-timeout", "2"], stdout=out,
+                                   stderr=subprocess.STDOUT,
                                    env=env)
     try:
         deadline = time.time() + 120
@@ -521,6 +522,10 @@ def test_serve_answers_every_malformed_request_with_an_openai_error(served):
     ]:
         status, error = status_and_error(post(body))
         assert status == 400 and error["param"] == param and text in error["message"], (body[:60], error)
+    # a client that sends half its body and waits: answered (408) after the read timeout, the thread freed
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{"
+    status, error = status_and_error(_raw_exchange(served, head, shut=False))
+    assert status == 408 and "within 2 s" in error["message"]
     # still serving; max_tokens above the model's context (512 for the tiny model) is capped there
     head, _, body = post(json.dumps({**json.loads(good), "max_tokens": 10**9}).encode()).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200") and json.loads(body)["usage"]["completion_tokens"] <= 512

@@ -391,18 +391,22 @@ def cmd_serve(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--model-id", help="the model name clients use (default: the run's or model's folder name)")
     parser.add_argument("--quiet", action="store_true", help="no line per request")
+    parser.add_argument("--read-timeout", type=float, default=30.0,
+                        help="seconds a connection has to send its request (default 30)")
     args = parser.parse_args(argv)
     if args.model and args.run:
         raise UserError("give --model or --run, not both")
     if not 0 <= args.port < 65536:
         raise UserError(f"--port {args.port}: not a port number")
+    if not 0 < args.read_timeout < math.inf:
+        raise UserError(f"--read-timeout: a number of seconds above 0, got {args.read_timeout}")
     _quiet_libraries()
     from .evaluation.runner import lm_loader
     from .serve import serve
 
     lm = lm_loader(args.model, args.run, batch_size=1, temperature=0.0)()
     serve(lm, args.model_id or Path((args.run or args.model or "default").rstrip("/")).name, args.port,
-          verbose=not args.quiet)
+          verbose=not args.quiet, read_timeout=args.read_timeout)
     return 0
 
 

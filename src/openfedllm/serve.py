@@ -6,7 +6,7 @@ exposure to a network. Endpoints: GET /v1/models, POST /v1/chat/completions (mes
 max_tokens or max_completion_tokens, temperature, stop; one choice, no streaming). Requests are
 answered one at a time: one model, one forward at a time. Every malformed request, down to a
 request line http.server cannot parse, gets OpenAI's error object: 400, 413 for a body over
-MAX_BODY, 408 for one that does not arrive within READ_TIMEOUT; max_tokens is capped at the
+MAX_BODY, 408 for one that does not arrive within the read timeout (--read-timeout); max_tokens is capped at the
 model's context length.
 """
 
@@ -22,7 +22,7 @@ from .errors import UserError
 
 MAX_TOKENS = 512  # when a request names none
 MAX_BODY = 4 * 2**20  # bytes: a request body above this is refused (413) before it is read
-READ_TIMEOUT = 30  # seconds a connection may take to send its request (a short body cannot pin a thread)
+READ_TIMEOUT = 30.0  # seconds a connection may take to send its request (a short body cannot pin a thread)
 
 
 def _no_constant(name: str):
@@ -31,8 +31,11 @@ def _no_constant(name: str):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = READ_TIMEOUT  # socket timeout, set by StreamRequestHandler
     protocol_version = "HTTP/1.0"  # one request per connection
+
+    def setup(self):
+        self.timeout = self.server.read_timeout  # the socket timeout StreamRequestHandler sets
+        super().setup()
 
     def log_message(self, fmt, *args):  # one line per request, not the default's stderr noise
         if self.server.verbose:
@@ -79,7 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self.rfile.read(length)
         except TimeoutError:
-            return self._error(408, f"the body did not arrive within {READ_TIMEOUT} s")
+            return self._error(408, f"the body did not arrive within {self.server.read_timeout:g} s")
         if len(body) < length:
             return self._error(400, f"the body has {len(body)} of the {length} bytes its Content-Length says")
         try:
@@ -151,9 +154,9 @@ def check_request(request) -> tuple[str | None, str] | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, lm, model_id: str, verbose: bool):
+    def __init__(self, port: int, lm, model_id: str, verbose: bool, read_timeout: float = READ_TIMEOUT):
         super().__init__(("127.0.0.1", port), _Handler)
-        self.lm, self.model_id, self.verbose = lm, model_id, verbose
+        self.lm, self.model_id, self.verbose, self.read_timeout = lm, model_id, verbose, read_timeout
         self.context = getattr(getattr(lm.model, "config", None), "max_position_embeddings", None)
         self.lock = threading.Lock()
 
@@ -181,9 +184,9 @@ class _Server(ThreadingHTTPServer):
                           "total_tokens": len(prompt_ids) + completion_tokens}}
 
 
-def serve(lm, model_id: str, port: int, verbose: bool = True) -> None:
+def serve(lm, model_id: str, port: int, verbose: bool = True, read_timeout: float = READ_TIMEOUT) -> None:
     try:
-        server = _Server(port, lm, model_id, verbose)
+        server = _Server(port, lm, model_id, verbose, read_timeout)
     except OSError as exc:
         raise UserError(f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror})") from None
     host, bound = server.server_address[:2]
