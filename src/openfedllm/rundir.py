@@ -49,8 +49,8 @@ class MetricsLog:
         """Drop records written after the checkpoint being resumed (they will be written again)."""
         if not self.path.exists():
             return
-        kept = self.path.read_text().splitlines(keepends=True)[:keep]
-        self.path.write_text("".join(kept))
+        kept = self.path.read_bytes().splitlines(keepends=True)[:keep]  # bytes: a line cut mid-character
+        self.path.write_bytes(b"".join(kept))
 
     def write(self, record: dict) -> None:
         with disk_errors(self.path.parent, "metrics.jsonl"):
