@@ -131,7 +131,7 @@ def test_python_level_defences_switched_off_from_inside_change_nothing(tmp_path)
 def test_unbounded_output_costs_bounded_memory():
     # each sample's stderr goes to a capped file; only its tail is read back
     outcome = run_program("import sys\nwhile True:\n    sys.stderr.write('x' * 1_000_000)", timeout=5)
-    assert outcome.status == "failed" and len(outcome.detail) < 5000
+    assert outcome.status == "failed" and len(outcome.detail) <= 300
     assert run_program("while True:\n    print('y' * 1_000_000)", timeout=1).status == "timeout"  # stdout: /dev/null
 
 

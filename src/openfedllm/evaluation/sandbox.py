@@ -101,7 +101,7 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, audit
     if proc.returncode == 0 and result == b"passed\n":
         return Outcome(True, "passed")
     if lines:
-        return Outcome(False, "failed", lines[-1])
+        return Outcome(False, "failed", lines[-1][-300:])
     return Outcome(False, "failed", f"no result (exit status {proc.returncode})")
 
 
