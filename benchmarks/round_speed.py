@@ -57,7 +57,7 @@ def worker(args) -> dict:
     from openfedllm.batching import collate
     from openfedllm.client import batch_order, cosine_lr, train_local
     from openfedllm.config import TrainConfig
-    from openfedllm.simulation import derive_seed, sample_clients
+    from openfedllm.rounds import derive_seed, sample_clients
 
     path = models.resolve_model(args.model)
     tokenizer = models.load_tokenizer(path)
@@ -129,7 +129,7 @@ def batch_stats(args) -> str:
     """How the job's batches look: share reaching the length cap, share of tokens carrying loss."""
     from openfedllm import models
     from openfedllm.client import batch_order
-    from openfedllm.simulation import derive_seed, sample_clients
+    from openfedllm.rounds import derive_seed, sample_clients
 
     rows, clients = job_data(args, models.load_tokenizer(models.resolve_model(args.model)))
     capped = total = 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openfedllm import simulation
+from openfedllm import rounds
 from openfedllm.algorithms import ALGORITHMS
 from openfedllm.cli import main
 
@@ -49,7 +49,7 @@ def test_each_algorithm_trains_its_own_way_and_resumes_exactly(algorithm, fedavg
     straight = _run(tiny_model_dir, tmp_path / "straight", *settings)
     assert any(not torch.allclose(straight[k], v) for k, v in fedavg_runs["3x2"].items())
 
-    real_save = simulation.save_checkpoint
+    real_save = rounds.save_checkpoint
     calls = []
 
     def save_then_die(*args, **kwargs):
@@ -58,10 +58,10 @@ def test_each_algorithm_trains_its_own_way_and_resumes_exactly(algorithm, fedavg
         if len(calls) == 2:  # after round 2 of 3: SCAFFOLD's c_i and the server moments are non-zero
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulation, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
     out = tmp_path / "interrupted"
     assert main(tiny_run_args(tiny_model_dir, out, *NO_BASELINES, *settings)) == 130
-    monkeypatch.setattr(simulation, "save_checkpoint", real_save)
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
     assert main(["sft", "--resume", str(out)]) == 0
     resumed = _adapter(out)
     for name in straight:

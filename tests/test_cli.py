@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openfedllm import simulation
+from openfedllm import rounds
 from openfedllm.cli import main
 
 from .conftest import tiny_run_args
@@ -69,7 +69,7 @@ def test_adapter_loads_with_peft_and_changes_the_model(finished_run, tiny_model_
 def test_resume_after_interruption_gives_the_identical_adapter(
         die_after, tiny_model_dir, finished_run, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
-    real_save = simulation.save_checkpoint
+    real_save = rounds.save_checkpoint
     calls = []
 
     def save_then_die(*args, **kwargs):
@@ -78,9 +78,9 @@ def test_resume_after_interruption_gives_the_identical_adapter(
         if len(calls) == die_after:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulation, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
     assert main(tiny_run_args(tiny_model_dir, out)) == 130
-    monkeypatch.setattr(simulation, "save_checkpoint", real_save)
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
     assert (out / "adapter").exists() == (die_after > 3)
     assert main(["sft", "--resume", str(out)]) == 0
 

@@ -283,7 +283,7 @@ def test_over_length_rows_are_counted_and_cut_or_dropped(mode, tiny_model_dir, t
     from openfedllm.config import build
     from openfedllm.data import split_heldout
     from openfedllm.models import load_tokenizer
-    from openfedllm.simulation import _instruction_data
+    from openfedllm.setup import instruction_data as _instruction_data
 
     rows = [{"instruction": f"short {i}", "output": "a"} for i in range(6)]
     rows += [{"instruction": "long " * 80 + str(i), "output": "c"} for i in range(2)]  # the answer falls past 40

@@ -9,8 +9,10 @@ import yaml
 from safetensors.torch import load_file
 
 from openfedllm import config as cfg_mod
-from openfedllm import models, simulation
+from openfedllm import models, rounds
+from openfedllm.algorithms import ClientTask, FedAvg
 from openfedllm.cli import main
+from openfedllm.setup import prepare
 
 from .conftest import tiny_run_args
 from .test_dpo import _one_by_one
@@ -57,7 +59,7 @@ def test_dpo_run_interrupted_resumes_bit_for_bit(tiny_model_dir, tmp_path, monke
     settings = ["--baselines.local", "false", "--baselines.centralized", "false", "--fed.algorithm", "fedprox",
                 "--fed.fedprox_mu", "1.0"]
     assert main(dpo_args(tiny_model_dir, tmp_path / "straight", *settings)) == 0
-    real_save, calls = simulation.save_checkpoint, []
+    real_save, calls = rounds.save_checkpoint, []
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
@@ -65,10 +67,10 @@ def test_dpo_run_interrupted_resumes_bit_for_bit(tiny_model_dir, tmp_path, monke
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulation, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
     out = tmp_path / "interrupted"
     assert main(dpo_args(tiny_model_dir, out, *settings)) == 130
-    monkeypatch.setattr(simulation, "save_checkpoint", real_save)
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
     assert main(["sft", "--resume", str(out)]) == 2  # a dpo run continues as one
     assert main(["dpo", "--resume", str(out)]) == 0
     straight = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
@@ -86,7 +88,7 @@ def test_dpo_starts_from_an_sft_adapter_and_uses_it_as_reference(tiny_model_dir,
         "data": {"train_per_domain": 2, "heldout_per_domain": 1, "max_length": 160},
         "dpo": {"max_prompt_length": 96}, "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"}})
     config = cfg_mod.build(raw)
-    setup = simulation.prepare(config)
+    setup = prepare(config)
     assert config.lora.rank == 4  # the adapter's own shape
     saved = load_file(str(sft_dir / "adapter" / "adapter_model.safetensors"))
     assert set(saved) == set(setup.initial_state)
@@ -111,14 +113,14 @@ def test_full_finetune_dpo_reference_is_the_starting_model_for_pairs_first_drawn
         "eval": {"batch_size": 2},  # reference chunks of two pairs: the last pair's is computed late
         "data": {"train_per_domain": 3, "heldout_per_domain": 1, "max_length": 160},
         "dpo": {"max_prompt_length": 96}, "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"}})
-    setup = simulation.prepare(cfg_mod.build(raw))
+    setup = prepare(cfg_mod.build(raw))
     assert not models.is_peft(setup.model)
     late = setup.train_rows[-1:]  # its chunk has not been used yet
     early = [p for p in setup.train_rows if setup.objective.reference.chunk_of[id(p)] == 0][:2]
     assert setup.objective.reference.chunk_of[id(late[0])] != 0
     start_c, start_r = _one_by_one(setup.model.eval(), late)
-    task = simulation.ClientTask(global_state=setup.initial_state, message={}, lr=1e-2, steps=3)
-    simulation.train_client(setup, simulation.FedAvg(), "federated", 0, 0, early, task, {})  # the model moves
+    task = ClientTask(global_state=setup.initial_state, message={}, lr=1e-2, steps=3)
+    rounds.train_client(setup, FedAvg(), "federated", 0, 0, early, task, {})  # the model moves
     moved_c, _ = _one_by_one(setup.model.eval(), late)
     assert not torch.allclose(moved_c, start_c, atol=1e-3)
     setup.objective.reference.ensure(late)  # first drawn now, after training steps
@@ -137,7 +139,7 @@ def test_dpo_forward_passes_run_without_dropout_unless_asked(tiny_model_dir):
             "data": {"train_per_domain": 1, "heldout_per_domain": 1, "max_length": 160},
             "dpo": {"max_prompt_length": 96, "disable_dropout": disable},
             "fed": {"num_clients": 1, "clients_per_round": 1, "split": "iid"}})
-        setup = simulation.prepare(cfg_mod.build(raw))
+        setup = prepare(cfg_mod.build(raw))
         torch.manual_seed(0)  # a fresh adapter's B is zero, which would hide any dropout before it
         models.load_trainable_state(setup.model, {k: torch.randn_like(v) for k, v in setup.initial_state.items()})
         setup.model.train()

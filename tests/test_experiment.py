@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from openfedllm import simulation
+from openfedllm import rounds
 from openfedllm.cli import main
 
 TINY = {
@@ -88,7 +88,7 @@ def test_a_cell_is_the_same_run_as_openfedllm_sft(finished, tiny_model_dir, tmp_
 
 
 def test_interrupted_experiment_resumes_to_the_same_results(finished, tiny_model_dir, tmp_path, monkeypatch):
-    real_save = simulation.save_checkpoint
+    real_save = rounds.save_checkpoint
     calls = []
 
     def save_then_die(*args, **kwargs):
@@ -97,11 +97,11 @@ def test_interrupted_experiment_resumes_to_the_same_results(finished, tiny_model
         if len(calls) == 5:  # seed 1: fedavg 2 rounds, scaffold 2 rounds, then local client 0's first round
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(simulation, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
     out = tmp_path / "out"
     grid = _write_grid(tmp_path)
     assert main(["experiment", str(grid), "--output-dir", str(out), "--model.name", str(tiny_model_dir)]) == 130
-    monkeypatch.setattr(simulation, "save_checkpoint", real_save)
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
     assert not (out / "results.csv").exists()
     assert main(["experiment", "--resume", str(out)]) == 0
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731

@@ -137,7 +137,8 @@ def _train_command(argv: list[str], objective: str) -> int:
         return _submit(args.federation, config, run_dir, bool(args.resume))
 
     _quiet_libraries()
-    from .simulation import prepare, run
+    from .rounds import run
+    from .setup import prepare
 
     setup = prepare(config)  # every check on data and model happens here, before any file is written
     created = not run_dir.exists()

@@ -1,6 +1,6 @@
 """A client's local training: a plain PyTorch loop over its own tokenized examples.
 
-The same function serves the simulation and (later) a Flower node. What an FL algorithm must do
+The same function serves the simulation and a Flower node (through `rounds.train_client`). What an FL algorithm must do
 differently on the client (a proximal term, a gradient correction) arrives as `StepHooks`,
 built by the algorithm from what the server sent; the loop itself knows no algorithm names.
 What the step minimises arrives as an `Objective` (next-token loss for SFT, a preference loss

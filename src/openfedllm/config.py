@@ -272,6 +272,14 @@ class RunConfig:
                             f"within data.max_length ({self.data.max_length})")
 
 
+PHASES = ("federated", "local", "centralized")  # in run order; a baseline runs if baselines.<name>
+
+
+def phases_of(config: RunConfig) -> list[str]:
+    """The phases a run goes through: the federation, then each baseline it asks for."""
+    return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
+
+
 # Upper bounds far past any real run: a typo (an extra digit run, 1e12 rounds) fails at once
 # with its key instead of allocating for hours or overflowing later.
 SANITY_BOUNDS = {"fed.rounds": 1_000_000, "fed.num_clients": 10_000_000, "train.local_steps": 10_000_000,

@@ -20,13 +20,13 @@ TOP_LABELS = 8  # labels drawn by name in the plot; the rest are "other"
 
 
 def inspect(config: RunConfig, png: Path) -> list[dict]:
-    from .simulation import _instruction_data, _preference_data, split_clients
+    from .setup import instruction_data, preference_data, split_clients
 
     config.validate()
     tokenizer = models.load_tokenizer(models.resolve_model(config.model.name))
     check_template(config.data.template, tokenizer)
     dpo = config.train.objective == "dpo"
-    data = _preference_data(config, tokenizer) if dpo else _instruction_data(config, tokenizer)
+    data = preference_data(config, tokenizer) if dpo else instruction_data(config, tokenizer)
     labels = data["train_domains"]
     clients = split_clients(labels, config)
     rows = []

@@ -31,8 +31,10 @@ from . import models
 from .algorithms import ALGORITHMS
 from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError, read_yaml
+from .evaluation.heldout import evaluate
+from .rounds import resume_phase, run_phase
 from .rundir import MetricsLog, load_checkpoint, save_config
-from .simulation import Setup, evaluate, prepare, resume_phase, run_phase
+from .setup import Setup, prepare
 from .textfmt import text_table
 
 BASELINES = ("local", "centralized")

@@ -9,7 +9,7 @@ nothing is flushed, cleaned up or caught, as with a power cut. The points the ro
 OPENFEDLLM_FAIL_WRITE_AT="checkpoint:R" makes the writing of round R's checkpoint fail with
 ENOSPC after its first file, as a full disk would.
 OPENFEDLLM_INTERRUPT_AT="prepare" sends the process SIGINT (what Ctrl-C sends) at the start of
-`simulation.prepare`, while the model and data load.
+`setup.prepare`, while the model and data load.
 With OPENFEDLLM_KILL_ONCE=FILE the kill happens only if FILE does not exist yet (it is created first,
 holding the pid of the process that kills itself), so a resumed run passes the same point.
 Unset (as always outside tests), `point` does nothing.

@@ -76,6 +76,17 @@ def read_config(run_dir: Path) -> dict:
     return load_yaml(str(path), "--resume")
 
 
+def benchmark_dir(run_dir: Path, phase: str, round_index: int) -> Path:
+    """Where eval.benchmarks write their answer files for one evaluation."""
+    return run_dir / "benchmarks" / f"{phase}-round{round_index}"
+
+
+def final_dir(run_dir: Path, phase: str, full: bool) -> Path:
+    """Where a phase's trained adapter (or full model) is saved."""
+    name = "model" if full else "adapter"
+    return run_dir / name if phase == "federated" else run_dir / "baselines" / phase / name
+
+
 @dataclass
 class Checkpoint:
     state: dict[str, torch.Tensor]  # the global trainable tensors

@@ -1,6 +1,6 @@
 """The ClientApp: what runs on a SuperNode, next to the data it may not send anywhere.
 
-A node trains with the simulation's own code (`simulation.train_client`) and the algorithm object
+A node trains with the simulation's own code (`rounds.train_client`) and the algorithm object
 the config names; only the server's tensors and the round's settings come in, and only trainable
 tensors and numbers go out (`transport.check_outgoing` runs on every reply before it leaves).
 
@@ -42,7 +42,7 @@ _SETUPS: dict[str, NodeData] = {}  # one prepared node per (config, node config)
 
 @dataclass
 class NodeData:
-    setup: object  # simulation.Setup: the node's model, tokenizer and tokenized rows
+    setup: object  # setup.Setup: the node's model, tokenizer and tokenized rows
     client_id: int
     rows: list  # this client's training rows
     algorithm: object  # the configured algorithm; the node calls only its client side
@@ -89,7 +89,7 @@ def node_data(config_text: str, node_config) -> NodeData:
     key = hashlib.sha256((config_text + repr(sorted(node.items()))).encode()).hexdigest()
     if key not in _SETUPS:
         from ..algorithms import build_algorithm
-        from ..simulation import prepare
+        from ..setup import prepare
 
         config = node_run_config(config_text, node)
         client_id = int(node["partition-id"])
@@ -143,7 +143,7 @@ def train(content: dict, node_config) -> dict:
     """One round of local training on this node's own rows; numpy arrays in, numpy arrays out."""
     from ..algorithms import ClientTask
     from ..models import trainable_state
-    from ..simulation import train_client
+    from ..rounds import train_client
     from .transport import from_numpy, to_numpy
 
     settings = content["config"]

@@ -1,6 +1,6 @@
-"""The ServerApp: the simulation's rounds, with the sampled clients training on their own nodes.
+"""The ServerApp: the rounds of `rounds.run`, with the sampled clients training on their own nodes.
 
-`simulation.run` drives the run exactly as on one machine (sampling, the algorithm object's
+`rounds.run` drives the run exactly as on one machine (sampling, the algorithm object's
 aggregate, evaluation, metrics.jsonl, plots, the adapter, checkpoints and resume); only the
 round's training goes through `NodeClients`, which sends each sampled client the global tensors
 and the round's settings and waits for the replies. A round completes with the clients that
@@ -242,7 +242,8 @@ def run_id_of(run_dir: Path) -> str:
 def serve_run(grid, run_config) -> dict:
     """The whole federated run, on the nodes of `grid`."""
     from ..cli import _quiet_libraries
-    from ..simulation import prepare, run
+    from ..rounds import run
+    from ..setup import prepare
 
     _quiet_libraries()
     config, run_dir, resume = server_config(run_config)

@@ -1,0 +1,266 @@
+"""The round loop, the same on one machine and in a Flower deployment, with its local and
+centralized baselines.
+
+One model lives in memory on the server side. Each round, the sampled clients start from the
+global trainable tensors, train on their own partition only, and hand back their tensors; the
+algorithm aggregates them into the next global state. Who trains is the `Clients` seam: the
+simulation's LocalClients (every client in turn, in this process) or a deployment's NodeClients
+(flower/server.py: the Flower nodes). A baseline is the same loop with a federation of one: the
+local-only baseline is one client alone, the centralized baseline one "client" holding all data.
+
+All randomness is derived from (seed, phase, round, client), never from a stream that runs
+across rounds, so a run resumed from any checkpoint takes exactly the steps an uninterrupted
+run takes; the checkpoint stores the round reached and the seed in the saved config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import faults, models
+from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
+from .client import cosine_lr, train_local
+from .config import phases_of, to_dict
+from .errors import UserError
+from .evaluation.heldout import benchmark_overlap, evaluate
+from .partition import client_table
+from .plots import plot_run
+from .report import eval_text, summarize
+from .rundir import MetricsLog, benchmark_dir, disk_errors, final_dir, load_checkpoint, save_checkpoint, save_config
+from .setup import Setup
+
+
+class Clients(Protocol):
+    """Who trains a round's sampled clients, and keeps what lives with each client between rounds."""
+
+    def sizes(self) -> list[int]:
+        """Each client's number of training rows (examples or pairs), by client id."""
+
+    def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
+        """The updates of the sampled clients that replied, each trained from `task`."""
+
+    def checkpoint_state(self) -> dict:
+        """What the server's checkpoint keeps of the clients (SCAFFOLD's c_i in the simulation)."""
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from the run seed and where we are (phase, round, client)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def phase_clients(setup: Setup, phase: str) -> tuple[list[list[int]], int, int]:
+    """(client partitions, clients per round, local steps) of a phase."""
+    fed, train = setup.config.fed, setup.config.train
+    if phase == "federated":
+        return setup.clients, fed.clients_per_round, train.local_steps
+    if phase == "local":
+        return [setup.clients[setup.config.baselines.local_client]], 1, train.local_steps
+    # Centralized: all data pooled, and as many steps per round as the whole federation takes.
+    return [sorted(i for c in setup.clients for i in c)], 1, train.local_steps * fed.clients_per_round
+
+
+def sample_clients(seed: int, phase: str, round_index: int, num_clients: int, per_round: int) -> list[int]:
+    rng = np.random.default_rng(derive_seed(seed, phase, round_index, "sample"))
+    return sorted(int(c) for c in rng.choice(num_clients, size=per_round, replace=False))
+
+
+def save_trained(setup: Setup, state: dict[str, torch.Tensor], path: Path) -> None:
+    """The trained tensors in the model's standard format: a peft adapter, or a full model."""
+    models.load_trainable_state(setup.model, state)
+    shutil.rmtree(path, ignore_errors=True)
+    setup.model.save_pretrained(path)
+    if not models.is_peft(setup.model):
+        setup.tokenizer.save_pretrained(path)
+
+
+def train_client(setup: Setup, algorithm, phase: str, round_index: int, client_id: int, rows: list,
+                 task: ClientTask, own_state: dict) -> tuple[ClientUpdate, dict]:
+    """One client's round, the same in the simulation and on a Flower node: start from the global
+    tensors, take the local steps with the algorithm's hooks, and return the client's update (its
+    metrics included) and its new client state (SCAFFOLD's c_i)."""
+    cfg = setup.config
+    models.load_trainable_state(setup.model, task.global_state)
+    params = models.trainable_parameters(setup.model)
+    client_name = client_id if phase == "federated" else phase
+    result = train_local(
+        setup.model, rows, steps=task.steps, batch_size=cfg.train.batch_size,
+        grad_accum=cfg.train.grad_accum, lr=task.lr, weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, round_index, client_id),
+        pad_id=setup.tokenizer.pad_token_id, hooks=algorithm.client_hooks(params, task, own_state),
+        optimizer=cfg.train.optimizer, packing=cfg.train.packing,
+        max_tokens_per_pass=cfg.train.max_tokens_per_pass, objective=setup.objective,
+        desc=f"round {round_index + 1} client {client_name}",
+    )
+    weights = models.trainable_state(setup.model)
+    extras, own_state = algorithm.client_finish(task, weights, own_state)
+    metrics = {"loss": result.loss, "steps": result.steps, "tokens": result.tokens,
+               "seconds": round(result.seconds, 3), **result.metrics}
+    return ClientUpdate(client_id, weights, len(rows), metrics=metrics, extras=extras), own_state
+
+
+class LocalClients:
+    """The simulation's clients: each sampled client trains in turn on the one model in memory, and
+    what lives with a client between rounds (SCAFFOLD's c_i) is kept here, keyed by client id."""
+
+    def __init__(self, setup: Setup, phase: str, partitions: list[list[int]], client_states=None):
+        self.setup, self.phase, self.partitions = setup, phase, partitions
+        self.client_states: dict[int, dict] = dict(client_states or {})
+
+    def sizes(self) -> list[int]:
+        return [len(p) for p in self.partitions]
+
+    def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
+        updates = []
+        for cid in sampled:
+            rows = [self.setup.train_rows[i] for i in self.partitions[cid]]
+            update, own_state = train_client(self.setup, algorithm, self.phase, round_index, cid, rows, task,
+                                             self.client_states.get(cid, {}))
+            if own_state:
+                self.client_states[cid] = own_state
+            updates.append(update)
+        return updates
+
+    def checkpoint_state(self) -> dict:
+        return self.client_states
+
+
+def client_record(phase: str, round_index: int, update: ClientUpdate, lr: float) -> dict:
+    """The metrics.jsonl line of one client's round."""
+    m = dict(update.metrics)
+    return {"type": "client", "phase": phase, "round": round_index + 1, "client": update.client_id,
+            "loss": m.pop("loss"), "examples": update.num_examples, "steps": m.pop("steps"),
+            "tokens": m.pop("tokens"), "seconds": m.pop("seconds"), "lr": lr, **m}
+
+
+def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str],
+              start_round: int = 0, state=None, server_state=None, client_states=None, clients=None) -> dict:
+    """The rounds of one phase. `clients` trains the sampled clients of a round: the simulation's
+    LocalClients by default, or a deployment's nodes (flower.server.NodeClients)."""
+    cfg = setup.config
+    partitions, per_round, steps = phase_clients(setup, phase)
+    clients = clients or LocalClients(setup, phase, partitions, client_states)
+    if phase == "federated":
+        algorithm = build_algorithm(cfg.fed, total_examples=sum(clients.sizes()))
+    else:
+        algorithm = FedAvg()  # a federation of one: the client's model is the result
+    if server_state:
+        algorithm.load_state_dict(server_state)
+    state = dict(setup.initial_state) if state is None else state
+    last_eval = None
+    rounds = cfg.fed.rounds
+    bar = tqdm(range(start_round, rounds), desc=f"{phase} rounds", initial=start_round, total=rounds,
+               dynamic_ncols=True, disable=None)
+    for r in bar:
+        round_start = time.perf_counter()
+        task = ClientTask(global_state=state, message=algorithm.server_message(),
+                          lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr), steps=steps)
+        sampled = sample_clients(cfg.train.seed, phase, r, len(clients.sizes()), per_round)
+        updates = clients.train_round(algorithm, r, sampled, task)
+        faults.point("replies", r + 1)
+        for update in updates:
+            log.write(client_record(phase, r, update, task.lr))
+        losses = [u.metrics["loss"] for u in updates]
+        state = algorithm.aggregate(state, updates)
+        models.load_trainable_state(setup.model, state)
+        replied = [u.client_id for u in updates]
+        message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
+        # Baselines are evaluated once, at their end; the federation every eval.every rounds.
+        due = r + 1 == rounds or (phase == "federated" and (r + 1) % cfg.eval.every == 0)
+        if due:
+            bench_due = r + 1 == rounds or (r + 1) % (cfg.eval.every * cfg.eval.benchmark_every) == 0
+            last_eval = evaluate(setup, benchmark_dir(run_dir, phase, r + 1) if bench_due else None)
+            log.write({"type": "eval", "phase": phase, "round": r + 1, **last_eval})
+            message += "  " + eval_text(last_eval, per_domain=False)
+        tqdm.write(message + f"  ({time.perf_counter() - round_start:.1f} s)")
+        if r + 1 == rounds:
+            with disk_errors(run_dir, f"the trained {phase} model"):
+                save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
+            done = done + [phase]
+        save_checkpoint(run_dir, state, algorithm.state_dict(), {
+            "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, clients.checkpoint_state())
+        faults.point("checkpoint", r + 1)
+    bar.close()
+    return last_eval or {}
+
+
+def resume_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint,
+                 clients=None) -> dict:
+    """Continue a phase from its checkpoint: global state, server state and every client's state."""
+    return run_phase(setup, phase, run_dir, log, done, checkpoint.progress["round"], checkpoint.state,
+                     checkpoint.server_state, checkpoint.client_states, clients)
+
+
+def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsLog, run_dir: Path) -> None:
+    """A checkpoint's progress must fit the run's config and its metrics log, or resuming would
+    repeat records or name an adapter that does not exist."""
+    where = f"--resume {run_dir}: checkpoints/progress.json"
+    phase, done, at, lines = progress["phase"], progress["done"], progress["round"], progress["metrics_lines"]
+    if phase not in phases:
+        raise UserError(f"{where} names phase {phase!r}; this run's phases are {', '.join(phases)}")
+    if not isinstance(done, list) or any(p not in phases for p in done):
+        raise UserError(f"{where}: finished phases {done!r} are not among {', '.join(phases)}")
+    if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at <= rounds:
+        raise UserError(f"{where}: round {at!r} is outside the run's 0..{rounds}")
+    written = log.valid_lines()
+    if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= written:
+        raise UserError(f"{where}: {lines!r} metrics lines, but metrics.jsonl has {written} readable ones")
+
+
+def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict:
+    """Run (or continue) every phase; returns the summary written to summary.json. `clients` trains
+    the federated phase's rounds (a deployment's nodes); by default the simulation's LocalClients."""
+    cfg = setup.config
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    done: list[str] = []
+    if checkpoint is None:
+        if resume:
+            log.truncate(0)  # interrupted before the first checkpoint: start over
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, to_dict(cfg))
+        what = "preference pairs" if cfg.train.objective == "dpo" else "training examples"
+        if clients is None:  # a deployment's clients hold their own data; the nodes report their sizes
+            print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")
+            print(client_table(setup.train_domains, setup.clients))
+        if setup.over_length:
+            what = "dropped" if cfg.data.over_length == "drop" else "cut at the end"
+            print(f"({setup.over_length} training rows longer than data.max_length={cfg.data.max_length} "
+                  f"tokens: {what})")
+        if setup.dropped:
+            print(f"({setup.dropped} training rows dropped: no response token left within "
+                  f"data.max_length={cfg.data.max_length})")
+        for name, counts in benchmark_overlap(setup).items():
+            log.write({"type": "overlap", "benchmark": name, **counts})
+            if counts["overlap"]:
+                print(f"warning: eval.benchmarks {name}: {counts['overlap']} of its {counts['rows']} scored rows "
+                      f"are training rows of this run; its score is not a held-out score")
+        before = evaluate(setup, benchmark_dir(run_dir, "federated", 0))
+        log.write({"type": "eval", "phase": "federated", "round": 0, **before})
+        tqdm.write("[before training]  " + eval_text(before))
+    else:
+        progress = checkpoint.progress
+        check_progress(progress, phases_of(cfg), cfg.fed.rounds, log, run_dir)
+        log.truncate(progress["metrics_lines"])
+        done = list(progress["done"])
+        print(f"Resuming {run_dir}: {progress['phase']} phase after round {progress['round']}; "
+              f"finished phases: {', '.join(done) or 'none'}")
+    for phase in phases_of(cfg):
+        if phase in done:
+            continue
+        if checkpoint is not None and checkpoint.progress["phase"] == phase:
+            resume_phase(setup, phase, run_dir, log, done, checkpoint, clients if phase == "federated" else None)
+        else:
+            run_phase(setup, phase, run_dir, log, done, clients=clients if phase == "federated" else None)
+        done = done + [phase]
+    plot_run(log.records(), run_dir / "plots")
+    summary = summarize(log.records(), run_dir, cfg)
+    return summary

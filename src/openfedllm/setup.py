@@ -1,0 +1,163 @@
+"""Setting a run up: read and check the data, load the model, tokenize once, split over clients.
+
+`prepare` does every check that can fail on a user's input before anything is written, so a run
+directory exists only for a run that can start. The simulation, the Flower ServerApp and each
+Flower node prepare through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import faults, models
+from .client import Objective, next_token_loss
+from .config import RunConfig
+from .data import Example, load_examples, split_heldout
+from .data.preference import load_preference_data, tokenize_pair
+from .data.preference_suite import SAFETY, builtin_preferences
+from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize, truncate
+from .dpo import DPOLoss, Reference, compute_reference
+from .errors import UserError
+from .evaluation import finance
+from .partition import partition
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, prepared (and validated) before anything is written to disk."""
+
+    config: RunConfig
+    model: object
+    tokenizer: object
+    train_rows: list  # Tokenized examples (sft) or PairRows with their reference log-probs (dpo)
+    train_domains: list[str]
+    clients: list[list[int]]  # indices into train_rows, per client
+    heldout: list[Example]  # held-out tasks whose generated answers are checked
+    heldout_rows: list  # held-out Tokenized examples (loss) or PairRows (preference metrics)
+    heldout_prompts: list[list[int]]  # generation prompts of `heldout`
+    initial_state: dict[str, torch.Tensor]
+    dropped: int  # training rows whose response was cut away entirely by max_length
+    over_length: int = 0  # sft: training rows longer than max_length (cut, or dropped by data.over_length)
+    objective: Objective = next_token_loss  # what a client's local steps minimise
+    harmful_prompts: list[list[int]] = field(default_factory=list)  # dpo, built-in set: refusal rate
+    train_texts: set[str] = field(default_factory=set)  # sft with a finance eval.benchmark: rows' texts, normalised
+
+
+def prepare(config: RunConfig) -> Setup:
+    """Read the data, load the model, tokenize once, split over clients. Writes no run files."""
+    config.validate()
+    faults.interrupt("prepare")
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    model_path = models.resolve_model(config.model.name)
+    tokenizer = models.load_tokenizer(model_path)
+    check_template(config.data.template, tokenizer)
+    dpo = config.train.objective == "dpo"
+    data = preference_data(config, tokenizer) if dpo else instruction_data(config, tokenizer)
+    clients = split_clients(data["train_domains"], config)
+    model = load_model(config, model_path)
+    setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
+    if dpo:
+        if config.dpo.disable_dropout:
+            models.disable_dropout(model)
+        # The reference is the model as it starts: a fresh adapter is switched off for it; a given SFT
+        # adapter, or all weights as they start when every weight trains, are loaded back to compute
+        # it (switching "the adapter" off does nothing without one). Held-out pairs get theirs now,
+        # in the batches evaluation uses.
+        fresh_adapter = models.is_peft(model) and not config.model.adapter
+        start = None if fresh_adapter else setup.initial_state
+        compute_reference(model, setup.heldout_rows, tokenizer.pad_token_id, config.eval.batch_size,
+                          config.train.packing, adapter_disabled=fresh_adapter,
+                          desc="reference log-probs (held-out pairs)")
+        reference = Reference(model, setup.train_rows, tokenizer.pad_token_id, config.eval.batch_size,
+                              config.train.packing, start)
+        setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
+    return setup
+
+
+def split_clients(labels: list[str], config: RunConfig) -> list[list[int]]:
+    fed = config.fed
+    return partition(labels, fed.num_clients, fed.split, config.train.seed, fed.dirichlet_alpha,
+                     key_min_size=fed.key_min_size, key_max_size=fed.key_max_size,
+                     exponent=fed.quantity_exponent, shards_per_client=fed.shards_per_client)
+
+
+def load_model(config: RunConfig, model_path: str):
+    model = models.load_base_model(model_path, config.model.dtype)
+    if config.model.adapter:
+        found = models.adapter_config(config.model.adapter)
+        # The adapter's own shape wins; the saved config.yaml then says what was trained.
+        config.lora.rank, config.lora.alpha = found["rank"], found["alpha"]
+        config.lora.target_modules = found["target_modules"]
+        print(f"Starting from the adapter in {found['path']} (rank {found['rank']}, "
+              f"modules {', '.join(found['target_modules'])})")
+        return models.load_adapter(model, found["path"])
+    if config.model.finetune == "lora":
+        torch.manual_seed(config.train.seed)  # the initial adapter is part of the run's identity
+        model = models.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout,
+                                config.lora.target_modules)
+    return model
+
+
+def instruction_data(config: RunConfig, tokenizer) -> dict:
+    """SFT rows: each example tokenized once for the whole run, not per round."""
+    train, heldout = load_examples(config.data, config.train.seed)
+    limit = config.data.max_length
+    rows, domains, dropped, over = [], [], 0, 0
+    for example in train:
+        row = tokenize(example, config.data.template, tokenizer, 0)
+        if row is not None and len(row.input_ids) > limit:
+            over += 1
+            if config.data.over_length == "drop":
+                continue
+            row = truncate(row, limit)
+        if row is None:
+            dropped += 1
+            continue
+        rows.append(row)
+        domains.append(example.domain)
+    if not rows:
+        raise UserError(f"data: no training example keeps a response within data.max_length="
+                        f"{config.data.max_length} tokens")
+    tokenized = [(e, tokenize(e, config.data.template, tokenizer, config.data.max_length)) for e in heldout]
+    heldout = [e for e, row in tokenized if row is not None]
+    # Kept only when a finance benchmark will be checked against them (benchmark_overlap): a large
+    # file's texts are not held for nothing.
+    checked = any(b.partition("=")[0] in finance.SOURCES for b in config.eval.benchmarks)
+    texts = {finance.normal_text(t) for e in train for t in (e.input, e.instruction) if t} if checked else set()
+    return {"train_rows": rows, "train_domains": domains, "heldout": heldout, "train_texts": texts,
+            "heldout_rows": [row for _, row in tokenized if row is not None],
+            "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length)
+                                for e in heldout],
+            "dropped": dropped, "over_length": over}
+
+
+def preference_data(config: RunConfig, tokenizer) -> dict:
+    """DPO pairs of the built-in preference set or a user's file, tokenized once."""
+    data = config.data
+    tasks: list[Example] = []
+    if data.path or data.name:
+        prefs, report, where = load_preference_data(data)
+        print(f"Preference data {where}: {report.summary(len(prefs))}")
+        train, held = split_heldout(prefs, data, config.train.seed)
+    else:
+        train, held, tasks = builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)
+
+    def pairs(prefs):
+        tokenized = [(p, tokenize_pair(p, data.template, tokenizer, data.max_length, config.dpo.max_prompt_length))
+                     for p in prefs]
+        return [p for p, row in tokenized if row is not None], [row for _, row in tokenized if row is not None]
+
+    train_kept, train_rows = pairs(train)
+    if not train_rows:
+        raise UserError(f"data: no preference pair keeps both responses within data.max_length={data.max_length} "
+                        f"tokens (prompts cut to dpo.max_prompt_length={config.dpo.max_prompt_length})")
+    held_kept, held_rows = pairs(held)
+    harmful = [dialogue_prompt_ids(p.messages(), data.template, tokenizer, data.max_length)
+               for p in held_kept if p.domain == SAFETY]
+    return {"train_rows": train_rows, "train_domains": [p.domain for p in train_kept], "heldout": tasks,
+            "heldout_rows": held_rows,
+            "heldout_prompts": [prompt_ids(e, data.template, tokenizer, data.max_length) for e in tasks],
+            "harmful_prompts": harmful, "dropped": len(train) - len(train_rows)}
