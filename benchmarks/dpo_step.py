@@ -68,7 +68,7 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     from openfedllm.batching import collate
-    from openfedllm.client import train_local
+    from openfedllm.client import LocalSteps, train_local
     from openfedllm.dpo import DPOLoss, compute_reference, preference_loss
 
     cfg, tokenizer, model, pairs, order = job(args)
@@ -100,10 +100,10 @@ def worker(args) -> dict:
     compute_reference(model, [pairs[i] for i in used], pad, cfg.eval.batch_size, cfg.train.packing,
                       adapter_disabled=True)
     reference_seconds = time.perf_counter() - start
-    result = train_local(model, pairs, steps=args.steps, batch_size=cfg.train.batch_size, grad_accum=1,
-                         lr=cfg.train.lr, weight_decay=0.0, max_grad_norm=cfg.train.max_grad_norm, seed=1,
-                         pad_id=pad, objective=DPOLoss(beta, "sigmoid"),
-                         max_tokens_per_pass=cfg.train.max_tokens_per_pass)
+    result = train_local(model, pairs, LocalSteps(steps=args.steps, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                                                  seed=1, pad_id=pad, max_grad_norm=cfg.train.max_grad_norm,
+                                                  max_tokens_per_pass=cfg.train.max_tokens_per_pass),
+                         objective=DPOLoss(beta, "sigmoid"))
     return {"step_seconds": result.seconds, "reference_seconds": reference_seconds, "losses": result.losses}
 
 

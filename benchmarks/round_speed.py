@@ -55,7 +55,7 @@ def worker(args) -> dict:
     from openfedllm import models
     from openfedllm.algorithms import ClientUpdate, FedAvg
     from openfedllm.batching import collate
-    from openfedllm.client import batch_order, cosine_lr, train_local
+    from openfedllm.client import LocalSteps, batch_order, cosine_lr, train_local
     from openfedllm.config import TrainConfig
     from openfedllm.rounds import derive_seed, sample_clients
 
@@ -105,9 +105,9 @@ def worker(args) -> dict:
             if args.worker == "A":
                 step_losses, times = plain_steps(client_rows, lr, seed)
             else:
-                result = train_local(model, client_rows, steps=args.local_steps, batch_size=args.batch_size,
-                                     grad_accum=1, lr=lr, weight_decay=defaults.weight_decay,
-                                     max_grad_norm=defaults.max_grad_norm, seed=seed, pad_id=pad)
+                result = train_local(model, client_rows, LocalSteps(
+                    steps=args.local_steps, batch_size=args.batch_size, lr=lr, seed=seed, pad_id=pad,
+                    weight_decay=defaults.weight_decay, max_grad_norm=defaults.max_grad_norm))
                 step_losses, times = result.losses, [result.seconds / result.steps] * result.steps
             losses += step_losses
             step_times += times

@@ -83,7 +83,7 @@ def _value(state):
 def test_every_algorithm_is_registered_with_its_paper():
     assert list(ALGORITHMS) == ["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedyogi", "fedadam"]
     for name in ALGORITHMS:
-        algo = build_algorithm(FedConfig(algorithm=name), total_examples=10)
+        algo = build_algorithm(FedConfig(algorithm=name))
         assert isinstance(algo, ALGORITHMS[name])
         assert "et al." in describe(name)
 
@@ -94,7 +94,8 @@ def test_config_values_reach_the_algorithms():
                     fedopt_tau=0.1, fedopt_second_moment="momentum", fedavgm_damped=True,
                     fedopt_first_moment="delta")
     assert FedProx.from_config(fed).mu == 0.5
-    s = Scaffold.from_config(fed, total_examples=9)
+    s = Scaffold.from_config(fed)
+    s.start([4, 5])
     assert (s.server_lr, s.correction, s.total_examples) == (0.3, "gradient", 9)
     m = FedAvgM.from_config(fed)
     assert (m.server_lr, m.momentum, m.damped) == (0.7, 0.2, True)

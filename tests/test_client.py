@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from openfedllm import models
-from openfedllm.client import StepHooks, batch_order, cosine_lr, train_local
+from openfedllm.client import LocalSteps, StepHooks, batch_order, cosine_lr, train_local
 from openfedllm.data import suite
 from openfedllm.data.templates import tokenize
 
@@ -31,10 +31,11 @@ def lora_model(tiny_model_dir):
 
 def _train(model, tokenizer, rows, initial, **kwargs):
     models.load_trainable_state(model, initial)
+    hooks = kwargs.pop("hooks", None)
     settings = dict(steps=2, batch_size=8, grad_accum=1, lr=1e-2, weight_decay=0.0, max_grad_norm=0.0,
                     seed=3, pad_id=tokenizer.pad_token_id)
     settings.update(kwargs)
-    result = train_local(model, rows, **settings)
+    result = train_local(model, rows, LocalSteps(**settings), hooks=hooks)
     return result, models.trainable_state(model)
 
 

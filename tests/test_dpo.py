@@ -10,7 +10,7 @@ from openfedllm.algorithms import ClientTask
 from openfedllm.algorithms.fedprox import FedProx
 from openfedllm.algorithms.scaffold import Scaffold
 from openfedllm.batching import collate, row_logprobs
-from openfedllm.client import Batching, train_local
+from openfedllm.client import Batching, LocalSteps, train_local
 from openfedllm.data.preference import tokenize_pair
 from openfedllm.data.preference_suite import builtin_preferences
 from openfedllm.dpo import DPOLoss, compute_reference, pair_groups, preference_loss, ranked_right
@@ -112,9 +112,8 @@ def test_dpo_step_loss_equals_the_loss_of_per_row_log_probs_and_passes_give_the_
 
 
 def _sgd_step(model, pairs, tokenizer, hooks=None):
-    train_local(model, pairs, steps=1, batch_size=len(pairs), grad_accum=1, lr=0.5, weight_decay=0.0,
-                max_grad_norm=0.0, seed=0, pad_id=tokenizer.pad_token_id, hooks=hooks, optimizer="sgd",
-                objective=DPOLoss(0.1, "sigmoid"))
+    train_local(model, pairs, LocalSteps(steps=1, batch_size=len(pairs), lr=0.5, seed=0, pad_id=tokenizer.pad_token_id,
+                                         optimizer="sgd"), hooks=hooks, objective=DPOLoss(0.1, "sigmoid"))
     return models.trainable_state(model)
 
 

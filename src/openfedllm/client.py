@@ -104,34 +104,36 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def train_local(
-    model,
-    rows: list[Tokenized],
-    *,
-    steps: int,
-    batch_size: int,
-    grad_accum: int,
-    lr: float,
-    weight_decay: float,
-    max_grad_norm: float,
-    seed: int,
-    pad_id: int,
-    hooks: StepHooks | None = None,
-    optimizer: str = "adamw",
-    packing: bool = True,
-    max_tokens_per_pass: int = 640,
-    objective: Objective = next_token_loss,
-    desc: str = "local steps",
-) -> LocalResult:
-    """`steps` optimizer steps (AdamW or SGD) on `rows`, each over `grad_accum` micro-batches."""
+@dataclass
+class LocalSteps:
+    """How a client takes its local steps in one round."""
+
+    steps: int  # K: optimizer steps
+    batch_size: int  # rows per micro-batch
+    lr: float  # this round's learning rate
+    seed: int  # batch order and dropout masks (derived from run seed, phase, round, client)
+    pad_id: int  # the tokenizer's padding id
+    grad_accum: int = 1  # micro-batches per optimizer step
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # gradient clipping norm; 0: no clipping
+    optimizer: str = "adamw"  # adamw or sgd
+    packing: bool = True  # pack rows into one sequence per micro-batch where the model allows it
+    max_tokens_per_pass: int = 640  # token budget of one forward pass (longer micro-batches are split)
+
+
+def train_local(model, rows: list[Tokenized], settings: LocalSteps, hooks: StepHooks | None = None,
+                objective: Objective = next_token_loss, desc: str = "local steps") -> LocalResult:
+    """`settings.steps` optimizer steps (AdamW or SGD) on `rows`, each over `grad_accum` micro-batches."""
+    s = settings
+    steps, grad_accum, max_grad_norm = s.steps, s.grad_accum, s.max_grad_norm
     hooks = hooks or StepHooks()
-    batching = Batching(pad_id, packing and packing_works(model), max_tokens_per_pass)
+    batching = Batching(s.pad_id, s.packing and packing_works(model), s.max_tokens_per_pass)
     params = [p for p in model.parameters() if p.requires_grad]
     # A fresh optimizer each round, as every client starts from the new global model; the
     # moments of an earlier round belong to weights that no longer exist.
-    optim = make_optimizer(optimizer, params, lr, weight_decay)
-    torch.manual_seed(seed)  # dropout masks: deterministic per (run seed, round, client)
-    batches = batch_order(len(rows), steps * grad_accum, batch_size, seed)
+    optim = make_optimizer(s.optimizer, params, s.lr, s.weight_decay)
+    torch.manual_seed(s.seed)  # dropout masks: deterministic per (run seed, round, client)
+    batches = batch_order(len(rows), steps * grad_accum, s.batch_size, s.seed)
     model.train()
     start = time.perf_counter()
     losses, tokens, metric_sums = [], 0, {}

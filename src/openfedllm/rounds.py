@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import faults, models
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
-from .client import cosine_lr, train_local
+from .client import LocalSteps, cosine_lr, train_local
 from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
@@ -91,15 +91,13 @@ def train_client(setup: Setup, algorithm, phase: str, round_index: int, client_i
     models.load_trainable_state(setup.model, task.global_state)
     params = models.trainable_parameters(setup.model)
     client_name = client_id if phase == "federated" else phase
-    result = train_local(
-        setup.model, rows, steps=task.steps, batch_size=cfg.train.batch_size,
-        grad_accum=cfg.train.grad_accum, lr=task.lr, weight_decay=cfg.train.weight_decay,
-        max_grad_norm=cfg.train.max_grad_norm, seed=derive_seed(cfg.train.seed, phase, round_index, client_id),
-        pad_id=setup.tokenizer.pad_token_id, hooks=algorithm.client_hooks(params, task, own_state),
-        optimizer=cfg.train.optimizer, packing=cfg.train.packing,
-        max_tokens_per_pass=cfg.train.max_tokens_per_pass, objective=setup.objective,
-        desc=f"round {round_index + 1} client {client_name}",
-    )
+    settings = LocalSteps(
+        steps=task.steps, batch_size=cfg.train.batch_size, lr=task.lr,
+        seed=derive_seed(cfg.train.seed, phase, round_index, client_id), pad_id=setup.tokenizer.pad_token_id,
+        grad_accum=cfg.train.grad_accum, weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm,
+        optimizer=cfg.train.optimizer, packing=cfg.train.packing, max_tokens_per_pass=cfg.train.max_tokens_per_pass)
+    result = train_local(setup.model, rows, settings, hooks=algorithm.client_hooks(params, task, own_state),
+                         objective=setup.objective, desc=f"round {round_index + 1} client {client_name}")
     weights = models.trainable_state(setup.model)
     extras, own_state = algorithm.client_finish(task, weights, own_state)
     metrics = {"loss": result.loss, "steps": result.steps, "tokens": result.tokens,
@@ -148,10 +146,9 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
     cfg = setup.config
     partitions, per_round, steps = phase_clients(setup, phase)
     clients = clients or LocalClients(setup, phase, partitions, client_states)
-    if phase == "federated":
-        algorithm = build_algorithm(cfg.fed, total_examples=sum(clients.sizes()))
-    else:
-        algorithm = FedAvg()  # a federation of one: the client's model is the result
+    # a baseline is a federation of one: the client's model is the result
+    algorithm = build_algorithm(cfg.fed) if phase == "federated" else FedAvg()
+    algorithm.start(clients.sizes())
     if server_state:
         algorithm.load_state_dict(server_state)
     state = dict(setup.initial_state) if state is None else state

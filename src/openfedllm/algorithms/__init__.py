@@ -32,13 +32,10 @@ def check_algorithm(name: str) -> None:
         raise UserError(f"fed.algorithm: unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}")
 
 
-def build_algorithm(fed_config, total_examples: int = 0) -> Algorithm:
-    """The configured algorithm; `total_examples` (all clients' training examples) weights SCAFFOLD's c."""
+def build_algorithm(fed_config) -> Algorithm:
+    """The configured algorithm, both halves; the server side then calls `start(client_sizes)`."""
     check_algorithm(fed_config.algorithm)
-    cls = ALGORITHMS[fed_config.algorithm]
-    if cls is Scaffold:
-        return Scaffold.from_config(fed_config, total_examples)
-    return cls.from_config(fed_config)
+    return ALGORITHMS[fed_config.algorithm].from_config(fed_config)
 
 
 def describe(name: str) -> str:

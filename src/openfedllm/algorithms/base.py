@@ -41,6 +41,10 @@ class Algorithm:
     """The interface, with the defaults of an algorithm that only changes the server's rule:
     no broadcast beyond x, plain local steps, no client state, no server state."""
 
+    def start(self, client_sizes: list[int]) -> None:
+        """Server side, once before a phase's rounds: every client's number of training examples
+        (SCAFFOLD weights c's update by them). A node never calls it: the client side needs none."""
+
     def server_message(self) -> StateDict:
         return {}
 

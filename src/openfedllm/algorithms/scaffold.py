@@ -41,13 +41,15 @@ class Scaffold(Algorithm):
 
     server_lr: float = 1.0  # eta_g, the global step size
     correction: str = "update"  # where c - c_i enters the local step: update or gradient (see above)
-    total_examples: int = 0  # n: training examples of all N clients (the weights of c's update)
+    total_examples: int = 0  # n: training examples of all N clients (the weights of c's update), set by start
     control: StateDict = field(default_factory=dict, repr=False)  # c, checkpointed (float64)
 
     @classmethod
-    def from_config(cls, fed, total_examples: int) -> Scaffold:
-        return cls(server_lr=fed.scaffold_server_lr, correction=fed.scaffold_correction,
-                   total_examples=total_examples)
+    def from_config(cls, fed) -> Scaffold:
+        return cls(server_lr=fed.scaffold_server_lr, correction=fed.scaffold_correction)
+
+    def start(self, client_sizes: list[int]) -> None:
+        self.total_examples = sum(client_sizes)
 
     def server_message(self) -> StateDict:
         return {name: c.to(torch.float32) for name, c in self.control.items()}
@@ -91,7 +93,7 @@ class Scaffold(Algorithm):
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         if self.total_examples <= 0:
-            raise ValueError("SCAFFOLD needs the number of examples of all clients")
+            raise ValueError("SCAFFOLD needs the number of examples of all clients (start(client_sizes))")
         delta = mean_delta(global_state, updates)
         for name, x in global_state.items():
             c = self.control.get(name, torch.zeros_like(x, dtype=torch.float64))

@@ -101,7 +101,7 @@ def node_data(config_text: str, node_config) -> NodeData:
         if not rows:
             raise UserError(f"node {client_id}: no training rows in its data")
         _SETUPS.clear()  # one run per process: let the previous model go
-        _SETUPS[key] = NodeData(setup, client_id, rows, build_algorithm(config.fed, total_examples=1))
+        _SETUPS[key] = NodeData(setup, client_id, rows, build_algorithm(config.fed))
     return _SETUPS[key]
 
 
