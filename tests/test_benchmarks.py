@@ -32,6 +32,13 @@ FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 # --- answer extraction and the scoring rules, by hand --------------------------------------------
 
 
+def test_the_light_name_list_is_the_registry():
+    from openfedllm.evaluation.names import BENCHMARK_NAMES
+    from openfedllm.evaluation.runner import BENCHMARKS
+
+    assert tuple(BENCHMARKS) == BENCHMARK_NAMES
+
+
 def test_extract_names_the_option():
     letters = ["A", "B", "C", "D"]
     assert choice.extract("The answer is C.", letters) == "C"

@@ -15,29 +15,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError
+from .logs import quiet_libraries
 
 USAGE_ERROR = 2
-
-
-def _quiet_libraries() -> None:
-    """Library chatter that says nothing to a user of this tool."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def split_overrides(tokens: list[str]) -> list[tuple[str, str]]:
@@ -130,13 +118,13 @@ def _train_command(argv: list[str], objective: str) -> int:
         print(yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False), end="")
         return 0
     if not args.resume:
-        from .rundir import check_output_dir
+        from .userfiles import check_output_dir
 
         check_output_dir(run_dir)
     if args.federation:
         return _submit(args.federation, config, run_dir, bool(args.resume))
 
-    _quiet_libraries()
+    quiet_libraries()
     from .rounds import run
     from .setup import prepare
 
@@ -259,7 +247,7 @@ def cmd_experiment(argv: list[str]) -> int:
             raise UserError(f"--output-dir {out_dir} already holds files; pick another, or --resume it")
         out_dir.mkdir(parents=True, exist_ok=True)
         experiment.save_grid(out_dir, grid, "openfedllm experiment " + " ".join(argv))
-    _quiet_libraries()
+    quiet_libraries()
     try:
         rows = experiment.run_grid(grid, out_dir)
     except KeyboardInterrupt:
@@ -309,7 +297,7 @@ def cmd_data(argv: list[str]) -> int:
     if args.dpo:
         raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
     config = cfg_mod.build(cfg_mod.apply_overrides(raw, split_overrides(rest)))
-    _quiet_libraries()
+    quiet_libraries()
     from .data_report import inspect
 
     inspect(config, Path(args.plot))
@@ -317,7 +305,7 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from .evaluation.runner import BENCHMARKS
+    from .evaluation.names import BENCHMARK_NAMES as BENCHMARKS
 
     parser = argparse.ArgumentParser(prog="openfedllm eval",
                                      description="Measure a model, a run's adapter, or a samples file on benchmarks.")
@@ -354,7 +342,7 @@ def cmd_eval(argv: list[str]) -> int:
         raise UserError(f"--k: expected numbers like 1,10, got {args.k!r}") from None
     if not ks or min(ks) < 1:
         raise UserError(f"--k: each k must be at least 1, got {args.k!r}")
-    from .rundir import check_output_file
+    from .userfiles import check_output_file
 
     check_output_file(Path(args.output), "--output")  # before any sample runs
     from .evaluation import choice
@@ -369,7 +357,7 @@ def cmd_eval(argv: list[str]) -> int:
             data[name] = path
         else:
             data[""] = entry
-    _quiet_libraries()
+    quiet_libraries()
     model_id = args.model_id or Path((args.run or args.model or "default").rstrip("/")).name
     settings = Settings(data=data, samples=args.samples, limit=args.limit, shots=args.shots,
                         modes=choice.modes(args.mode),
@@ -401,7 +389,7 @@ def cmd_serve(argv: list[str]) -> int:
         raise UserError(f"--port {args.port}: not a port number")
     if not 0 < args.read_timeout < math.inf:
         raise UserError(f"--read-timeout: a number of seconds above 0, got {args.read_timeout}")
-    _quiet_libraries()
+    quiet_libraries()
     from .evaluation.runner import lm_loader
     from .serve import serve
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError, read_yaml
+from .errors import UserError
+from .userfiles import read_yaml
 
 
 def opt(default, help: str):
@@ -169,12 +170,13 @@ class RunConfig:
         """eval.benchmarks names known benchmarks and files that exist, before a run writes anything."""
         if not self.eval.benchmarks:
             return
-        from .evaluation.runner import BENCHMARKS
+        from .evaluation.names import BENCHMARK_NAMES
 
         for entry in self.eval.benchmarks:
             name, _, path = entry.partition("=")
-            if name not in BENCHMARKS:
-                raise UserError(f"eval.benchmarks: unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
+            if name not in BENCHMARK_NAMES:
+                raise UserError(f"eval.benchmarks: unknown benchmark {name!r}; available: "
+                                f"{', '.join(BENCHMARK_NAMES)}")
             if path and not Path(path).expanduser().exists():
                 raise UserError(f"eval.benchmarks: {name}: {path}: file not found")
 

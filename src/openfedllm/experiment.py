@@ -30,12 +30,13 @@ from tqdm.auto import tqdm
 from . import models
 from .algorithms import ALGORITHMS
 from .config import RunConfig, apply_overrides, build, to_dict
-from .errors import UserError, read_yaml
+from .errors import UserError
 from .evaluation.heldout import evaluate
 from .rounds import resume_phase, run_phase
 from .rundir import MetricsLog, load_checkpoint, save_config
 from .setup import Setup, prepare
 from .textfmt import text_table
+from .userfiles import read_yaml
 
 BASELINES = ("local", "centralized")
 GRID_KEYS = ("methods", "seeds", "config", "quick")  # methods x seeds, the shared run config, --quick overrides

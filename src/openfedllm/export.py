@@ -8,7 +8,8 @@ from pathlib import Path
 from . import models
 from .config import build
 from .errors import UserError
-from .rundir import check_output_dir, check_safetensors, read_config
+from .rundir import read_config
+from .userfiles import check_output_dir, check_safetensors
 
 
 def export(run_dir: Path, out: Path, merge: bool) -> Path:

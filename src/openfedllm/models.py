@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, read_json
+from .errors import UserError
+from .userfiles import check_safetensors, read_json
 
 StateDict = dict[str, torch.Tensor]
 
@@ -167,8 +168,6 @@ def adapter_config(path: str) -> dict:
         raise UserError(f"model.adapter: {config_file} lacks r, lora_alpha or target_modules")
     weights = folder / "adapter_model.safetensors"
     if weights.is_file():
-        from .rundir import check_safetensors
-
         check_safetensors(weights, "model.adapter")
     elif not (folder / "adapter_model.bin").is_file():
         raise UserError(f"model.adapter: {path} has no adapter_model.safetensors (nor adapter_model.bin)")

@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError, read_json
+from .errors import UserError
+from .userfiles import check_safetensors, read_json
 
 CHECKPOINT = "checkpoints"
 
@@ -162,58 +163,3 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             raise damaged(name, exc) from None
     return Checkpoint(state=load_file(str(final / "trainable.safetensors")), server_state=states["server_state.pt"],
                       client_states=states["client_states.pt"], progress=progress)
-
-
-def check_safetensors(file: Path, what: str) -> None:
-    """A safetensors file whose header parses and whose size matches it (a truncated or foreign
-    file fails here, with one line, instead of deep inside a loader)."""
-    try:
-        with open(file, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if 0 < size < 100 * 2**20 else None
-    except FileNotFoundError:
-        raise UserError(f"{what}: {file} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{what}: {file} is not a safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise UserError(f"{what}: {file} is not a safetensors file")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
-    expected = 8 + size + max(ends, default=0)
-    actual = file.stat().st_size
-    if actual != expected:
-        raise UserError(f"{what}: {file} is truncated or damaged ({actual} bytes, its header says {expected})")
-
-
-def check_output_file(path: Path, what: str) -> None:
-    """A file the command will write: not a folder, in a folder that exists or can be made, writable."""
-    import tempfile
-
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder; give a file name")
-    parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir():
-        raise UserError(f"{what} {path}: {parent} is a file, not a folder")
-    try:
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as exc:
-        raise UserError(f"{what} {path}: cannot write in {parent} ({exc.strerror})") from None
-
-
-def check_output_dir(path: Path, what: str = "--output-dir") -> None:
-    """A folder a run or export may create: not a file, empty if it exists, and on a writable
-    filesystem (tried with a temporary folder that is removed at once)."""
-    import tempfile
-
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{what} {path} is a file, not a folder")
-        if any(path.iterdir()):
-            raise UserError(f"{what} {path} already holds files; pick another")
-    parent = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir():
-        raise UserError(f"{what} {path}: {parent} is a file, not a folder")
-    try:
-        tempfile.TemporaryDirectory(dir=parent, prefix=".openfedllm-probe-").cleanup()
-    except OSError as exc:
-        raise UserError(f"{what} {path}: cannot write in {parent} ({exc.strerror})") from None

@@ -201,7 +201,7 @@ def _handle(kind: str):
         if str(context.node_config.get("warm", "true")).lower() in ("0", "false", "no"):
             reply = HANDLERS[kind](content, request["node_config"])
         else:
-            reply = call(request)
+            reply = call(request, handlers="openfedllm.flower.node:HANDLERS")
         out = record_dict(reply)
         # The privacy contract: nothing but the trainable tensors the server sent, and numbers, leaves.
         check_outgoing(out, sum(a.size for a in content.get("arrays", {}).values()))

@@ -241,11 +241,11 @@ def run_id_of(run_dir: Path) -> str:
 
 def serve_run(grid, run_config) -> dict:
     """The whole federated run, on the nodes of `grid`."""
-    from ..cli import _quiet_libraries
+    from ..logs import quiet_libraries
     from ..rounds import run
     from ..setup import prepare
 
-    _quiet_libraries()
+    quiet_libraries()
     config, run_dir, resume = server_config(run_config)
     # Baselines pool data or train one client alone on the server: neither exists in a deployment.
     config.baselines.local = config.baselines.centralized = False

@@ -49,12 +49,14 @@ def _connect(address: str, key_file: Path):
         return None
 
 
-def call(request: dict) -> dict:
-    """Send one request to the node's worker (starting it if needed); its reply, or its error raised."""
+def call(request: dict, handlers: str) -> dict:
+    """Send one request to the node's worker (starting it if needed); its reply, or its error raised.
+    `handlers` ("module:NAME") names the dict of request kind -> function the worker serves with:
+    the worker knows nothing of what it runs, so it imports nothing of the node's code itself."""
     address, key_file, log = _paths(request["node_config"])
     conn = _connect(address, key_file)
     if conn is None:
-        conn = _start(address, key_file, log)
+        conn = _start(address, key_file, log, handlers)
     with conn:
         conn.send(request)
         answer = conn.recv()
@@ -63,7 +65,7 @@ def call(request: dict) -> dict:
     return answer["reply"]
 
 
-def _start(address: str, key_file: Path, log: Path):
+def _start(address: str, key_file: Path, log: Path, handlers: str):
     if os.path.exists(address):
         os.unlink(address)  # a worker that died left its socket behind
     key_file.write_bytes(secrets.token_bytes(32))
@@ -71,7 +73,7 @@ def _start(address: str, key_file: Path, log: Path):
     with log.open("ab") as out:
         # Its own session: it outlives this ClientApp process, and watches the SuperExec instead.
         subprocess.Popen([sys.executable, "-m", "openfedllm.flower.worker", "--socket", address,
-                          "--key-file", str(key_file), "--parent", str(os.getppid())],
+                          "--key-file", str(key_file), "--parent", str(os.getppid()), "--handlers", handlers],
                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -93,13 +95,17 @@ def _watch(parent: int, idle: float, last_work: list[float]) -> None:
             os._exit(0)
 
 
-def serve(address: str, key_file: Path, parent: int) -> None:
+def serve(address: str, key_file: Path, parent: int, handlers: str) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..cli import _quiet_libraries
-    from ..errors import UserError
-    from . import node
+    import importlib
 
-    _quiet_libraries()
+    from ..errors import UserError
+    from ..logs import quiet_libraries
+
+    module, _, name = handlers.partition(":")
+    served = getattr(importlib.import_module(module), name)
+
+    quiet_libraries()
     last_work = [time.monotonic()]
     idle = float(os.environ.get("OPENFEDLLM_WORKER_IDLE", "1800"))
     threading.Thread(target=_watch, args=(parent, idle, last_work), daemon=True).start()
@@ -113,7 +119,7 @@ def serve(address: str, key_file: Path, parent: int) -> None:
             with conn:
                 try:
                     request = conn.recv()
-                    reply = node.HANDLERS[request["kind"]](request["content"], request["node_config"])
+                    reply = served[request["kind"]](request["content"], request["node_config"])
                     answer = {"reply": reply}
                 except UserError as exc:
                     answer = {"error": str(exc)}
@@ -132,8 +138,9 @@ def main() -> None:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--key-file", required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--handlers", required=True, help="module:NAME of the request handlers")
     args = parser.parse_args()
-    serve(args.socket, Path(args.key_file), args.parent)
+    serve(args.socket, Path(args.key_file), args.parent, args.handlers)
 
 
 if __name__ == "__main__":
