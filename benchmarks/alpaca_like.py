@@ -52,11 +52,13 @@ def rows(n: int, seed: int) -> list[dict]:
             response_words = rng.randint(200, 400)
         else:
             response_words = int(min(400, max(2, rng.lognormvariate(SHORT_MU, 0.8))))
-        out.append({
-            "instruction": sentence(rng, rng.randint(6, 20)),
-            "input": paragraph(rng, rng.randint(8, 60)) if rng.random() < 0.4 else "",
-            "output": paragraph(rng, response_words),
-        })
+        out.append(
+            {
+                "instruction": sentence(rng, rng.randint(6, 20)),
+                "input": paragraph(rng, rng.randint(8, 60)) if rng.random() < 0.4 else "",
+                "output": paragraph(rng, response_words),
+            }
+        )
     return out
 
 

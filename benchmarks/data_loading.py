@@ -25,8 +25,10 @@ from pathlib import Path
 
 from worker import add_worker_arguments, answer_as_worker, run_worker  # benchmarks/ is first on sys.path
 
-WORDS = ("model data client server round update privacy federated learning adapter token loss "
-         "gradient batch train evaluate answer question because therefore which while").split()
+WORDS = (
+    "model data client server round update privacy federated learning adapter token loss "
+    "gradient batch train evaluate answer question because therefore which while"
+).split()
 
 
 def make_file(path: Path, rows: int) -> None:
@@ -34,8 +36,17 @@ def make_file(path: Path, rows: int) -> None:
     with path.open("w") as f:
         for i in range(rows):
             text = " ".join(rng.choices(WORDS, k=40))
-            f.write(json.dumps({"instruction": f"Task {i}: explain {text[:80]}", "input": "",
-                                "output": text, "category": f"c{rng.randrange(20)}"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"Task {i}: explain {text[:80]}",
+                        "input": "",
+                        "output": text,
+                        "category": f"c{rng.randrange(20)}",
+                    }
+                )
+                + "\n"
+            )
 
 
 def worker(args) -> dict:
@@ -51,9 +62,16 @@ def worker(args) -> dict:
     loaded = time.perf_counter()
     clients = partition([e.domain for e in examples], args.clients, "dirichlet", seed=0, alpha=0.5)
     done = time.perf_counter()
-    return {"load_format_s": loaded - start, "partition_s": done - loaded, "total_s": done - start,
-            "rows": hygiene.rows, "usable": len(examples), "clients": len(clients),
-            "smallest": min(map(len, clients)), "largest": max(map(len, clients))}
+    return {
+        "load_format_s": loaded - start,
+        "partition_s": done - loaded,
+        "total_s": done - start,
+        "rows": hygiene.rows,
+        "usable": len(examples),
+        "clients": len(clients),
+        "smallest": min(map(len, clients)),
+        "largest": max(map(len, clients)),
+    }
 
 
 def main() -> None:
@@ -73,18 +91,26 @@ def main() -> None:
             args.file = str(tmp / "instructions.jsonl")
             start = time.perf_counter()
             make_file(Path(args.file), args.rows)
-            print(f"generated {args.rows} rows ({Path(args.file).stat().st_size / 2**20:.0f} MiB) "
-                  f"in {time.perf_counter() - start:.0f} s")
+            print(
+                f"generated {args.rows} rows ({Path(args.file).stat().st_size / 2**20:.0f} MiB) "
+                f"in {time.perf_counter() - start:.0f} s"
+            )
         import os
 
         os.environ["HF_DATASETS_CACHE"] = str(cache)  # inherited by the workers: a cold cache first
         for label in ("cold cache", "warm cache"):
-            res = run_worker(__file__, "load", ["--file", args.file, "--clients", str(args.clients),
-                                                "--threads", str(args.threads)], args.threads)
-            print(f"{label}: load + format + hygiene {res['load_format_s']:.1f} s, Dirichlet split into "
-                  f"{res['clients']} clients {res['partition_s']:.1f} s, total {res['total_s']:.1f} s; "
-                  f"peak RSS {res['peak_gib']:.2f} GiB; {res['usable']} of {res['rows']} rows usable; "
-                  f"client sizes {res['smallest']}-{res['largest']}")
+            res = run_worker(
+                __file__,
+                "load",
+                ["--file", args.file, "--clients", str(args.clients), "--threads", str(args.threads)],
+                args.threads,
+            )
+            print(
+                f"{label}: load + format + hygiene {res['load_format_s']:.1f} s, Dirichlet split into "
+                f"{res['clients']} clients {res['partition_s']:.1f} s, total {res['total_s']:.1f} s; "
+                f"peak RSS {res['peak_gib']:.2f} GiB; {res['usable']} of {res['rows']} rows usable; "
+                f"client sizes {res['smallest']}-{res['largest']}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,15 +29,15 @@ for _ in range(2):  # the first load also pays transformers' lazy imports
 
 
 def main() -> None:
-    extra = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
     load = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, check=True)
     first, second = load.stdout.strip().splitlines()[-2:]
-    print(f"default model load from the cache (tokenizer + weights): first in a fresh process "
-          f"{first} s, again {second} s")
+    print(
+        f"default model load from the cache (tokenizer + weights): first in a fresh process {first} s, again {second} s"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "openfedllm", "sft", "--output-dir", f"{tmp}/run", *extra],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "openfedllm", "sft", "--output-dir", f"{tmp}/run", *extra], check=True)
         wall = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
     print(f"openfedllm sft {' '.join(extra)}: {wall / 60:.1f} min wall, peak RSS {peak_gib:.2f} GiB")

@@ -59,8 +59,10 @@ def phases(run_dir: Path) -> dict[int, tuple[float, float]]:
 def max_difference(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
-    x, y = load_file(str(a / "adapter" / "adapter_model.safetensors")), load_file(str(b / "adapter" /
-                                                                                      "adapter_model.safetensors"))
+    x, y = (
+        load_file(str(a / "adapter" / "adapter_model.safetensors")),
+        load_file(str(b / "adapter" / "adapter_model.safetensors")),
+    )
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
@@ -70,8 +72,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--node-threads", type=int, default=1, help="torch threads of each SuperNode's training")
     parser.add_argument("--sim-threads", type=int, default=2, help="torch threads of the simulation")
-    parser.add_argument("--server-threads", type=int, default=0,
-                        help="torch threads of the ServerApp's evaluation (default: --sim-threads)")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=0,
+        help="torch threads of the ServerApp's evaluation (default: --sim-threads)",
+    )
     parser.add_argument("--node-poll", type=float, default=0.2, help="SuperNode idle poll, seconds")
     parser.add_argument("--exec-poll", type=float, default=0.1, help="SuperExec task poll, seconds")
     args = parser.parse_args()
@@ -81,46 +87,73 @@ def main() -> None:
     from openfedllm.flower import federation
 
     nodes = yaml.safe_load(Path(args.config).read_text()).get("fed", {}).get("num_clients", 5)
-    common = ["--config", args.config, "--fed.rounds", str(args.rounds), "--baselines.local", "false",
-              "--baselines.centralized", "false"]
+    common = [
+        "--config",
+        args.config,
+        "--fed.rounds",
+        str(args.rounds),
+        "--baselines.local",
+        "false",
+        "--baselines.centralized",
+        "false",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     os.environ["OPENFEDLLM_NODE_POLL"] = str(args.node_poll)  # what federation.up passes to the nodes
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.exec_poll)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sim, sim_wall, _ = run_cli(["sft", *common, "--train.threads", str(args.sim_threads),
-                                    "--output-dir", str(tmp / "sim")], env)
+        sim, sim_wall, _ = run_cli(
+            ["sft", *common, "--train.threads", str(args.sim_threads), "--output-dir", str(tmp / "sim")], env
+        )
         fed_dir = tmp / "federation"
         start = time.perf_counter()
         record = federation.up(nodes, fed_dir, threads=args.node_threads)
         up_seconds = time.perf_counter() - start
         try:
             env_fed = dict(env, FLWR_HOME=record["flwr_home"])
-            dep, dep_wall, _ = run_cli(["sft", *common, "--train.threads", str(args.server_threads or args.sim_threads),
-                                        "--output-dir", str(tmp / "dep"), "--federation", federation.CONNECTION],
-                                       env_fed)
+            dep, dep_wall, _ = run_cli(
+                [
+                    "sft",
+                    *common,
+                    "--train.threads",
+                    str(args.server_threads or args.sim_threads),
+                    "--output-dir",
+                    str(tmp / "dep"),
+                    "--federation",
+                    federation.CONNECTION,
+                ],
+                env_fed,
+            )
         finally:
             federation.down(fed_dir)
         diff = max_difference(tmp / "sim", tmp / "dep")
         sim_parts, dep_parts = phases(tmp / "sim"), phases(tmp / "dep")
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; simulation "
-          f"{args.sim_threads} threads, server {args.server_threads or args.sim_threads}, nodes {args.node_threads} "
-          f"thread(s) each, node poll {args.node_poll} s, "
-          f"SuperExec poll {args.exec_poll} s")
-    print(f"{'round':>5} {'simulation s':>13} {'deployment s':>13} {'ratio':>6}   slowest client's training s "
-          f"(sim / dep)   evaluation s (sim / dep)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; simulation "
+        f"{args.sim_threads} threads, server {args.server_threads or args.sim_threads}, nodes {args.node_threads} "
+        f"thread(s) each, node poll {args.node_poll} s, "
+        f"SuperExec poll {args.exec_poll} s"
+    )
+    print(
+        f"{'round':>5} {'simulation s':>13} {'deployment s':>13} {'ratio':>6}   slowest client's training s "
+        f"(sim / dep)   evaluation s (sim / dep)"
+    )
     for r in sorted(sim):
         d = dep.get(r, float("nan"))
         (st, se), (dt, de) = sim_parts[r], dep_parts.get(r, (float("nan"), float("nan")))
-        print(f"{r:>5} {sim[r]:>13.1f} {d:>13.1f} {d / sim[r]:>6.2f}   {st:>10.1f} / {dt:<10.1f}"
-              f"               {se:>5.1f} / {de:<5.1f}")
+        print(
+            f"{r:>5} {sim[r]:>13.1f} {d:>13.1f} {d / sim[r]:>6.2f}   {st:>10.1f} / {dt:<10.1f}"
+            f"               {se:>5.1f} / {de:<5.1f}"
+        )
     steady = [r for r in sorted(sim) if r > 1]
     if steady:
         s, d = statistics.mean(sim[r] for r in steady), statistics.mean(dep[r] for r in steady)
-        print(f"rounds 2-{args.rounds}: simulation {s:.1f} s, deployment {d:.1f} s per round: ratio {d / s:.2f} "
-              f"(goal <= 1.25)")
+        print(
+            f"rounds 2-{args.rounds}: simulation {s:.1f} s, deployment {d:.1f} s per round: ratio {d / s:.2f} "
+            f"(goal <= 1.25)"
+        )
     print(f"wall: simulation {sim_wall:.0f} s, deployment {dep_wall:.0f} s (+ federation up {up_seconds:.1f} s)")
     print(f"final adapters: max |simulation - deployment| = {diff:.2e}")
 

@@ -43,11 +43,15 @@ def job(args):
     path = models.resolve_model(args.model)
     tokenizer = models.load_tokenizer(path)
     train, _, _ = builtin_preferences(args.pairs_per_domain, 1, seed=0)
-    pairs = [r for r in (tokenize_pair(p, "chat", tokenizer, cfg.data.max_length, cfg.dpo.max_prompt_length)
-                         for p in train) if r]
+    pairs = [
+        r
+        for r in (tokenize_pair(p, "chat", tokenizer, cfg.data.max_length, cfg.dpo.max_prompt_length) for p in train)
+        if r
+    ]
     torch.manual_seed(0)
-    model = models.add_lora(models.load_base_model(path), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout,
-                            cfg.lora.target_modules)
+    model = models.add_lora(
+        models.load_base_model(path), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules
+    )
     order = batch_order(len(pairs), args.steps, cfg.train.batch_size, seed=1)
     return cfg, tokenizer, model, pairs, order
 
@@ -97,19 +101,43 @@ def worker(args) -> dict:
         return {"step_seconds": sum(times), "reference_seconds": 0.0, "losses": losses}
     used = sorted({i for idx in order for i in idx})  # the pairs B's steps touch: their reference, once
     start = time.perf_counter()
-    compute_reference(model, [pairs[i] for i in used], pad, cfg.eval.batch_size, cfg.train.packing,
-                      adapter_disabled=True)
+    compute_reference(
+        model, [pairs[i] for i in used], pad, cfg.eval.batch_size, cfg.train.packing, adapter_disabled=True
+    )
     reference_seconds = time.perf_counter() - start
-    result = train_local(model, pairs, LocalSteps(steps=args.steps, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                                                  seed=1, pad_id=pad, max_grad_norm=cfg.train.max_grad_norm,
-                                                  max_tokens_per_pass=cfg.train.max_tokens_per_pass),
-                         objective=DPOLoss(beta, "sigmoid"))
+    result = train_local(
+        model,
+        pairs,
+        LocalSteps(
+            steps=args.steps,
+            batch_size=cfg.train.batch_size,
+            lr=cfg.train.lr,
+            seed=1,
+            pad_id=pad,
+            max_grad_norm=cfg.train.max_grad_norm,
+            max_tokens_per_pass=cfg.train.max_tokens_per_pass,
+        ),
+        objective=DPOLoss(beta, "sigmoid"),
+    )
     return {"step_seconds": result.seconds, "reference_seconds": reference_seconds, "losses": result.losses}
 
 
 def run_variant(args, variant: str) -> dict:
-    return run_worker(__file__, variant, ["--steps", str(args.steps), "--threads", str(args.threads), "--model",
-                                          args.model, "--pairs-per-domain", str(args.pairs_per_domain)], args.threads)
+    return run_worker(
+        __file__,
+        variant,
+        [
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            "--model",
+            args.model,
+            "--pairs-per-domain",
+            str(args.pairs_per_domain),
+        ],
+        args.threads,
+    )
 
 
 def main() -> None:
@@ -129,16 +157,23 @@ def main() -> None:
         for variant in "AB":
             res = run_variant(args, variant)
             results[variant].append(res)
-            print(f"  pair {rep + 1} {variant}: {res['step_seconds'] / args.steps:.3f} s/step, reference pass "
-                  f"{res['reference_seconds']:.1f} s, peak {res['peak_gib']:.2f} GiB", flush=True)
+            print(
+                f"  pair {rep + 1} {variant}: {res['step_seconds'] / args.steps:.3f} s/step, reference pass "
+                f"{res['reference_seconds']:.1f} s, peak {res['peak_gib']:.2f} GiB",
+                flush=True,
+            )
     pairs = 4 * args.steps
     a = statistics.median(r["step_seconds"] for r in results["A"])
     b = statistics.median(r["step_seconds"] for r in results["B"])
     b_all = statistics.median(r["step_seconds"] + r["reference_seconds"] for r in results["B"])
-    print(f"A plain loop:  {pairs / a:.2f} pairs/s ({a / args.steps:.3f} s/step), "
-          f"peak {statistics.median(r['peak_gib'] for r in results['A']):.2f} GiB")
-    print(f"B openfedllm:  {pairs / b:.2f} pairs/s in the steps, {pairs / b_all:.2f} pairs/s counting the "
-          f"reference pass, peak {statistics.median(r['peak_gib'] for r in results['B']):.2f} GiB")
+    print(
+        f"A plain loop:  {pairs / a:.2f} pairs/s ({a / args.steps:.3f} s/step), "
+        f"peak {statistics.median(r['peak_gib'] for r in results['A']):.2f} GiB"
+    )
+    print(
+        f"B openfedllm:  {pairs / b:.2f} pairs/s in the steps, {pairs / b_all:.2f} pairs/s counting the "
+        f"reference pass, peak {statistics.median(r['peak_gib'] for r in results['B']):.2f} GiB"
+    )
     print(f"throughput B/A: {a / b:.2f}x (steps only), {a / b_all:.2f}x (with the reference pass)")
     print("losses A:", " ".join(f"{x:.3f}" for x in results["A"][0]["losses"]))
     print("losses B:", " ".join(f"{x:.3f}" for x in results["B"][0]["losses"]))

@@ -105,9 +105,19 @@ def worker(args) -> dict:
             if args.worker == "A":
                 step_losses, times = plain_steps(client_rows, lr, seed)
             else:
-                result = train_local(model, client_rows, LocalSteps(
-                    steps=args.local_steps, batch_size=args.batch_size, lr=lr, seed=seed, pad_id=pad,
-                    weight_decay=defaults.weight_decay, max_grad_norm=defaults.max_grad_norm))
+                result = train_local(
+                    model,
+                    client_rows,
+                    LocalSteps(
+                        steps=args.local_steps,
+                        batch_size=args.batch_size,
+                        lr=lr,
+                        seed=seed,
+                        pad_id=pad,
+                        weight_decay=defaults.weight_decay,
+                        max_grad_norm=defaults.max_grad_norm,
+                    ),
+                )
                 step_losses, times = result.losses, [result.seconds / result.steps] * result.steps
             losses += step_losses
             step_times += times
@@ -118,11 +128,31 @@ def worker(args) -> dict:
 
 def run_variant(args, variant: str) -> dict:
     """Run one variant in a fresh process; its peak RSS comes from the kernel (wait4)."""
-    return run_worker(__file__, variant, [
-        "--data", args.data, "--rounds", str(args.rounds), "--reference", args.reference,
-        "--threads", str(args.threads), "--model", args.model, "--local-steps", str(args.local_steps),
-        "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(args.lr)],
-        args.threads)
+    return run_worker(
+        __file__,
+        variant,
+        [
+            "--data",
+            args.data,
+            "--rounds",
+            str(args.rounds),
+            "--reference",
+            args.reference,
+            "--threads",
+            str(args.threads),
+            "--model",
+            args.model,
+            "--local-steps",
+            str(args.local_steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+            "--lr",
+            str(args.lr),
+        ],
+        args.threads,
+    )
 
 
 def batch_stats(args) -> str:
@@ -136,8 +166,9 @@ def batch_stats(args) -> str:
     for r in range(args.rounds):
         for cid in sample_clients(0, "federated", r, 4, 2):
             client_rows = [rows[i] for i in clients[cid]]
-            for idx in batch_order(len(client_rows), args.local_steps, args.batch_size,
-                                   derive_seed(0, "federated", r, cid)):
+            for idx in batch_order(
+                len(client_rows), args.local_steps, args.batch_size, derive_seed(0, "federated", r, cid)
+            ):
                 total += 1
                 capped += max(len(client_rows[i].input_ids) for i in idx) >= args.max_length
     return f"{capped} of {total} batches reach the {args.max_length}-token cap"
@@ -168,9 +199,11 @@ def main() -> None:
         json.dump(rows(999, 0), tmp)
         tmp.close()
         args.data = tmp.name
-    print(f"job: {args.rounds} rounds x 2 of 4 clients x {args.local_steps} steps, batch {args.batch_size}, "
-          f"max length {args.max_length}, data {args.data}; torch threads {args.threads}; "
-          f"reference A = plain loop {'with' if args.reference == 'gc' else 'without'} gradient checkpointing")
+    print(
+        f"job: {args.rounds} rounds x 2 of 4 clients x {args.local_steps} steps, batch {args.batch_size}, "
+        f"max length {args.max_length}, data {args.data}; torch threads {args.threads}; "
+        f"reference A = plain loop {'with' if args.reference == 'gc' else 'without'} gradient checkpointing"
+    )
     print(batch_stats(args))
     results = {"A": [], "B": []}
     for rep in range(args.repeats):
@@ -178,17 +211,21 @@ def main() -> None:
             res = run_variant(args, variant)
             results[variant].append(res)
             total = sum(res["step_times"])
-            print(f"  pair {rep + 1} {variant}: {total / len(res['step_times']):.3f} s/step, "
-                  f"{res['padded_tokens'] / total:.0f} padded tokens/s, peak {res['peak_gib']:.2f} GiB",
-                  flush=True)
+            print(
+                f"  pair {rep + 1} {variant}: {total / len(res['step_times']):.3f} s/step, "
+                f"{res['padded_tokens'] / total:.0f} padded tokens/s, peak {res['peak_gib']:.2f} GiB",
+                flush=True,
+            )
     first = results["A"][0]
     print(f"tokens: {first['padded_tokens']} padded, {first['loss_tokens'] / first['padded_tokens']:.0%} carry loss")
     ratios = [sum(b["step_times"]) / sum(a["step_times"]) for a, b in zip(results["A"], results["B"])]
     for variant in "AB":
         per_step = [sum(r["step_times"]) / len(r["step_times"]) for r in results[variant]]
         tps = [r["padded_tokens"] / sum(r["step_times"]) for r in results[variant]]
-        print(f"{variant}: median {statistics.median(per_step):.3f} s/step, {statistics.median(tps):.0f} padded "
-              f"tokens/s, peak {max(r['peak_gib'] for r in results[variant]):.2f} GiB")
+        print(
+            f"{variant}: median {statistics.median(per_step):.3f} s/step, {statistics.median(tps):.0f} padded "
+            f"tokens/s, peak {max(r['peak_gib'] for r in results[variant]):.2f} GiB"
+        )
     print(f"time ratio B/A: min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  max {max(ratios):.3f}")
     loss_a, loss_b = results["A"][0]["losses"], results["B"][0]["losses"]
     gap = max(abs(a - b) for a, b in zip(loss_a, loss_b))

@@ -42,10 +42,17 @@ def tiny_model_dir(tmp_path_factory):
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_corpus(), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>",
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
         pad_token="<|im_end|>",
     )
     tokenizer.chat_template = CHATML
@@ -53,10 +60,17 @@ def tiny_model_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
@@ -67,10 +81,10 @@ def alpaca_file(tmp_path):
     """A small Alpaca JSON file with a category column (so domain splits have something to use)."""
     rows = []
     for i in range(24):
-        rows.append({"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1),
-                     "category": "math"})
-        rows.append({"instruction": "Say the colour of the sky.", "input": f"time {i}",
-                     "output": "blue", "category": "general"})
+        rows.append({"instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1), "category": "math"})
+        rows.append(
+            {"instruction": "Say the colour of the sky.", "input": f"time {i}", "output": "blue", "category": "general"}
+        )
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps(rows))
     return path
@@ -79,9 +93,32 @@ def alpaca_file(tmp_path):
 def tiny_run_args(model_dir, output_dir, *extra):
     """CLI arguments for a seconds-long federated run on the tiny model."""
     return [
-        "sft", "--output-dir", str(output_dir), "--model.name", str(model_dir),
-        "--data.train_per_domain", "12", "--data.heldout_per_domain", "3",
-        "--fed.num_clients", "3", "--fed.clients_per_round", "2", "--fed.rounds", "3",
-        "--fed.split", "iid", "--train.local_steps", "2", "--train.batch_size", "4",
-        "--train.lr", "1e-3", "--eval.max_new_tokens", "4", "--lora.dropout", "0.1", *extra,
+        "sft",
+        "--output-dir",
+        str(output_dir),
+        "--model.name",
+        str(model_dir),
+        "--data.train_per_domain",
+        "12",
+        "--data.heldout_per_domain",
+        "3",
+        "--fed.num_clients",
+        "3",
+        "--fed.clients_per_round",
+        "2",
+        "--fed.rounds",
+        "3",
+        "--fed.split",
+        "iid",
+        "--train.local_steps",
+        "2",
+        "--train.batch_size",
+        "4",
+        "--train.lr",
+        "1e-3",
+        "--eval.max_new_tokens",
+        "4",
+        "--lora.dropout",
+        "0.1",
+        *extra,
     ]

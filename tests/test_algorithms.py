@@ -89,10 +89,20 @@ def test_every_algorithm_is_registered_with_its_paper():
 
 
 def test_config_values_reach_the_algorithms():
-    fed = FedConfig(fedprox_mu=0.5, scaffold_server_lr=0.3, scaffold_correction="gradient", fedavgm_server_lr=0.7,
-                    fedavgm_momentum=0.2, fedopt_server_lr=0.05, fedopt_beta1=0.8, fedopt_beta2=0.9,
-                    fedopt_tau=0.1, fedopt_second_moment="momentum", fedavgm_damped=True,
-                    fedopt_first_moment="delta")
+    fed = FedConfig(
+        fedprox_mu=0.5,
+        scaffold_server_lr=0.3,
+        scaffold_correction="gradient",
+        fedavgm_server_lr=0.7,
+        fedavgm_momentum=0.2,
+        fedopt_server_lr=0.05,
+        fedopt_beta1=0.8,
+        fedopt_beta2=0.9,
+        fedopt_tau=0.1,
+        fedopt_second_moment="momentum",
+        fedavgm_damped=True,
+        fedopt_first_moment="delta",
+    )
     assert FedProx.from_config(fed).mu == 0.5
     s = Scaffold.from_config(fed)
     s.start([4, 5])
@@ -101,7 +111,13 @@ def test_config_values_reach_the_algorithms():
     assert (m.server_lr, m.momentum, m.damped) == (0.7, 0.2, True)
     a = FedAdam.from_config(fed)
     assert (a.server_lr, a.beta1, a.beta2, a.tau, a.second_moment, a.first_moment) == (
-        0.05, 0.8, 0.9, 0.1, "momentum", "delta")
+        0.05,
+        0.8,
+        0.9,
+        0.1,
+        "momentum",
+        "delta",
+    )
 
 
 # --- FedProx (Li et al. 2020)
@@ -119,8 +135,7 @@ def test_fedprox_term_and_its_gradient():
 
 
 def test_fedprox_with_mu_zero_is_fedavg():
-    hooks = FedProx(mu=0.0).client_hooks({"w": torch.nn.Parameter(torch.ones(1))},
-                                         ClientTask(_x(0.0), {}, 0.1, 1), {})
+    hooks = FedProx(mu=0.0).client_hooks({"w": torch.nn.Parameter(torch.ones(1))}, ClientTask(_x(0.0), {}, 0.1, 1), {})
     assert hooks.extra_loss is None and hooks.after_backward is None and hooks.after_step is None
     updates = [_y(0, 1.0, 1), _y(1, 4.0, 2)]
     assert FedProx(mu=0.0).aggregate(_x(9.0), updates) == FedAvg().aggregate(_x(9.0), updates)
@@ -162,11 +177,17 @@ def test_fedopt_first_moment_delta_is_the_references_first_round():
 
 
 def test_fedavgm_without_momentum_and_unit_rate_is_fedavg():
-    updates = [ClientUpdate(0, {"w": torch.tensor([0.3, -1.7])}, 3),
-               ClientUpdate(1, {"w": torch.tensor([2.1, 0.4])}, 5)]
+    updates = [
+        ClientUpdate(0, {"w": torch.tensor([0.3, -1.7])}, 3),
+        ClientUpdate(1, {"w": torch.tensor([2.1, 0.4])}, 5),
+    ]
     x = {"w": torch.tensor([0.5, 0.25])}
-    torch.testing.assert_close(FedAvgM(server_lr=1.0, momentum=0.0).aggregate(x, updates)["w"],
-                               FedAvg().aggregate(x, updates)["w"], rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        FedAvgM(server_lr=1.0, momentum=0.0).aggregate(x, updates)["w"],
+        FedAvg().aggregate(x, updates)["w"],
+        rtol=0,
+        atol=1e-7,
+    )
 
 
 # --- FedAdagrad, FedYogi, FedAdam (Reddi et al. 2021, Algorithm 2)

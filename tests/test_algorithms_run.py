@@ -26,16 +26,22 @@ def _run(model_dir, out, *extra):
 def fedavg_runs(tiny_model_dir, tmp_path_factory):
     """FedAvg after 3 rounds of 2 local steps, and after 1 round of 1 local step."""
     base = tmp_path_factory.mktemp("fedavg")
-    return {"3x2": _run(tiny_model_dir, base / "a"),
-            "1x1": _run(tiny_model_dir, base / "b", "--fed.rounds", "1", "--train.local_steps", "1")}
+    return {
+        "3x2": _run(tiny_model_dir, base / "a"),
+        "1x1": _run(tiny_model_dir, base / "b", "--fed.rounds", "1", "--train.local_steps", "1"),
+    }
 
 
-@pytest.mark.parametrize("algorithm, settings, which", [
-    ("fedprox", ["--fed.fedprox_mu", "0"], "3x2"),
-    ("fedavgm", ["--fed.fedavgm_momentum", "0", "--fed.fedavgm_server_lr", "1"], "3x2"),
-    # zero control variates (the first round) and one local step
-    ("scaffold", ["--fed.scaffold_server_lr", "1", "--fed.rounds", "1", "--train.local_steps", "1"], "1x1"),
-], ids=["fedprox-mu0", "fedavgm-beta0-eta1", "scaffold-c0-K1"])
+@pytest.mark.parametrize(
+    "algorithm, settings, which",
+    [
+        ("fedprox", ["--fed.fedprox_mu", "0"], "3x2"),
+        ("fedavgm", ["--fed.fedavgm_momentum", "0", "--fed.fedavgm_server_lr", "1"], "3x2"),
+        # zero control variates (the first round) and one local step
+        ("scaffold", ["--fed.scaffold_server_lr", "1", "--fed.rounds", "1", "--train.local_steps", "1"], "1x1"),
+    ],
+    ids=["fedprox-mu0", "fedavgm-beta0-eta1", "scaffold-c0-K1"],
+)
 def test_degenerate_settings_equal_fedavg(algorithm, settings, which, fedavg_runs, tiny_model_dir, tmp_path):
     adapter = _run(tiny_model_dir, tmp_path / "r", "--fed.algorithm", algorithm, *settings)
     for name, expected in fedavg_runs[which].items():
@@ -43,8 +49,9 @@ def test_degenerate_settings_equal_fedavg(algorithm, settings, which, fedavg_run
 
 
 @pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "fedavg"])
-def test_each_algorithm_trains_its_own_way_and_resumes_exactly(algorithm, fedavg_runs, tiny_model_dir, tmp_path,
-                                                               monkeypatch):
+def test_each_algorithm_trains_its_own_way_and_resumes_exactly(
+    algorithm, fedavg_runs, tiny_model_dir, tmp_path, monkeypatch
+):
     settings = ["--fed.algorithm", algorithm, "--fed.fedprox_mu", "1.0"]  # a mu large enough to show
     straight = _run(tiny_model_dir, tmp_path / "straight", *settings)
     assert any(not torch.allclose(straight[k], v) for k, v in fedavg_runs["3x2"].items())

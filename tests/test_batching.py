@@ -92,15 +92,18 @@ def test_split_passes_bounds_tokens_per_pass_and_keeps_every_row():
 
 def test_row_logprobs_are_each_rows_response_log_likelihood_padded_or_packed(tiny_model_dir):
     model = models.load_base_model(tiny_model_dir).eval()
-    rows = [Tokenized([3, 4, 5, 6, 7], [IGNORE, IGNORE, 5, 6, 7], 2),
-            Tokenized([8, 9, 10], [IGNORE, 9, 10], 1),
-            Tokenized([11, 12, 13, 14], [IGNORE, IGNORE, IGNORE, 14], 3)]
+    rows = [
+        Tokenized([3, 4, 5, 6, 7], [IGNORE, IGNORE, 5, 6, 7], 2),
+        Tokenized([8, 9, 10], [IGNORE, 9, 10], 1),
+        Tokenized([11, 12, 13, 14], [IGNORE, IGNORE, IGNORE, 14], 3),
+    ]
     with torch.no_grad():
         expected = []
         for r in rows:  # by hand: one row alone, log-softmax at each position whose next token is a label
             logp = torch.log_softmax(model(input_ids=torch.tensor([r.input_ids])).logits[0].float(), -1)
-            expected.append(sum(float(logp[t - 1, r.input_ids[t]]) for t in range(1, len(r.labels))
-                                if r.labels[t] != IGNORE))
+            expected.append(
+                sum(float(logp[t - 1, r.input_ids[t]]) for t in range(1, len(r.labels)) if r.labels[t] != IGNORE)
+            )
         for batch in (collate(rows, 0), pack(rows, 0)):
             logps, counts = row_logprobs(model, batch, len(rows))
             assert counts.tolist() == [3, 2, 1]

@@ -62,8 +62,10 @@ def test_bbh_is_instructevals_prompt_rule_and_macro_average(tmp_path):
 
     folder = tmp_path / "bbh"
     folder.mkdir()
-    tasks = {"a": [("1+1", "2"), ("2+2", "4"), ("3+3", "6"), ("4+4", "8")],  # 1 demo, 3 scored
-             "b": [("x?", "Yes"), ("y?", "No")]}  # 1 demo, 1 scored
+    tasks = {
+        "a": [("1+1", "2"), ("2+2", "4"), ("3+3", "6"), ("4+4", "8")],  # 1 demo, 3 scored
+        "b": [("x?", "Yes"), ("y?", "No")],
+    }  # 1 demo, 1 scored
     for name, rows in tasks.items():
         (folder / f"{name}.json").write_text(json.dumps({"examples": [{"input": i, "target": t} for i, t in rows]}))
 
@@ -113,14 +115,16 @@ class ScriptedLM:
         return self.scores
 
     def chat(self, prompts, max_new_tokens=None, stop=()):
-        return self.answers[:len(prompts)]
+        return self.answers[: len(prompts)]
 
 
 def test_choice_scoring_by_hand():
     labels = ["negative", "neutral", "positive"]
-    items = [choice.Choice("p1", ["negative", "neutral", "positive"], labels, gold=2, read=finance.change_target),
-             choice.Choice("p2", ["negative", "neutral", "positive"], labels, gold=0, read=finance.change_target),
-             choice.Choice("p3", ["negative", "neutral", "positive"], labels, gold=1, read=finance.change_target)]
+    items = [
+        choice.Choice("p1", ["negative", "neutral", "positive"], labels, gold=2, read=finance.change_target),
+        choice.Choice("p2", ["negative", "neutral", "positive"], labels, gold=0, read=finance.change_target),
+        choice.Choice("p3", ["negative", "neutral", "positive"], labels, gold=1, read=finance.change_target),
+    ]
     # loglik picks positive, neutral, neutral (right, wrong, right); per character ("negative" 8, "neutral" 7,
     # "positive" 8): -8/8 = -1.0 beats -7.5/7 in item 2, so acc_norm picks negative there (all three right)
     scores = [-9.0, -3.0, -1.0, -8.0, -7.5, -9.0, -5.0, -1.0, -4.0]
@@ -159,9 +163,14 @@ def _plain_loglik(lm, context, continuation):
 
 
 def test_loglik_equals_a_plain_forward_pass(tiny_lm):
-    pairs = [("Add 3 and 4. Answer:", " 7"), ("Add 3 and 4. Answer:", " seven and more"),
-             ("Say the colour of the sky.", " blue"), ("time 5", " The sky is blue today"),
-             ("Add 1 and 2. Answer: ", "3"), ("Add 1 and 2. Answer:", " 3")]
+    pairs = [
+        ("Add 3 and 4. Answer:", " 7"),
+        ("Add 3 and 4. Answer:", " seven and more"),
+        ("Say the colour of the sky.", " blue"),
+        ("time 5", " The sky is blue today"),
+        ("Add 1 and 2. Answer: ", "3"),
+        ("Add 1 and 2. Answer:", " 3"),
+    ]
     single = [len(tiny_lm.encode_pair(c, x)[1]) == 1 for c, x in pairs]
     assert any(single) and not all(single)  # both the one-forward path and the per-row path are exercised
     got = tiny_lm.loglik(pairs)
@@ -183,7 +192,8 @@ def test_mmlu_prompt_answer_and_both_layouts(tmp_path):
         "Statement 1 | If aH is an element of a factor group, then |aH| divides |a|. Statement 2 | If H and K are "
         "subgroups of G then HK is a subgroup of G.\nA. True, True\nB. False, False\nC. True, False\nD. False, True\n"
         "Answer: B\n\n"
-        "Find the order of the factor group Z_6/<3>.\nA. 2\nB. 3\nC. 6\nD. 12\nAnswer:")
+        "Find the order of the factor group Z_6/<3>.\nA. 2\nB. 3\nC. 6\nD. 12\nAnswer:"
+    )
     assert first.options == [" A", " B", " C", " D"] and first.gold == 1
     assert [it.gold for it in items] == [1, 1, 3, 0, 2]
     assert len(mmlu.items(str(FIXTURES / "mmlu" / "data"), limit=1, shots=5)) == 2  # --limit is per subject
@@ -210,19 +220,29 @@ def test_crass_options_are_shuffled_the_same_way_every_time():
 
 
 def test_finance_labels_follow_fingpt():
-    assert [label for _, label, _ in finance.rows_of("fpb", str(FIXTURES / "finance" / "Sentences_50Agree.txt"))] \
-        == ["neutral", "positive", "negative", "positive"]
+    assert [label for _, label, _ in finance.rows_of("fpb", str(FIXTURES / "finance" / "Sentences_50Agree.txt"))] == [
+        "neutral",
+        "positive",
+        "negative",
+        "positive",
+    ]
     fiqa = finance.rows_of("fiqa-sa", str(FIXTURES / "finance" / "fiqa-2018-test.jsonl"))
-    assert [(label, kind) for _, label, kind in fiqa] == [("positive", "tweet"), ("negative", "news"),
-                                                          ("neutral", "news"), ("negative", "tweet")]
+    assert [(label, kind) for _, label, kind in fiqa] == [
+        ("positive", "tweet"),
+        ("negative", "news"),
+        ("neutral", "news"),
+        ("negative", "tweet"),
+    ]
     tfns = finance.rows_of("tfns", str(FIXTURES / "finance" / "sent_valid.csv"))
     assert [label for _, label, _ in tfns] == ["negative", "negative", "positive", "neutral"]
     nwgi = finance.rows_of("nwgi", str(FIXTURES / "finance" / "nwgi-test.jsonl"))
     assert [label for _, label, _ in nwgi] == ["positive", "neutral", "negative", "neutral", "neutral", "negative"]
     item = finance.items("tfns", str(FIXTURES / "finance" / "sent_valid.csv"), None)[0]
-    assert item.prompt.endswith("What is the sentiment of this tweet? Please choose an answer from "
-                                "{negative/neutral/positive}.\nInput: $ALLY - Ally Financial pulls outlook "
-                                "https://t.co/G9Zdi1boy5\nAnswer: ")
+    assert item.prompt.endswith(
+        "What is the sentiment of this tweet? Please choose an answer from "
+        "{negative/neutral/positive}.\nInput: $ALLY - Ally Financial pulls outlook "
+        "https://t.co/G9Zdi1boy5\nAnswer: "
+    )
     assert item.labels[item.gold] == "negative" and item.read is finance.change_target
 
 
@@ -246,8 +266,13 @@ def test_fpb_and_fiqa_are_scored_on_fingpts_held_out_rows(tmp_path):
     items = finance.items("fpb", str(fpb), None)
     assert len(items) == 3 and [it.prompt.split("Input: ")[1].split("\nAnswer")[0] for it in items] == held_out
     # FiQA-SA: train + validation + test concatenated, then train_test_split(0.226, seed=42)["test"].
-    splits = {name: [{"sentence": f"{name} headline {i}", "sentiment_score": 0.5 - 0.2 * i, "format": "headline"}
-                     for i in range(n)] for name, n in (("train", 9), ("valid", 3), ("test", 5))}
+    splits = {
+        name: [
+            {"sentence": f"{name} headline {i}", "sentiment_score": 0.5 - 0.2 * i, "format": "headline"}
+            for i in range(n)
+        ]
+        for name, n in (("train", 9), ("valid", 3), ("test", 5))
+    }
     folder = tmp_path / "fiqa"
     folder.mkdir()
     for name, rows in splits.items():  # written out of order on purpose: the names decide
@@ -268,8 +293,10 @@ def test_medical_answer_keys():
     assert [it.group for it in medmcqa] == ["Physiology", "Anatomy", "Pharmacology"]
     pubmedqa = medical.pubmedqa(str(FIXTURES / "medical" / "pubmedqa" / "ori_pqal.json"), None)
     assert [it.labels[it.gold] for it in pubmedqa] == ["yes", "maybe", "no"]  # only test_ground_truth's ids
-    assert pubmedqa[0].prompt.endswith("Question: Do mitochondria play a role in remodelling lace plant leaves "
-                                       "during programmed cell death?\nAnswer (yes, no or maybe):")
+    assert pubmedqa[0].prompt.endswith(
+        "Question: Do mitochondria play a role in remodelling lace plant leaves "
+        "during programmed cell death?\nAnswer (yes, no or maybe):"
+    )
 
 
 def test_medmcqa_cop_follows_the_source_layout_and_pubmedqa_scores_the_500_test_questions(tmp_path):
@@ -290,8 +317,10 @@ def test_medmcqa_cop_follows_the_source_layout_and_pubmedqa_scores_the_500_test_
     # PubMedQA: the hub's pqa_labeled holds all 1,000 labelled questions; the test set is 500 of them.
     test = sorted(medical.pubmedqa_test_set(None))
     assert len(test) == 500 and "21645374" in test
-    rows = [{"pubid": int(p), "question": f"q{p}?", "context": {"contexts": ["c"]}, "final_decision": "yes"}
-            for p in [test[0], "11111111", test[1], "22222222"]]
+    rows = [
+        {"pubid": int(p), "question": f"q{p}?", "context": {"contexts": ["c"]}, "final_decision": "yes"}
+        for p in [test[0], "11111111", test[1], "22222222"]
+    ]
     pd.DataFrame(rows).to_parquet(tmp_path / "pqa_labeled.parquet")
     items = medical.pubmedqa(str(tmp_path / "pqa_labeled.parquet"), None)
     assert [it.question.split("Question: ")[1].split("\n")[0] for it in items] == [f"q{test[0]}?", f"q{test[1]}?"]
@@ -304,9 +333,15 @@ def test_medmcqa_cop_follows_the_source_layout_and_pubmedqa_scores_the_500_test_
 def test_drop_answers_and_bbh_tasks():
     rows = generative.drop_rows(str(FIXTURES / "drop" / "drop_dataset_dev.json"))
     # Each gold answer a tuple of spans: a multi-span answer is one answer, not four alternatives.
-    assert [r["answers"] for r in rows] == [[("40",)], [("Jay Cutler",), ("Cutler",)], [("3 March 1918",)],
-                                            [("Finland", "Estonia", "Latvia", "Lithuania")], [("2700",)], [("14",)],
-                                            [("190",)]]
+    assert [r["answers"] for r in rows] == [
+        [("40",)],
+        [("Jay Cutler",), ("Cutler",)],
+        [("3 March 1918",)],
+        [("Finland", "Estonia", "Latvia", "Lithuania")],
+        [("2700",)],
+        [("14",)],
+        [("190",)],
+    ]
     tasks = generative.bbh_tasks(str(FIXTURES / "bbh"))
     assert sorted(tasks) == ["boolean_expressions", "date_understanding"] and len(tasks["date_understanding"]) == 5
 
@@ -315,14 +350,36 @@ def test_drop_answers_and_bbh_tasks():
 
 
 def test_every_benchmark_through_the_cli(tiny_model_dir, alpaca_file, tmp_path, capsys):
-    data = {"mmlu": "mmlu/data", "bbh": "bbh", "drop": "drop/drop_dataset_dev.json",
-            "crass": "crass/CRASS_FTM_main_data_set.csv", "fpb": "finance/Sentences_50Agree.txt",
-            "fiqa-sa": "finance/fiqa-2018-test.jsonl", "tfns": "finance/sent_valid.csv",
-            "nwgi": "finance/nwgi-test.jsonl", "medqa": "medical/medqa_test.jsonl",
-            "medmcqa": "medical/medmcqa_dev.json", "pubmedqa": "medical/pubmedqa/ori_pqal.json",
-            "advbench": "advbench/harmful_behaviors.csv", "vicuna-bench": "vicuna_bench"}
-    args = ["eval", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--output", str(tmp_path / "out.json"),
-            "--data", f"perplexity={alpaca_file}", "--data", f"overlap={alpaca_file}", "--limit", "4"]
+    data = {
+        "mmlu": "mmlu/data",
+        "bbh": "bbh",
+        "drop": "drop/drop_dataset_dev.json",
+        "crass": "crass/CRASS_FTM_main_data_set.csv",
+        "fpb": "finance/Sentences_50Agree.txt",
+        "fiqa-sa": "finance/fiqa-2018-test.jsonl",
+        "tfns": "finance/sent_valid.csv",
+        "nwgi": "finance/nwgi-test.jsonl",
+        "medqa": "medical/medqa_test.jsonl",
+        "medmcqa": "medical/medmcqa_dev.json",
+        "pubmedqa": "medical/pubmedqa/ori_pqal.json",
+        "advbench": "advbench/harmful_behaviors.csv",
+        "vicuna-bench": "vicuna_bench",
+    }
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--max-new-tokens",
+        "6",
+        "--output",
+        str(tmp_path / "out.json"),
+        "--data",
+        f"perplexity={alpaca_file}",
+        "--data",
+        f"overlap={alpaca_file}",
+        "--limit",
+        "4",
+    ]
     for name, path in data.items():
         args += ["--benchmark", name, "--data", f"{name}={FIXTURES / path}"]
     args += ["--benchmark", "perplexity", "--benchmark", "overlap"]
@@ -338,11 +395,15 @@ def test_every_benchmark_through_the_cli(tiny_model_dir, alpaca_file, tmp_path, 
     for name in finance.SOURCES:
         assert set(results[name]["metrics"]) == choice_metrics | f1, name
     assert results["mmlu"]["questions"] == 5 and set(results["mmlu"]["per_group"]["loglik"]) == {
-        "abstract_algebra", "anatomy"}
+        "abstract_algebra",
+        "anatomy",
+    }
     assert results["nwgi"]["questions"] == 4 and results["crass"]["questions"] == 2
     assert set(results["drop"]["metrics"]) == {"exact_match", "f1"} and results["drop"]["questions"] == 2
     assert results["bbh"]["questions"] == 5 and set(results["bbh"]["per_group"]["generate"]) == {
-        "boolean_expressions", "date_understanding"}
+        "boolean_expressions",
+        "date_understanding",
+    }
     loss = results["perplexity"]["metrics"]["loss"]
     assert results["perplexity"]["metrics"]["perplexity"] == pytest.approx(math.exp(loss))
     assert set(results["overlap"]["metrics"]) == {"exact_match", "token_f1", "rouge_l", "bleu"}
@@ -361,7 +422,8 @@ def test_every_benchmark_through_the_cli(tiny_model_dir, alpaca_file, tmp_path, 
     # Vicuna-Bench without a judge: answers in FastChat's format, the score reported as skipped
     answers = [json.loads(line) for line in Path(results["vicuna-bench"]["answers"]).read_text().splitlines()]
     assert Path(results["vicuna-bench"]["answers"]) == tmp_path / "out.vicuna-bench" / "model_answer" / (
-        f"{Path(tiny_model_dir).name}.jsonl")
+        f"{Path(tiny_model_dir).name}.jsonl"
+    )
     assert [a["question_id"] for a in answers] == [1, 2]
     assert all(set(a) == {"question_id", "answer_id", "model_id", "choices", "tstamp"} for a in answers)
     assert all(len(a["choices"][0]["turns"]) == 1 for a in answers)
@@ -377,16 +439,48 @@ def test_mbpp_reference_solutions_pass(tmp_path, capsys):
     rows += [{"task_id": p["task_id"], "completion": "def nothing():\n    pass\n"} for p in problems]
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.json"
-    assert main(["eval", "--benchmark", "mbpp", "--data", str(FIXTURES / "mbpp" / "mbpp.jsonl"),
-                 "--samples", str(samples), "--k", "1,2", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "mbpp",
+                "--data",
+                str(FIXTURES / "mbpp" / "mbpp.jsonl"),
+                "--samples",
+                str(samples),
+                "--k",
+                "1,2",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())["benchmarks"]["mbpp"]["metrics"]
     assert metrics == {"pass@1": 0.5, "pass@2": 1.0}  # one right and one wrong sample per task
 
 
 def test_mbpp_generation_runs_on_the_model(tiny_model_dir, tmp_path):
     out = tmp_path / "out.json"
-    assert main(["eval", "--benchmark", "mbpp", "--data", str(FIXTURES / "mbpp" / "mbpp.jsonl"), "--model",
-                 str(tiny_model_dir), "--max-new-tokens", "8", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "mbpp",
+                "--data",
+                str(FIXTURES / "mbpp" / "mbpp.jsonl"),
+                "--model",
+                str(tiny_model_dir),
+                "--max-new-tokens",
+                "8",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())["benchmarks"]["mbpp"]
     assert result["tasks"] == 3  # the test split (ids 11+); 2-4 are the demonstrations
 
@@ -401,25 +495,49 @@ def _write(tmp_path, name, text):
     return str(path)
 
 
-@pytest.mark.parametrize("benchmark,make,message", [
-    ("mmlu", lambda t: str(t), "holds no test questions"),
-    ("mmlu", lambda t: _write(t, "data/test/x_test.csv", "q,a,b,c,d,E\n") and str(t / "data"), "row 1 is not question"),
-    ("crass", lambda t: _write(t, "c.csv", "PCTID;Premise\n1;x\n"), "row 1 has no QCC"),
-    ("crass", lambda t: str(t / "missing.csv"), "file not found"),
-    ("bbh", lambda t: _write(t, "task.json", '{"examples": [{"input": "x"}]}'), "expected {\"examples\""),
-    ("drop", lambda t: _write(t, "d.json", '{"p1": {"passage": "x", "qa_pairs": ['), "not valid JSON"),
-    ("medmcqa", lambda t: _write(t, "m.jsonl", json.dumps({"question": "q", "opa": "a", "opb": "b", "opc": "c",
-                                                           "opd": "d", "cop": 7}) + "\n"), "row 1 has cop=7"),
-    ("nwgi", lambda t: _write(t, "n.jsonl", json.dumps({"news": "x", "label": "bullish"}) + "\n"), "unknown labels"),
-    ("fpb", lambda t: _write(t, "f.txt", "no label here\n"), "line 1 is not 'sentence@"),
-    ("mt-bench", lambda t: _write(t, "q.jsonl", json.dumps({"question_id": 1}) + "\n"), "needs question_id and a list"),
-    ("gsm8k", lambda t: _write(t, "g.jsonl", json.dumps({"question": "q"}) + "\n"), "row 1 has no answer"),
-])
+@pytest.mark.parametrize(
+    "benchmark,make,message",
+    [
+        ("mmlu", lambda t: str(t), "holds no test questions"),
+        (
+            "mmlu",
+            lambda t: _write(t, "data/test/x_test.csv", "q,a,b,c,d,E\n") and str(t / "data"),
+            "row 1 is not question",
+        ),
+        ("crass", lambda t: _write(t, "c.csv", "PCTID;Premise\n1;x\n"), "row 1 has no QCC"),
+        ("crass", lambda t: str(t / "missing.csv"), "file not found"),
+        ("bbh", lambda t: _write(t, "task.json", '{"examples": [{"input": "x"}]}'), 'expected {"examples"'),
+        ("drop", lambda t: _write(t, "d.json", '{"p1": {"passage": "x", "qa_pairs": ['), "not valid JSON"),
+        (
+            "medmcqa",
+            lambda t: _write(
+                t,
+                "m.jsonl",
+                json.dumps({"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7}) + "\n",
+            ),
+            "row 1 has cop=7",
+        ),
+        (
+            "nwgi",
+            lambda t: _write(t, "n.jsonl", json.dumps({"news": "x", "label": "bullish"}) + "\n"),
+            "unknown labels",
+        ),
+        ("fpb", lambda t: _write(t, "f.txt", "no label here\n"), "line 1 is not 'sentence@"),
+        (
+            "mt-bench",
+            lambda t: _write(t, "q.jsonl", json.dumps({"question_id": 1}) + "\n"),
+            "needs question_id and a list",
+        ),
+        ("gsm8k", lambda t: _write(t, "g.jsonl", json.dumps({"question": "q"}) + "\n"), "row 1 has no answer"),
+    ],
+)
 def test_bad_benchmark_files_give_one_line(benchmark, make, message, tiny_model_dir, tmp_path, capsys):
     data = make(tmp_path)
     out = tmp_path / "out.json"
-    assert main(["eval", "--benchmark", benchmark, "--data", data, "--model", str(tiny_model_dir),
-                 "--output", str(out)]) == 2
+    assert (
+        main(["eval", "--benchmark", benchmark, "--data", data, "--model", str(tiny_model_dir), "--output", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith(f"openfedllm eval: error: {benchmark}")
     assert not out.exists()
@@ -433,10 +551,25 @@ def served(tiny_model_dir, tmp_path):
     log = tmp_path / "serve.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", "serve", "--model", str(tiny_model_dir),
-                                    "--port", "0", "--model-id", "tiny-judge", "--read-timeout", "2"], stdout=out,
-                                   stderr=subprocess.STDOUT,
-                                   env=env)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openfedllm.cli",
+                "serve",
+                "--model",
+                str(tiny_model_dir),
+                "--port",
+                "0",
+                "--model-id",
+                "tiny-judge",
+                "--read-timeout",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.time() + 120
         while not (match := re.search(r"http://127\.0\.0\.1:(\d+)/v1", log.read_text())):
@@ -463,14 +596,34 @@ def test_serve_answers_like_the_model_in_process(served, tiny_lm):
     # Every kind of malformed field: a 400 with OpenAI's error object naming the field, and the
     # server answers the next request (a bad "n" used to kill the request's thread: no response).
     good = {"messages": messages}
-    bad_requests = [(b'{"messages": []}', "messages"), (b"[1, 2]", None), (b"not json", None),
-                    *[(json.dumps({**good, **field}).encode(), next(iter(field))) for field in [
-                        {"n": "two"}, {"n": 2}, {"n": 1.5}, {"max_tokens": "x"}, {"max_tokens": 0},
-                        {"max_tokens": True}, {"max_completion_tokens": -3}, {"temperature": "hot"},
-                        {"temperature": -1}, {"temperature": 3}, {"stop": 5}, {"stop": ["a", 1]},
-                        {"stop": ["a", "b", "c", "d", "e"]}, {"stream": "yes"}, {"stream": True},
-                        {"seed": "s"}, {"messages": [{"role": "user", "content": 7}]},
-                        {"messages": [{"role": "assistant", "content": "hi"}]}]]]
+    bad_requests = [
+        (b'{"messages": []}', "messages"),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        *[
+            (json.dumps({**good, **field}).encode(), next(iter(field)))
+            for field in [
+                {"n": "two"},
+                {"n": 2},
+                {"n": 1.5},
+                {"max_tokens": "x"},
+                {"max_tokens": 0},
+                {"max_tokens": True},
+                {"max_completion_tokens": -3},
+                {"temperature": "hot"},
+                {"temperature": -1},
+                {"temperature": 3},
+                {"stop": 5},
+                {"stop": ["a", 1]},
+                {"stop": ["a", "b", "c", "d", "e"]},
+                {"stream": "yes"},
+                {"stream": True},
+                {"seed": "s"},
+                {"messages": [{"role": "user", "content": 7}]},
+                {"messages": [{"role": "assistant", "content": "hi"}]},
+            ]
+        ],
+    ]
     for body, param in bad_requests:
         request = urllib.request.Request(f"{served}/chat/completions", data=body)
         with pytest.raises(urllib.error.HTTPError) as bad:
@@ -540,34 +693,87 @@ def test_serve_answers_every_malformed_request_with_an_openai_error(served):
 
 def test_mt_bench_judged_by_a_served_model(served, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out.json"
-    assert main(["eval", "--benchmark", "mt-bench", "--data", str(FIXTURES / "mt_bench"), "--model",
-                 str(tiny_model_dir), "--max-new-tokens", "6", "--model-id", "tiny", "--judge-url", served,
-                 "--judge-model", "tiny-judge", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "mt-bench",
+                "--data",
+                str(FIXTURES / "mt_bench"),
+                "--model",
+                str(tiny_model_dir),
+                "--max-new-tokens",
+                "6",
+                "--model-id",
+                "tiny",
+                "--judge-url",
+                served,
+                "--judge-model",
+                "tiny-judge",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())["benchmarks"]["mt-bench"]
     answers = [json.loads(line) for line in Path(result["answers"]).read_text().splitlines()]
     assert [len(a["choices"][0]["turns"]) for a in answers] == [2, 2, 2]
     judgments = [json.loads(line) for line in Path(result["judgments"]).read_text().splitlines()]
     assert Path(result["judgments"]).name == "tiny-judge_single.jsonl"
-    assert [(j["question_id"], j["turn"]) for j in judgments] == [(81, 1), (81, 2), (111, 1), (111, 2), (131, 1),
-                                                                   (131, 2)]
+    assert [(j["question_id"], j["turn"]) for j in judgments] == [
+        (81, 1),
+        (81, 2),
+        (111, 1),
+        (111, 2),
+        (131, 1),
+        (131, 2),
+    ]
     names = [j["judge"][1] for j in judgments]
-    assert names == ["single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn",
-                     "single-v1", "single-v1-multi-turn"]  # math is graded against its reference answer
+    assert names == [
+        "single-v1",
+        "single-v1-multi-turn",
+        "single-math-v1",
+        "single-math-v1-multi-turn",
+        "single-v1",
+        "single-v1-multi-turn",
+    ]  # math is graded against its reference answer
     math_prompt = judgments[2]["user_prompt"]
     assert "[The Start of Reference Answer]\nThe area is 3.\n" in math_prompt
     assert f"[The Start of Assistant's Answer]\n{answers[1]['choices'][0]['turns'][0]}\n" in math_prompt
     assert judgments[0]["user_prompt"] == PROMPTS["single-v1"]["prompt_template"].format(
         question="Compose an engaging travel blog post about a recent trip to Hawaii.",
-        answer=answers[0]["choices"][0]["turns"][0])
+        answer=answers[0]["choices"][0]["turns"][0],
+    )
     for j in judgments:  # the served judge's own words, its rating parsed or counted as unparsed
         assert j["score"] == (rating(j["judgment"]) if rating(j["judgment"]) is not None else -1)
     scored = [j["score"] for j in judgments if j["score"] >= 0]
     assert result["unparsed"] == 6 - len(scored)
     assert result["metrics"].get("score") == (sum(scored) / len(scored) if scored else None)
     # an unreachable judge is one line
-    assert main(["eval", "--benchmark", "vicuna-bench", "--data", str(FIXTURES / "vicuna_bench"), "--model",
-                 str(tiny_model_dir), "--max-new-tokens", "4", "--judge-url", "http://127.0.0.1:9/v1",
-                 "--judge-model", "x", "--output", str(tmp_path / "o2.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "vicuna-bench",
+                "--data",
+                str(FIXTURES / "vicuna_bench"),
+                "--model",
+                str(tiny_model_dir),
+                "--max-new-tokens",
+                "4",
+                "--judge-url",
+                "http://127.0.0.1:9/v1",
+                "--judge-model",
+                "x",
+                "--output",
+                str(tmp_path / "o2.json"),
+            ]
+        )
+        == 2
+    )
     assert "judge: cannot reach http://127.0.0.1:9/v1/chat/completions" in capsys.readouterr().err
 
 
@@ -576,10 +782,27 @@ def test_mt_bench_judged_by_a_served_model(served, tiny_model_dir, tmp_path, cap
 
 def test_benchmarks_during_training_are_logged_and_summarized(tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    benchmarks = (f"mmlu={FIXTURES / 'mmlu' / 'data'},advbench={FIXTURES / 'advbench' / 'harmful_behaviors.csv'},"
-                  f"pubmedqa={FIXTURES / 'medical' / 'pubmedqa' / 'ori_pqal.json'}")
-    assert main(tiny_run_args(tiny_model_dir, run_dir, "--eval.benchmarks", benchmarks, "--eval.benchmark_every", "2",
-                              "--eval.benchmark_limit", "1", "--eval.max_new_tokens", "4")) == 0
+    benchmarks = (
+        f"mmlu={FIXTURES / 'mmlu' / 'data'},advbench={FIXTURES / 'advbench' / 'harmful_behaviors.csv'},"
+        f"pubmedqa={FIXTURES / 'medical' / 'pubmedqa' / 'ori_pqal.json'}"
+    )
+    assert (
+        main(
+            tiny_run_args(
+                tiny_model_dir,
+                run_dir,
+                "--eval.benchmarks",
+                benchmarks,
+                "--eval.benchmark_every",
+                "2",
+                "--eval.benchmark_limit",
+                "1",
+                "--eval.max_new_tokens",
+                "4",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     with_bench = [(r["phase"], r["round"]) for r in records if r["type"] == "eval" and "benchmarks" in r]
@@ -598,8 +821,10 @@ def test_benchmarks_during_training_are_logged_and_summarized(tiny_model_dir, tm
 
 
 def test_unknown_training_benchmark_is_one_line(tiny_model_dir, tmp_path, capsys):
-    for value, message in (("mmlu-pro", "eval.benchmarks: unknown benchmark 'mmlu-pro'"),
-                           (f"mmlu={tmp_path / 'nope'}", "eval.benchmarks: mmlu:")):
+    for value, message in (
+        ("mmlu-pro", "eval.benchmarks: unknown benchmark 'mmlu-pro'"),
+        (f"mmlu={tmp_path / 'nope'}", "eval.benchmarks: mmlu:"),
+    ):
         assert main(tiny_run_args(tiny_model_dir, tmp_path / "run", "--eval.benchmarks", value)) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
@@ -632,19 +857,35 @@ def test_training_rows_that_a_finance_benchmark_scores_are_counted_and_warned(ti
     held_out = [finance.normal_text(t) for t in finance.held_out_texts("fpb", str(fpb))]
     # fingpt-sentiment-train's layout: the sentence as input. Two of FPB's held-out rows are in it.
     reused = [s for s in sentences if finance.normal_text(s) in held_out][:2]
-    rows = [{"instruction": "What is the sentiment of this news?", "input": s, "output": "positive"}
-            for s in [*reused, *(f"Other news {i} ." for i in range(30))]]
+    rows = [
+        {"instruction": "What is the sentiment of this news?", "input": s, "output": "positive"}
+        for s in [*reused, *(f"Other news {i} ." for i in range(30))]
+    ]
     train = tmp_path / "train.json"
     train.write_text(json.dumps(rows))
     run_dir = tmp_path / "run"
-    args = tiny_run_args(tiny_model_dir, run_dir, "--data.path", str(train), "--fed.rounds", "1",
-                         "--baselines.local", "false", "--baselines.centralized", "false",
-                         "--eval.benchmarks", f"fpb={fpb}", "--eval.benchmark_limit", "1")
+    args = tiny_run_args(
+        tiny_model_dir,
+        run_dir,
+        "--data.path",
+        str(train),
+        "--fed.rounds",
+        "1",
+        "--baselines.local",
+        "false",
+        "--baselines.centralized",
+        "false",
+        "--eval.benchmarks",
+        f"fpb={fpb}",
+        "--eval.benchmark_limit",
+        "1",
+    )
     assert main(args) == 0
     assert "warning: eval.benchmarks fpb: 2 of its 3 scored rows are training rows" in capsys.readouterr().out
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in records if r["type"] == "overlap"] == [
-        {"type": "overlap", "benchmark": "fpb", "overlap": 2, "rows": 3}]
+        {"type": "overlap", "benchmark": "fpb", "overlap": 2, "rows": 3}
+    ]
 
 
 def test_mt_bench_is_fastchats_judge_prompts_temperatures_and_answer_length():
@@ -653,8 +894,10 @@ def test_mt_bench_is_fastchats_judge_prompts_temperatures_and_answer_length():
     answers use FastChat's per-category temperatures and 1,024 new tokens."""
     from openfedllm.evaluation import open_ended
 
-    fastchat = {r["name"]: r for r in map(json.loads, (FIXTURES / "mt_bench" / "fastchat_judge_prompts.jsonl")
-                                          .read_text().splitlines())}
+    fastchat = {
+        r["name"]: r
+        for r in map(json.loads, (FIXTURES / "mt_bench" / "fastchat_judge_prompts.jsonl").read_text().splitlines())
+    }
     assert set(fastchat) == set(PROMPTS)
     for name, prompt in PROMPTS.items():
         assert prompt["system_prompt"] == fastchat[name]["system_prompt"], name
@@ -671,14 +914,21 @@ def test_mt_bench_is_fastchats_judge_prompts_temperatures_and_answer_length():
             self.calls.append((self.temperature, max_new_tokens, [c[-1]["content"] for c in conversations]))
             return [f"answer to {c[-1]['content']}" for c in conversations]
 
-    questions = [{"question_id": 1, "category": "writing", "turns": ["w1", "w2"]},
-                 {"question_id": 2, "category": "math", "turns": ["m1", "m2"]},
-                 {"question_id": 3, "category": "stem", "turns": ["s1"]},
-                 {"question_id": 4, "category": "generic", "turns": ["g1"]}]  # vicuna's: not listed, 0.7
+    questions = [
+        {"question_id": 1, "category": "writing", "turns": ["w1", "w2"]},
+        {"question_id": 2, "category": "math", "turns": ["m1", "m2"]},
+        {"question_id": 3, "category": "stem", "turns": ["s1"]},
+        {"question_id": 4, "category": "generic", "turns": ["g1"]},
+    ]  # vicuna's: not listed, 0.7
     lm = RecordingLM()
     answers = open_ended.answer(lm, questions, open_ended.ANSWER_TOKENS)
-    assert lm.calls == [(0.0, 1024, ["m1"]), (0.1, 1024, ["s1"]), (0.7, 1024, ["w1", "g1"]),
-                        (0.0, 1024, ["m2"]), (0.7, 1024, ["w2"])]
+    assert lm.calls == [
+        (0.0, 1024, ["m1"]),
+        (0.1, 1024, ["s1"]),
+        (0.7, 1024, ["w1", "g1"]),
+        (0.0, 1024, ["m2"]),
+        (0.7, 1024, ["w2"]),
+    ]
     assert answers[0] == ["answer to w1", "answer to w2"] and lm.temperature == 0.0  # restored
 
 

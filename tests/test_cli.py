@@ -24,10 +24,17 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 
 def test_run_directory_holds_config_metrics_adapter_plots(finished_run):
     out = finished_run
-    for name in ["config.yaml", "metrics.jsonl", "summary.json", "adapter/adapter_config.json",
-                 "plots/train_loss.png", "plots/evaluation.png", "checkpoints/progress.json",
-                 "baselines/local/adapter/adapter_model.safetensors",
-                 "baselines/centralized/adapter/adapter_model.safetensors"]:
+    for name in [
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "adapter/adapter_config.json",
+        "plots/train_loss.png",
+        "plots/evaluation.png",
+        "checkpoints/progress.json",
+        "baselines/local/adapter/adapter_model.safetensors",
+        "baselines/centralized/adapter/adapter_model.safetensors",
+    ]:
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     clients = [r for r in records if r["type"] == "client" and r["phase"] == "federated"]
@@ -67,7 +74,8 @@ def test_adapter_loads_with_peft_and_changes_the_model(finished_run, tiny_model_
 # Checkpoints are written after every round: 3 federated, then 3 local-only, then 3 centralized.
 @pytest.mark.parametrize("die_after", [2, 4, 8], ids=["federated-round-2", "local-round-1", "centralized-round-2"])
 def test_resume_after_interruption_gives_the_identical_adapter(
-        die_after, tiny_model_dir, finished_run, tmp_path, monkeypatch):
+    die_after, tiny_model_dir, finished_run, tmp_path, monkeypatch
+):
     out = tmp_path / "interrupted"
     real_save = rounds.save_checkpoint
     calls = []
@@ -103,8 +111,9 @@ def test_export_merged_model_matches_base_plus_adapter(finished_run, tiny_model_
     assert main(["export", str(finished_run), "--merge", "--output-dir", str(out)]) == 0
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                                          str(finished_run / "adapter"))
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(finished_run / "adapter")
+    )
     reference.eval()
     ids = torch.tensor([[3, 9, 27, 81, 5]])
     torch.testing.assert_close(merged(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-5)
@@ -114,8 +123,18 @@ def test_full_parameter_mode_trains_and_saves_a_whole_model(tiny_model_dir, tmp_
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "full-run"
-    args = tiny_run_args(tiny_model_dir, out, "--model.finetune", "full", "--fed.rounds", "1",
-                         "--baselines.local", "false", "--baselines.centralized", "false")
+    args = tiny_run_args(
+        tiny_model_dir,
+        out,
+        "--model.finetune",
+        "full",
+        "--fed.rounds",
+        "1",
+        "--baselines.local",
+        "false",
+        "--baselines.centralized",
+        "false",
+    )
     assert main(args) == 0
     trained = AutoModelForCausalLM.from_pretrained(out / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -127,8 +146,20 @@ def test_full_parameter_mode_trains_and_saves_a_whole_model(tiny_model_dir, tmp_
 
 def test_alpaca_file_runs_with_loss_only_evaluation(tiny_model_dir, alpaca_file, tmp_path):
     out = tmp_path / "alpaca-run"
-    args = tiny_run_args(tiny_model_dir, out, "--data.path", str(alpaca_file), "--data.template", "alpaca",
-                         "--fed.rounds", "1", "--baselines.centralized", "false", "--baselines.local", "false")
+    args = tiny_run_args(
+        tiny_model_dir,
+        out,
+        "--data.path",
+        str(alpaca_file),
+        "--data.template",
+        "alpaca",
+        "--fed.rounds",
+        "1",
+        "--baselines.centralized",
+        "false",
+        "--baselines.local",
+        "false",
+    )
     assert main(args) == 0
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert evals[-1]["accuracy"] == {} and evals[-1]["loss"] > 0
@@ -164,14 +195,19 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ('[{"instruction": "hi"}]', "cannot tell the data format from its columns (instruction)"),
-    ('{"instruction": "a", "output": "b"}\nnot json', "line 2 is not valid JSON"),
-    ("[]", "no rows"),
-    ('{"instruction": "a", "output": ""}\n{"instruction": "", "output": "b"}',
-     'no usable row (2 rows read, 0 usable; dropped: 1 empty response, 1 empty instruction); first bad row 1 '
-     '(empty response): {"instruction": "a", "input": "", "output": ""}'),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('[{"instruction": "hi"}]', "cannot tell the data format from its columns (instruction)"),
+        ('{"instruction": "a", "output": "b"}\nnot json', "line 2 is not valid JSON"),
+        ("[]", "no rows"),
+        (
+            '{"instruction": "a", "output": ""}\n{"instruction": "", "output": "b"}',
+            "no usable row (2 rows read, 0 usable; dropped: 1 empty response, 1 empty instruction); first bad row 1 "
+            '(empty response): {"instruction": "a", "input": "", "output": ""}',
+        ),
+    ],
+)
 def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text(content)
@@ -185,8 +221,14 @@ def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp
 def test_a_diverging_loss_stops_the_run_naming_round_and_client(tiny_model_dir, tmp_path, capsys):
     # lr 1e30 without clipping: the second AdamW step turns the loss NaN (an all-NaN adapter before)
     out = tmp_path / "run"
-    assert main(tiny_run_args(tiny_model_dir, out, "--train.lr", "1e30", "--train.min_lr", "0",
-                              "--train.max_grad_norm", "0")) == 2
+    assert (
+        main(
+            tiny_run_args(
+                tiny_model_dir, out, "--train.lr", "1e30", "--train.min_lr", "0", "--train.max_grad_norm", "0"
+            )
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "round 1 client" in err and "the training loss is nan" in err, err
     assert not out.exists()  # no round finished: nothing to keep
@@ -208,12 +250,16 @@ def test_a_long_row_is_cut_before_it_is_tokenized(tiny_model_dir):
 
     long_answer = Example("Add 2 and 3.", "The sum is 5. " * 100_000, "", "math", "none")  # a 1.4 MB response
     long_question = Example("Add the numbers. " * 100_000, "5", "", "math", "none")
-    expected = [tokenize(e, template, tokenizer, 0) for e in (long_answer, long_question) for template in
-                ("alpaca", "chat")]
+    expected = [
+        tokenize(e, template, tokenizer, 0) for e in (long_answer, long_question) for template in ("alpaca", "chat")
+    ]
     type(tokenizer).__call__ = spy
     try:
-        cut = [tokenize(e, template, tokenizer, 256) for e in (long_answer, long_question) for template in
-               ("alpaca", "chat")]
+        cut = [
+            tokenize(e, template, tokenizer, 256)
+            for e in (long_answer, long_question)
+            for template in ("alpaca", "chat")
+        ]
     finally:
         type(tokenizer).__call__ = original
     # the same first 256 tokens as tokenizing everything and cutting, from a few thousand characters
@@ -227,8 +273,18 @@ def test_a_long_row_is_cut_before_it_is_tokenized(tiny_model_dir):
 def test_empty_client_partition_fails_before_training(tiny_model_dir, alpaca_file, tmp_path, capsys):
     out = tmp_path / "run"
     # two categories, three clients, and a Dirichlet so skewed that each category lands on one client
-    args = tiny_run_args(tiny_model_dir, out, "--data.path", str(alpaca_file), "--fed.split", "dirichlet",
-                         "--fed.dirichlet_alpha", "0.001", "--fed.num_clients", "3")
+    args = tiny_run_args(
+        tiny_model_dir,
+        out,
+        "--data.path",
+        str(alpaca_file),
+        "--fed.split",
+        "dirichlet",
+        "--fed.dirichlet_alpha",
+        "0.001",
+        "--fed.num_clients",
+        "3",
+    )
     assert main(args) == 2
     assert "gets no examples" in capsys.readouterr().err
     assert not out.exists()
@@ -241,12 +297,26 @@ def test_existing_output_dir_is_refused(tmp_path, capsys):
 
 
 def test_a_real_process_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "openfedllm", "sft", "--output-dir", str(tmp_path / "r"),
-                           "--fed.algorithm", "scaffoldd"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openfedllm",
+            "sft",
+            "--output-dir",
+            str(tmp_path / "r"),
+            "--fed.algorithm",
+            "scaffoldd",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "openfedllm sft: error: fed.algorithm: unknown algorithm 'scaffoldd'; "
-        "valid: fedavg, fedprox, scaffold, fedavgm, fedadagrad, fedyogi, fedadam"]
+        "valid: fedavg, fedprox, scaffold, fedavgm, fedadagrad, fedyogi, fedadam"
+    ]
     assert not (tmp_path / "r").exists()
 
 
@@ -272,8 +342,9 @@ def test_help_prints_the_defaults_that_will_run(objective, capsys):
     shown = dict(re.findall(r"--(\w+\.\w+) \(\w+, default (.*)\)\n", capsys.readouterr().out))
     assert main([objective, "--print-config"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    expected = {f"{section}.{key}": repr(value) for section, values in resolved.items()
-                for key, value in values.items()}
+    expected = {
+        f"{section}.{key}": repr(value) for section, values in resolved.items() for key, value in values.items()
+    }
     assert shown == expected
     if objective == "dpo":  # what the issue saw printed wrong
         assert shown["train.objective"] == "'dpo'" and shown["dpo.rpo_alpha"] == "1.0"

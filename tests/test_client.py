@@ -32,8 +32,16 @@ def lora_model(tiny_model_dir):
 def _train(model, tokenizer, rows, initial, **kwargs):
     models.load_trainable_state(model, initial)
     hooks = kwargs.pop("hooks", None)
-    settings = dict(steps=2, batch_size=8, grad_accum=1, lr=1e-2, weight_decay=0.0, max_grad_norm=0.0,
-                    seed=3, pad_id=tokenizer.pad_token_id)
+    settings = dict(
+        steps=2,
+        batch_size=8,
+        grad_accum=1,
+        lr=1e-2,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        seed=3,
+        pad_id=tokenizer.pad_token_id,
+    )
     settings.update(kwargs)
     result = train_local(model, rows, LocalSteps(**settings), hooks=hooks)
     return result, models.trainable_state(model)
@@ -63,8 +71,16 @@ def test_training_lowers_the_loss_and_hooks_are_called(lora_model):
         calls["after"] += 1
 
     first, _ = _train(model, tokenizer, rows, initial, steps=1)
-    _, trained = _train(model, tokenizer, rows, initial, steps=6, grad_accum=2, batch_size=4,
-                        hooks=StepHooks(extra_loss=extra, after_backward=after))
+    _, trained = _train(
+        model,
+        tokenizer,
+        rows,
+        initial,
+        steps=6,
+        grad_accum=2,
+        batch_size=4,
+        hooks=StepHooks(extra_loss=extra, after_backward=after),
+    )
     assert calls == {"extra": 6, "after": 6}  # once per optimizer step each
     models.load_trainable_state(model, trained)
     again, _ = _train(model, tokenizer, rows, trained, steps=1, lr=0.0)
@@ -100,8 +116,9 @@ def test_sgd_step_is_minus_lr_times_the_gradient(lora_model):
     # the gradient of the mean token loss of the one batch train_local will draw (seed 3, 8 rows)
     model.train()
     torch.manual_seed(3)
-    batch = make_batch([rows[i] for i in batch_order(len(rows), 1, 8, 3)[0]], tokenizer.pad_token_id,
-                       packing_works(model))
+    batch = make_batch(
+        [rows[i] for i in batch_order(len(rows), 1, 8, 3)[0]], tokenizer.pad_token_id, packing_works(model)
+    )
     loss_sum, count = token_losses(model, batch)
     assert count == int((batch["labels"][:, 1:] != IGNORE).sum())
     (loss_sum / count).backward()

@@ -19,49 +19,83 @@ from .conftest import tiny_run_args
 
 # Two rows of each known dataset, with the columns (and extra columns) its hub copy has.
 LAYOUTS = {
-    "alpaca": [{"instruction": "Give a synonym of fast.", "input": "", "output": "Quick.",
-                "text": "Below is an instruction ..."},
-               {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "text": "..."}],
-    "alpaca-cleaned": [{"output": "Quick.", "input": "", "instruction": "Give a synonym of fast."},
-                       {"output": "5", "input": "2 and 3", "instruction": "Add the numbers."}],
-    "alpaca-gpt4": [{"instruction": "Give a synonym of fast.", "input": "", "output": "Quick.", "text": "..."},
-                    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "text": "..."}],
-    "fingpt-sentiment": [{"input": "Shares of Apex jump 10%.", "output": "positive",
-                          "instruction": "What is the sentiment of this news? Please choose an answer from "
-                                         "{negative/neutral/positive}."},
-                         {"input": "Apex misses estimates.", "output": "negative",
-                          "instruction": "What is the sentiment of this news?"}],
-    "medalpaca-flashcards": [{"input": "What does the heart pump?", "output": "Blood.",
-                              "instruction": "Answer this question truthfully"},
-                             {"input": "Where is insulin made?", "output": "In the pancreas.",
-                              "instruction": "Answer this question truthfully"}],
-    "code-alpaca": [{"instruction": "Write a function that doubles x.", "input": "",
-                     "output": "def f(x):\n    return 2 * x"},
-                    {"instruction": "Reverse a list.", "input": "[1, 2]", "output": "[2, 1]"}],
-    "mathinstruct": [{"source": "data/CoT/gsm_rft.json", "output": "2 + 2 = 4. The answer is 4.",
-                      "instruction": "What is 2 + 2?"},
-                     {"source": "data/PoT/mathqa.json", "output": "print(3 * 3)", "instruction": "3 times 3?"}],
-    "dolly": [{"instruction": "Who wrote Hamlet?", "context": "", "response": "Shakespeare.",
-               "category": "open_qa"},
-              {"instruction": "Summarise.", "context": "A long text.", "response": "Short.",
-               "category": "summarization"}],
-    "wizardlm": [{"instruction": "Explain gravity simply.", "output": "Masses attract."},
-                 {"instruction": "Name a prime.", "output": "7"}],
-    "gsm8k": [{"question": "Tom has 2 apples and buys 3. How many?", "answer": "2 + 3 = 5\n#### 5"},
-              {"question": "What is 4 times 5?", "answer": "4 * 5 = 20\n#### 20"}],
-    "ultrafeedback": [{"prompt": "Say hi.", "prompt_id": "x1",
-                       "chosen": [{"content": "Say hi.", "role": "user"}, {"content": "Hi!", "role": "assistant"}],
-                       "rejected": [{"content": "Say hi.", "role": "user"}, {"content": "No.", "role": "assistant"}],
-                       "messages": [{"content": "Say hi.", "role": "user"}, {"content": "Hi!", "role": "assistant"}],
-                       "score_chosen": 9.0, "score_rejected": 2.0}],
+    "alpaca": [
+        {
+            "instruction": "Give a synonym of fast.",
+            "input": "",
+            "output": "Quick.",
+            "text": "Below is an instruction ...",
+        },
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "text": "..."},
+    ],
+    "alpaca-cleaned": [
+        {"output": "Quick.", "input": "", "instruction": "Give a synonym of fast."},
+        {"output": "5", "input": "2 and 3", "instruction": "Add the numbers."},
+    ],
+    "alpaca-gpt4": [
+        {"instruction": "Give a synonym of fast.", "input": "", "output": "Quick.", "text": "..."},
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "text": "..."},
+    ],
+    "fingpt-sentiment": [
+        {
+            "input": "Shares of Apex jump 10%.",
+            "output": "positive",
+            "instruction": "What is the sentiment of this news? Please choose an answer from "
+            "{negative/neutral/positive}.",
+        },
+        {"input": "Apex misses estimates.", "output": "negative", "instruction": "What is the sentiment of this news?"},
+    ],
+    "medalpaca-flashcards": [
+        {"input": "What does the heart pump?", "output": "Blood.", "instruction": "Answer this question truthfully"},
+        {
+            "input": "Where is insulin made?",
+            "output": "In the pancreas.",
+            "instruction": "Answer this question truthfully",
+        },
+    ],
+    "code-alpaca": [
+        {"instruction": "Write a function that doubles x.", "input": "", "output": "def f(x):\n    return 2 * x"},
+        {"instruction": "Reverse a list.", "input": "[1, 2]", "output": "[2, 1]"},
+    ],
+    "mathinstruct": [
+        {"source": "data/CoT/gsm_rft.json", "output": "2 + 2 = 4. The answer is 4.", "instruction": "What is 2 + 2?"},
+        {"source": "data/PoT/mathqa.json", "output": "print(3 * 3)", "instruction": "3 times 3?"},
+    ],
+    "dolly": [
+        {"instruction": "Who wrote Hamlet?", "context": "", "response": "Shakespeare.", "category": "open_qa"},
+        {"instruction": "Summarise.", "context": "A long text.", "response": "Short.", "category": "summarization"},
+    ],
+    "wizardlm": [
+        {"instruction": "Explain gravity simply.", "output": "Masses attract."},
+        {"instruction": "Name a prime.", "output": "7"},
+    ],
+    "gsm8k": [
+        {"question": "Tom has 2 apples and buys 3. How many?", "answer": "2 + 3 = 5\n#### 5"},
+        {"question": "What is 4 times 5?", "answer": "4 * 5 = 20\n#### 20"},
+    ],
+    "ultrafeedback": [
+        {
+            "prompt": "Say hi.",
+            "prompt_id": "x1",
+            "chosen": [{"content": "Say hi.", "role": "user"}, {"content": "Hi!", "role": "assistant"}],
+            "rejected": [{"content": "Say hi.", "role": "user"}, {"content": "No.", "role": "assistant"}],
+            "messages": [{"content": "Say hi.", "role": "user"}, {"content": "Hi!", "role": "assistant"}],
+            "score_chosen": 9.0,
+            "score_rejected": 2.0,
+        }
+    ],
     "hh-rlhf": [{"chosen": "\n\nHuman: Say hi.\n\nAssistant: Hi!", "rejected": "\n\nHuman: Say hi.\n\nAssistant: No."}],
 }
 EXPECTED = {  # (instruction, input, output, label) of the first row
     "alpaca": ("Give a synonym of fast.", "", "Quick.", "default"),
     "alpaca-cleaned": ("Give a synonym of fast.", "", "Quick.", "default"),
     "alpaca-gpt4": ("Give a synonym of fast.", "", "Quick.", "default"),
-    "fingpt-sentiment": (LAYOUTS["fingpt-sentiment"][0]["instruction"], "Shares of Apex jump 10%.", "positive",
-                         "default"),
+    "fingpt-sentiment": (
+        LAYOUTS["fingpt-sentiment"][0]["instruction"],
+        "Shares of Apex jump 10%.",
+        "positive",
+        "default",
+    ),
     "medalpaca-flashcards": ("Answer this question truthfully", "What does the heart pump?", "Blood.", "default"),
     "code-alpaca": ("Write a function that doubles x.", "", "def f(x):\n    return 2 * x", "default"),
     "mathinstruct": ("What is 2 + 2?", "", "2 + 2 = 4. The answer is 4.", "data/CoT/gsm_rft.json"),
@@ -111,8 +145,7 @@ def test_known_preference_dataset_converts(name, tmp_path):
     assert (prefs[0].prompt, prefs[0].chosen, prefs[0].rejected) == ((("user", "Say hi."),), "Hi!", "No.")
 
 
-ALPACA_ROWS = [{"instruction": f"Say {i}.", "input": "", "output": str(i), "category": "ab"[i % 2]}
-               for i in range(6)]
+ALPACA_ROWS = [{"instruction": f"Say {i}.", "input": "", "output": str(i), "category": "ab"[i % 2]} for i in range(6)]
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet", "save_to_disk", "folder"])
@@ -131,25 +164,47 @@ def test_every_local_file_type_gives_the_same_examples(suffix, tmp_path):
         path = _write(ALPACA_ROWS, tmp_path / f"data{suffix}")
     examples, _, _ = load_instruction_data(DataConfig(path=str(path)))
     assert [(e.instruction, e.output, e.domain) for e in examples] == [
-        (r["instruction"], r["output"], r["category"]) for r in ALPACA_ROWS]
+        (r["instruction"], r["output"], r["category"]) for r in ALPACA_ROWS
+    ]
 
 
 def test_conversation_formats_train_on_every_assistant_turn(tiny_model_dir, tmp_path):
     from openfedllm.models import load_tokenizer
 
-    sharegpt = [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                                   {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "2+2?"},
-                                   {"from": "gpt", "value": "4"}]}]
-    messages = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                              {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2+2?"},
-                              {"role": "assistant", "content": "4"}]}]
+    sharegpt = [
+        {
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello"},
+                {"from": "human", "value": "2+2?"},
+                {"from": "gpt", "value": "4"},
+            ]
+        }
+    ]
+    messages = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        }
+    ]
     a, _, _ = load_instruction_data(DataConfig(path=str(_write(sharegpt, tmp_path / "s.jsonl"))))
     b, _, _ = load_instruction_data(DataConfig(path=str(_write(messages, tmp_path / "m.jsonl"))))
     assert a == b
     e = a[0]
     assert (e.instruction, e.output) == ("2+2?", "4")
-    assert e.turns == (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"),
-                       ("assistant", "4"))
+    assert e.turns == (
+        ("system", "Be brief."),
+        ("user", "Hi"),
+        ("assistant", "Hello"),
+        ("user", "2+2?"),
+        ("assistant", "4"),
+    )
     tokenizer = load_tokenizer(str(tiny_model_dir))
     for template in ("chat", "vicuna", "alpaca"):
         row = tokenize(e, template, tokenizer, 512)
@@ -164,29 +219,45 @@ def test_prompt_response_columns_are_detected(tmp_path):
 
 
 def test_hygiene_drops_and_counts_each_rule(tmp_path):
-    rows = [{"instruction": "a", "output": "1"}, {"instruction": "a", "output": "1"},  # duplicate
-            {"instruction": "b", "output": "  "}, {"instruction": "c", "output": None},  # empty responses
-            {"instruction": "", "output": "x"}, {"instruction": "d", "output": "2"}]
+    rows = [
+        {"instruction": "a", "output": "1"},
+        {"instruction": "a", "output": "1"},  # duplicate
+        {"instruction": "b", "output": "  "},
+        {"instruction": "c", "output": None},  # empty responses
+        {"instruction": "", "output": "x"},
+        {"instruction": "d", "output": "2"},
+    ]
     examples, hygiene, _ = load_instruction_data(DataConfig(path=str(_write(rows, tmp_path / "h.jsonl"))))
     assert [e.instruction for e in examples] == ["a", "d"]
     assert hygiene.dropped == {"exact duplicate": 1, "empty response": 2, "empty instruction": 1}
-    assert hygiene.summary(len(examples)) == ("6 rows read, 2 usable; dropped: 2 empty response, "
-                                              "1 exact duplicate, 1 empty instruction")
+    assert hygiene.summary(len(examples)) == (
+        "6 rows read, 2 usable; dropped: 2 empty response, 1 exact duplicate, 1 empty instruction"
+    )
 
 
 def test_cells_that_are_not_text_are_dropped_and_counted_and_the_rest_read_as_text(tmp_path):
     # one number or list makes `datasets` type the whole column as JSON: every other answer then came
     # back with its quotes ("\"Answer 0\"") and every row counted usable
-    rows = [{"instruction": "q0", "output": "Answer 0"}, {"instruction": "q1", "output": 5},
-            {"instruction": "q2", "output": ["x", "y"]}, {"instruction": {"text": "q3"}, "output": "Answer 3"},
-            {"instruction": "q4", "output": "Answer 4"}]
+    rows = [
+        {"instruction": "q0", "output": "Answer 0"},
+        {"instruction": "q1", "output": 5},
+        {"instruction": "q2", "output": ["x", "y"]},
+        {"instruction": {"text": "q3"}, "output": "Answer 3"},
+        {"instruction": "q4", "output": "Answer 4"},
+    ]
     examples, hygiene, _ = load_instruction_data(DataConfig(path=str(_write(rows, tmp_path / "mixed.jsonl"))))
     assert [(e.instruction, e.output) for e in examples] == [("q0", "Answer 0"), ("q4", "Answer 4")]
     assert hygiene.dropped == {"not text": 3}
-    messages = [{"messages": [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]},
-                {"messages": [{"role": "user", "content": [{"type": "text", "text": "q1"}]},
-                              {"role": "assistant", "content": "a1"}]},
-                {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": {"a": 1}}]}]
+    messages = [
+        {"messages": [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "q1"}]},
+                {"role": "assistant", "content": "a1"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": {"a": 1}}]},
+    ]
     examples, hygiene, _ = load_instruction_data(DataConfig(path=str(_write(messages, tmp_path / "m.jsonl"))))
     assert [(e.instruction, e.output) for e in examples] == [("q0", "a0")]
     assert hygiene.dropped == {"not text": 2}
@@ -196,12 +267,15 @@ def test_cells_that_are_not_text_are_dropped_and_counted_and_the_rest_read_as_te
     assert [e.output for e in examples] == ["5", "2"]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("trunc.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "out', "not valid JSON at line 1"),
-    ("trunc.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "out', "line 2 is not valid JSON"),
-    ("nocols.csv", "question,reply\nhi,there\n", "cannot tell the data format from its columns (question, reply)"),
-    ("empty.jsonl", "", "empty file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("trunc.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "out', "not valid JSON at line 1"),
+        ("trunc.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "out', "line 2 is not valid JSON"),
+        ("nocols.csv", "question,reply\nhi,there\n", "cannot tell the data format from its columns (question, reply)"),
+        ("empty.jsonl", "", "empty file"),
+    ],
+)
 def test_bad_files_are_one_clear_line(name, content, message, tiny_model_dir, tmp_path, capsys):
     path = tmp_path / name
     path.write_text(content)
@@ -271,8 +345,25 @@ def test_every_split_is_deterministic_under_its_seed(split):
 
 def test_data_inspect_prints_the_split_and_draws_it(tiny_model_dir, tmp_path, capsys):
     png = tmp_path / "split.png"
-    assert main(["data", "inspect", "--model.name", str(tiny_model_dir), "--data.train_per_domain", "20",
-                 "--fed.split", "dirichlet", "--fed.dirichlet_alpha", "0.1", "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "inspect",
+                "--model.name",
+                str(tiny_model_dir),
+                "--data.train_per_domain",
+                "20",
+                "--fed.split",
+                "dirichlet",
+                "--fed.dirichlet_alpha",
+                "0.1",
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dirichlet split of 100 training examples over 5 clients" in out
     assert "label mix (top 3)" in out and png.is_file() and png.stat().st_size > 10_000
@@ -289,8 +380,9 @@ def test_over_length_rows_are_counted_and_cut_or_dropped(mode, tiny_model_dir, t
     rows += [{"instruction": "long " * 80 + str(i), "output": "c"} for i in range(2)]  # the answer falls past 40
     rows += [{"instruction": f"count {i}", "output": "one two " * 40} for i in range(2)]  # cut, still an answer
     path = _write(rows, tmp_path / "long.jsonl")
-    config = build({"model": {"name": str(tiny_model_dir)},
-                    "data": {"path": str(path), "max_length": 40, "over_length": mode}})
+    config = build(
+        {"model": {"name": str(tiny_model_dir)}, "data": {"path": str(path), "max_length": 40, "over_length": mode}}
+    )
     train, _ = split_heldout(rows, config.data, config.train.seed)  # the same seeded held-out choice
     long_prompts = sum(r["output"] == "c" for r in train)
     long_answers = sum(r["instruction"].startswith("count") for r in train)

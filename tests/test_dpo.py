@@ -34,7 +34,7 @@ def test_losses_by_hand_on_tiny_log_probs():
 
 def test_policy_equal_to_reference_gives_the_degenerate_values():
     same = _t(-2.0, -7.0)
-    for loss_type, expected in [("sigmoid", math.log(2)), ("hinge", 1.0), ("ipo", 1 / (4 * 0.1 ** 2))]:
+    for loss_type, expected in [("sigmoid", math.log(2)), ("hinge", 1.0), ("ipo", 1 / (4 * 0.1**2))]:
         losses, chosen_r, rejected_r = preference_loss(same, same + 1, same, same + 1, 0.1, loss_type)
         assert losses.tolist() == pytest.approx([expected] * 2)
         assert ranked_right(chosen_r, rejected_r).tolist() == [0.5, 0.5]  # ties count one half
@@ -96,8 +96,14 @@ def test_dpo_step_loss_equals_the_loss_of_per_row_log_probs_and_passes_give_the_
     for p, (c, r) in zip(pairs, [(-30.0, -35.0), (-12.0, -9.0)] * 3):
         p.ref_chosen, p.ref_rejected = c, r
     pc, pr = _one_by_one(model, pairs)
-    expected = preference_loss(pc, pr, torch.tensor([p.ref_chosen for p in pairs]),
-                               torch.tensor([p.ref_rejected for p in pairs]), 0.1, "sigmoid")[0].mean()
+    expected = preference_loss(
+        pc,
+        pr,
+        torch.tensor([p.ref_chosen for p in pairs]),
+        torch.tensor([p.ref_rejected for p in pairs]),
+        0.1,
+        "sigmoid",
+    )[0].mean()
     params = [p for p in model.parameters() if p.requires_grad]
     grads = []
     for max_tokens in (0, 1):  # all pairs in one pass; one pair per pass
@@ -112,8 +118,13 @@ def test_dpo_step_loss_equals_the_loss_of_per_row_log_probs_and_passes_give_the_
 
 
 def _sgd_step(model, pairs, tokenizer, hooks=None):
-    train_local(model, pairs, LocalSteps(steps=1, batch_size=len(pairs), lr=0.5, seed=0, pad_id=tokenizer.pad_token_id,
-                                         optimizer="sgd"), hooks=hooks, objective=DPOLoss(0.1, "sigmoid"))
+    train_local(
+        model,
+        pairs,
+        LocalSteps(steps=1, batch_size=len(pairs), lr=0.5, seed=0, pad_id=tokenizer.pad_token_id, optimizer="sgd"),
+        hooks=hooks,
+        objective=DPOLoss(0.1, "sigmoid"),
+    )
     return models.trainable_state(model)
 
 

@@ -35,9 +35,14 @@ def _records(run_dir):
 def test_federated_dpo_through_the_cli(algorithm, tiny_model_dir, tmp_path):
     out = tmp_path / algorithm
     assert main(dpo_args(tiny_model_dir, out, "--fed.algorithm", algorithm, "--train.lr", "5e-3")) == 0
-    for name in ["adapter/adapter_model.safetensors", "baselines/local/adapter/adapter_model.safetensors",
-                 "baselines/centralized/adapter/adapter_model.safetensors", "plots/evaluation.png",
-                 "plots/train_loss.png", "checkpoints/progress.json"]:
+    for name in [
+        "adapter/adapter_model.safetensors",
+        "baselines/local/adapter/adapter_model.safetensors",
+        "baselines/centralized/adapter/adapter_model.safetensors",
+        "plots/evaluation.png",
+        "plots/train_loss.png",
+        "checkpoints/progress.json",
+    ]:
         assert (out / name).is_file(), name
     records = _records(out)
     before = records[0]
@@ -56,8 +61,16 @@ def test_federated_dpo_through_the_cli(algorithm, tiny_model_dir, tmp_path):
 
 
 def test_dpo_run_interrupted_resumes_bit_for_bit(tiny_model_dir, tmp_path, monkeypatch):
-    settings = ["--baselines.local", "false", "--baselines.centralized", "false", "--fed.algorithm", "fedprox",
-                "--fed.fedprox_mu", "1.0"]
+    settings = [
+        "--baselines.local",
+        "false",
+        "--baselines.centralized",
+        "false",
+        "--fed.algorithm",
+        "fedprox",
+        "--fed.fedprox_mu",
+        "1.0",
+    ]
     assert main(dpo_args(tiny_model_dir, tmp_path / "straight", *settings)) == 0
     real_save, calls = rounds.save_checkpoint, []
 
@@ -81,12 +94,32 @@ def test_dpo_run_interrupted_resumes_bit_for_bit(tiny_model_dir, tmp_path, monke
 
 def test_dpo_starts_from_an_sft_adapter_and_uses_it_as_reference(tiny_model_dir, tmp_path):
     sft_dir = tmp_path / "sft"
-    assert main(tiny_run_args(tiny_model_dir, sft_dir, "--baselines.local", "false", "--baselines.centralized",
-                              "false", "--lora.rank", "4", "--train.lr", "1e-2")) == 0
-    raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, {
-        "model": {"name": str(tiny_model_dir), "adapter": str(sft_dir)},
-        "data": {"train_per_domain": 2, "heldout_per_domain": 1, "max_length": 160},
-        "dpo": {"max_prompt_length": 96}, "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"}})
+    assert (
+        main(
+            tiny_run_args(
+                tiny_model_dir,
+                sft_dir,
+                "--baselines.local",
+                "false",
+                "--baselines.centralized",
+                "false",
+                "--lora.rank",
+                "4",
+                "--train.lr",
+                "1e-2",
+            )
+        )
+        == 0
+    )
+    raw = cfg_mod.merge(
+        cfg_mod.DPO_DEFAULTS,
+        {
+            "model": {"name": str(tiny_model_dir), "adapter": str(sft_dir)},
+            "data": {"train_per_domain": 2, "heldout_per_domain": 1, "max_length": 160},
+            "dpo": {"max_prompt_length": 96},
+            "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"},
+        },
+    )
     config = cfg_mod.build(raw)
     setup = prepare(config)
     assert config.lora.rank == 4  # the adapter's own shape
@@ -108,11 +141,17 @@ def test_dpo_starts_from_an_sft_adapter_and_uses_it_as_reference(tiny_model_dir,
 def test_full_finetune_dpo_reference_is_the_starting_model_for_pairs_first_drawn_late(tiny_model_dir):
     """With every weight training there is no adapter to switch off: the reference of a pair first
     drawn after some steps must still be the model as it started, not the partly trained one."""
-    raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, {
-        "model": {"name": str(tiny_model_dir), "finetune": "full"}, "train": {"lr": 1e-2},
-        "eval": {"batch_size": 2},  # reference chunks of two pairs: the last pair's is computed late
-        "data": {"train_per_domain": 3, "heldout_per_domain": 1, "max_length": 160},
-        "dpo": {"max_prompt_length": 96}, "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"}})
+    raw = cfg_mod.merge(
+        cfg_mod.DPO_DEFAULTS,
+        {
+            "model": {"name": str(tiny_model_dir), "finetune": "full"},
+            "train": {"lr": 1e-2},
+            "eval": {"batch_size": 2},  # reference chunks of two pairs: the last pair's is computed late
+            "data": {"train_per_domain": 3, "heldout_per_domain": 1, "max_length": 160},
+            "dpo": {"max_prompt_length": 96},
+            "fed": {"num_clients": 2, "clients_per_round": 2, "split": "iid"},
+        },
+    )
     setup = prepare(cfg_mod.build(raw))
     assert not models.is_peft(setup.model)
     late = setup.train_rows[-1:]  # its chunk has not been used yet
@@ -134,11 +173,16 @@ def test_dpo_forward_passes_run_without_dropout_unless_asked(tiny_model_dir):
     from openfedllm.client import Batching
 
     def two_passes(disable: bool):
-        raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, {
-            "model": {"name": str(tiny_model_dir)}, "lora": {"dropout": 0.5},
-            "data": {"train_per_domain": 1, "heldout_per_domain": 1, "max_length": 160},
-            "dpo": {"max_prompt_length": 96, "disable_dropout": disable},
-            "fed": {"num_clients": 1, "clients_per_round": 1, "split": "iid"}})
+        raw = cfg_mod.merge(
+            cfg_mod.DPO_DEFAULTS,
+            {
+                "model": {"name": str(tiny_model_dir)},
+                "lora": {"dropout": 0.5},
+                "data": {"train_per_domain": 1, "heldout_per_domain": 1, "max_length": 160},
+                "dpo": {"max_prompt_length": 96, "disable_dropout": disable},
+                "fed": {"num_clients": 1, "clients_per_round": 1, "split": "iid"},
+            },
+        )
         setup = prepare(cfg_mod.build(raw))
         torch.manual_seed(0)  # a fresh adapter's B is zero, which would hide any dropout before it
         models.load_trainable_state(setup.model, {k: torch.randn_like(v) for k, v in setup.initial_state.items()})
@@ -153,8 +197,9 @@ def test_dpo_forward_passes_run_without_dropout_unless_asked(tiny_model_dir):
     assert not torch.equal(first, second)  # lora.dropout 0.5 kept on request
 
 
-@pytest.mark.parametrize("fixture", ["hh_rlhf.jsonl", "ultrafeedback_binarized.jsonl", "sharegpt_dpo.json",
-                                     "plain.jsonl"])
+@pytest.mark.parametrize(
+    "fixture", ["hh_rlhf.jsonl", "ultrafeedback_binarized.jsonl", "sharegpt_dpo.json", "plain.jsonl"]
+)
 def test_quick_config_runs_on_a_users_preference_file(fixture, tiny_model_dir, tmp_path):
     # the fixture's rows four times over, in its own layout: enough rows for two clients and a held-out set
     source = FIXTURES / fixture
@@ -164,19 +209,42 @@ def test_quick_config_runs_on_a_users_preference_file(fixture, tiny_model_dir, t
     else:
         data.write_text(source.read_text() * 4)
     out = tmp_path / "run"
-    code = main(["dpo", "--config", str(ROOT / "configs" / "dpo_quick.yaml"), "--model.name", str(tiny_model_dir),
-                 "--data.path", str(data), "--output-dir", str(out), "--eval.max_new_tokens", "2"])
+    code = main(
+        [
+            "dpo",
+            "--config",
+            str(ROOT / "configs" / "dpo_quick.yaml"),
+            "--model.name",
+            str(tiny_model_dir),
+            "--data.path",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--eval.max_new_tokens",
+            "2",
+        ]
+    )
     assert code == 0
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_malformed_rows_are_reported_and_a_file_with_none_usable_fails_cleanly(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["dpo", "--config", str(ROOT / "configs" / "dpo_quick.yaml"), "--model.name", str(tiny_model_dir),
-            "--output-dir", str(out), "--eval.max_new_tokens", "2"]
+    args = [
+        "dpo",
+        "--config",
+        str(ROOT / "configs" / "dpo_quick.yaml"),
+        "--model.name",
+        str(tiny_model_dir),
+        "--output-dir",
+        str(out),
+        "--eval.max_new_tokens",
+        "2",
+    ]
     assert main(args + ["--data.path", str(FIXTURES / "malformed.jsonl")]) == 0
-    assert ("10 rows read, 6 usable; dropped: 2 empty prompt, 1 missing chosen or rejected, "
-            "1 chosen equals rejected") in capsys.readouterr().out
+    assert (
+        "10 rows read, 6 usable; dropped: 2 empty prompt, 1 missing chosen or rejected, 1 chosen equals rejected"
+    ) in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "x", "rejected": "x"}\n')
     out2 = tmp_path / "run2"
@@ -186,14 +254,17 @@ def test_malformed_rows_are_reported_and_a_file_with_none_usable_fails_cleanly(t
     assert not out2.exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    (["--data.format", "alpaca"], "data.format: unknown value 'alpaca'; valid: auto, hh, ultrafeedback"),
-    (["--dpo.loss", "kto"], "dpo.loss: unknown value 'kto'; valid: sigmoid, ipo, hinge"),
-    (["--dpo.beta", "0"], "dpo.beta must be > 0"),
-    (["--dpo.max_prompt_length", "300"], "dpo.max_prompt_length (300) leaves no room"),
-    (["--model.adapter", "/nonexistent"], "model.adapter: no adapter_config.json in /nonexistent"),
-    (["--train.objective", "sft"], "train.objective: sft in openfedllm dpo; use openfedllm sft"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--data.format", "alpaca"], "data.format: unknown value 'alpaca'; valid: auto, hh, ultrafeedback"),
+        (["--dpo.loss", "kto"], "dpo.loss: unknown value 'kto'; valid: sigmoid, ipo, hinge"),
+        (["--dpo.beta", "0"], "dpo.beta must be > 0"),
+        (["--dpo.max_prompt_length", "300"], "dpo.max_prompt_length (300) leaves no room"),
+        (["--model.adapter", "/nonexistent"], "model.adapter: no adapter_config.json in /nonexistent"),
+        (["--train.objective", "sft"], "train.objective: sft in openfedllm dpo; use openfedllm sft"),
+    ],
+)
 def test_bad_dpo_settings_are_one_line_errors(override, message, tmp_path, capsys):
     assert main(["dpo", "--output-dir", str(tmp_path / "x"), *override]) == 2
     err = capsys.readouterr().err.strip()

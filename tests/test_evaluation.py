@@ -63,7 +63,8 @@ def test_rouge_bleu_and_pass_at_k_are_the_reference_tools_numbers():
     # LCS("the cat sat on mat", "the cat is on the mat") = the cat on mat = 4 of 5 and of 6 tokens
     precision, recall = 4 / 5, 4 / 6
     assert rouge_l("the cat sat on mat", "the cat is on the mat") == pytest.approx(
-        2 * precision * recall / (precision + recall))
+        2 * precision * recall / (precision + recall)
+    )
     for pred, ref in [("The quick brown fox.", "a quick brown dog"), ("", "x"), ("x y", "")]:
         assert rouge_l(pred, ref) == scorer.score(ref, pred)["rougeL"].fmeasure
     # BLEU on sacreBLEU's 0-100 scale, its 13a tokenizer splitting punctuation off words.
@@ -83,8 +84,13 @@ def test_answer_extraction():
     assert gsm8k_answer("She has 3 + 4 = 7 apples.\n#### 7") == "7"
     assert gsm8k_answer("The total is 1,200 dollars.") == "1200"
     assert gsm8k_answer("no number here") is None
-    assert [choice_letter(t) for t in ["B", "(C) because", "The answer is D.", "a dog barks", "Answer: A"]] == \
-        ["B", "C", "D", None, "A"]
+    assert [choice_letter(t) for t in ["B", "(C) because", "The answer is D.", "a dog barks", "Answer: A"]] == [
+        "B",
+        "C",
+        "D",
+        None,
+        "A",
+    ]
 
 
 def test_humaneval_canonical_solutions_score_pass_at_1_of_one(tmp_path, capsys):
@@ -105,16 +111,20 @@ def test_humaneval_canonical_solutions_score_pass_at_1_of_one(tmp_path, capsys):
     assert "| humaneval | pass@1 | 0.5000 |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"task_id": "HumanEval/0"}\n', "samples row 1: needs a known task_id and a string completion"),
-    ('{"task_id": "Nope/1", "completion": "x"}\n', "task_id='Nope/1'"),
-    ("not json\n", "line 1 is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"task_id": "HumanEval/0"}\n', "samples row 1: needs a known task_id and a string completion"),
+        ('{"task_id": "Nope/1", "completion": "x"}\n', "task_id='Nope/1'"),
+        ("not json\n", "line 1 is not valid JSON"),
+    ],
+)
 def test_bad_samples_file_is_one_line(content, message, tmp_path, capsys):
     samples = tmp_path / "s.jsonl"
     samples.write_text(content)
-    assert main(["eval", "--benchmark", "humaneval", "--samples", str(samples), "--output",
-                 str(tmp_path / "o.json")]) == 2
+    assert (
+        main(["eval", "--benchmark", "humaneval", "--samples", str(samples), "--output", str(tmp_path / "o.json")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "o.json").exists()
 
@@ -126,19 +136,75 @@ def test_unknown_benchmark_is_one_line(tmp_path, capsys):
 
 def test_model_paths_generate_and_score(tiny_model_dir, tmp_path):
     data = tmp_path / "gsm8k.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
-                            + "\n" for i in range(3)))
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) + "\n"
+            for i in range(3)
+        )
+    )
     out = tmp_path / "out.json"
-    assert main(["eval", "--benchmark", "gsm8k", "--benchmark", "humaneval", "--data", str(data), "--limit", "2",
-                 "--model", str(tiny_model_dir), "--max-new-tokens", "4", "--output", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "gsm8k",
+                "--benchmark",
+                "humaneval",
+                "--data",
+                str(data),
+                "--limit",
+                "2",
+                "--model",
+                str(tiny_model_dir),
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert not out.exists()  # --data is the gsm8k file, not HumanEval's: one line, nothing half-written
-    assert main(["eval", "--benchmark", "gsm8k", "--data", str(data), "--model", str(tiny_model_dir),
-                 "--max-new-tokens", "4", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "gsm8k",
+                "--data",
+                str(data),
+                "--model",
+                str(tiny_model_dir),
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["benchmarks"]["gsm8k"]["questions"] == 3
     assert 0.0 <= result["benchmarks"]["gsm8k"]["metrics"]["accuracy"] <= 1.0
     assert result["meta"]["model"] == str(tiny_model_dir)
-    assert main(["eval", "--benchmark", "humaneval", "--limit", "2", "--model", str(tiny_model_dir),
-                 "--max-new-tokens", "8", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "humaneval",
+                "--limit",
+                "2",
+                "--model",
+                str(tiny_model_dir),
+                "--max-new-tokens",
+                "8",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     humaneval = json.loads(out.read_text())["benchmarks"]["humaneval"]
     assert humaneval["tasks"] == 2 and sum(humaneval["outcomes"].values()) == 2

@@ -17,8 +17,12 @@ TINY = {
     "train": {"local_steps": 1, "batch_size": 4},
     "eval": {"max_new_tokens": 3, "every": 2},
 }
-GRID = {"methods": ["fedavg", "scaffold", "local", "centralized"], "seeds": [1, 2], "config": TINY,
-        "quick": {"seeds": [1], "methods": ["fedavg", "local"]}}
+GRID = {
+    "methods": ["fedavg", "scaffold", "local", "centralized"],
+    "seeds": [1, 2],
+    "config": TINY,
+    "quick": {"seeds": [1], "methods": ["fedavg", "local"]},
+}
 
 
 def _write_grid(tmp_path, grid=GRID):
@@ -36,15 +40,17 @@ def _rows(out):
 def finished(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exp")
     out = tmp / "out"
-    assert main(["experiment", str(_write_grid(tmp)), "--output-dir", str(out),
-                 "--model.name", str(tiny_model_dir)]) == 0
+    assert (
+        main(["experiment", str(_write_grid(tmp)), "--output-dir", str(out), "--model.name", str(tiny_model_dir)]) == 0
+    )
     return out
 
 
 def test_results_have_one_row_per_method_and_seed(finished):
     rows = _rows(finished)
     assert [(r["method"], r["seed"]) for r in rows] == [
-        (m, s) for s in ("1", "2") for m in ("base model", "fedavg", "scaffold", "local", "centralized")]
+        (m, s) for s in ("1", "2") for m in ("base model", "fedavg", "scaffold", "local", "centralized")
+    ]
     assert {"accuracy_mean", "accuracy_own", "loss", "acc_code", "acc_math", "seconds", "run_dir"} <= set(rows[0])
     markdown = (finished / "results.md").read_text()
     for method in ("fedavg", "scaffold", "local", "centralized"):
@@ -74,9 +80,21 @@ def test_local_row_is_the_mean_over_every_client_trained_alone(finished):
 
 
 def test_a_cell_is_the_same_run_as_openfedllm_sft(finished, tiny_model_dir, tmp_path):
-    args = ["sft", "--output-dir", str(tmp_path / "sft"), "--model.name", str(tiny_model_dir),
-            "--train.seed", "2", "--fed.algorithm", "scaffold", "--baselines.local", "false",
-            "--baselines.centralized", "false"]
+    args = [
+        "sft",
+        "--output-dir",
+        str(tmp_path / "sft"),
+        "--model.name",
+        str(tiny_model_dir),
+        "--train.seed",
+        "2",
+        "--fed.algorithm",
+        "scaffold",
+        "--baselines.local",
+        "false",
+        "--baselines.centralized",
+        "false",
+    ]
     for section, values in TINY.items():
         for key, value in values.items():
             args += [f"--{section}.{key}", str(value)]
@@ -111,21 +129,38 @@ def test_interrupted_experiment_resumes_to_the_same_results(finished, tiny_model
 
 def test_quick_applies_the_quick_section(tiny_model_dir, tmp_path):
     out = tmp_path / "q"
-    assert main(["experiment", str(_write_grid(tmp_path)), "--quick", "--output-dir", str(out),
-                 "--model.name", str(tiny_model_dir), "--fed.rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                str(_write_grid(tmp_path)),
+                "--quick",
+                "--output-dir",
+                str(out),
+                "--model.name",
+                str(tiny_model_dir),
+                "--fed.rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert [(r["method"], r["seed"]) for r in _rows(out)] == [("base model", "1"), ("fedavg", "1"), ("local", "1")]
     saved = yaml.safe_load((out / "experiment.yaml").read_text())
     assert saved["config"]["fed"]["rounds"] == 1 and saved["seeds"] == [1]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"methods": ["fedavg", "fedavgg"]}, "unknown method 'fedavgg'; valid: fedavg, fedprox"),
-    ({"method": ["fedavg"]}, "unknown key 'method'; valid: methods, seeds, config, quick"),
-    ({"seeds": [1, 1]}, "seeds must be a list of distinct integers"),
-    ({"config": {"fed": {"rounds": 0}}}, "fed.rounds must be > 0"),
-    ({"config": {"fed": {"round": 3}}}, "unknown config key fed.round"),
-    ({"methods": []}, "methods must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": ["fedavg", "fedavgg"]}, "unknown method 'fedavgg'; valid: fedavg, fedprox"),
+        ({"method": ["fedavg"]}, "unknown key 'method'; valid: methods, seeds, config, quick"),
+        ({"seeds": [1, 1]}, "seeds must be a list of distinct integers"),
+        ({"config": {"fed": {"rounds": 0}}}, "fed.rounds must be > 0"),
+        ({"config": {"fed": {"round": 3}}}, "unknown config key fed.round"),
+        ({"methods": []}, "methods must be a non-empty list"),
+    ],
+)
 def test_bad_grid_fails_with_one_line_and_writes_nothing(change, message, tmp_path, capsys):
     grid = _write_grid(tmp_path, {**GRID, **change})
     out = tmp_path / "out"
@@ -150,9 +185,14 @@ def test_claim_check_by_hand():
     def row(method, seed, acc, loss):
         return {"method": method, "seed": seed, "accuracy_mean": acc, "accuracy_own": acc, "loss": loss}
 
-    rows = [row("local", 1, 0.4, 1.0), row("local", 2, 0.2, 1.2),
-            row("fedavg", 1, 0.5, 0.9), row("fedavg", 2, 0.0, 0.8),   # mean 0.25 vs 0.3: worse
-            row("fedyogi", 1, 0.6, 1.1), row("fedyogi", 2, 0.3, 1.3)]  # mean 0.45 vs 0.3
+    rows = [
+        row("local", 1, 0.4, 1.0),
+        row("local", 2, 0.2, 1.2),
+        row("fedavg", 1, 0.5, 0.9),
+        row("fedavg", 2, 0.0, 0.8),  # mean 0.25 vs 0.3: worse
+        row("fedyogi", 1, 0.6, 1.1),
+        row("fedyogi", 2, 0.3, 1.3),
+    ]  # mean 0.45 vs 0.3
     lines = claim_lines(rows)
     assert "- fedavg: all domains 0.250 vs 0.300 (-0.050, better on 1 of 2 seeds)" in lines[4]
     assert "- fedyogi: all domains 0.450 vs 0.300 (+0.150, better on 2 of 2 seeds)" in lines[5]

@@ -67,9 +67,21 @@ def _wait_log(path: Path, text: str, timeout: float, count: int = 1) -> bool:
 
 
 def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tensors(
-        federation_up, tiny_model_dir, tmp_path):
-    settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2",
-                "--fed.algorithm", "fedprox", "--fed.fedprox_mu", "1.0", *NO_BASELINES]
+    federation_up, tiny_model_dir, tmp_path
+):
+    settings = [
+        "--fed.num_clients",
+        "2",
+        "--fed.clients_per_round",
+        "2",
+        "--fed.rounds",
+        "2",
+        "--fed.algorithm",
+        "fedprox",
+        "--fed.fedprox_mu",
+        "1.0",
+        *NO_BASELINES,
+    ]
     simulated = tmp_path / "simulated"
     assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
 
@@ -106,21 +118,25 @@ def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federati
     address = f"127.0.0.1:{fed['port']}"
     stranger, _ = federation.make_node_key(tmp_path / "keys", "stranger")  # never registered
     attempts = {
-        "plaintext": federation.supernode_command(address, federation.free_port(), "partition-id=1 num-partitions=2",
-                                                  None),
-        "unregistered": federation.supernode_command(address, federation.free_port(),
-                                                     "partition-id=1 num-partitions=2", folder / "certs" / "ca.crt",
-                                                     stranger),
-        "no key": federation.supernode_command(address, federation.free_port(), "partition-id=1 num-partitions=2",
-                                               folder / "certs" / "ca.crt"),
+        "plaintext": federation.supernode_command(
+            address, federation.free_port(), "partition-id=1 num-partitions=2", None
+        ),
+        "unregistered": federation.supernode_command(
+            address, federation.free_port(), "partition-id=1 num-partitions=2", folder / "certs" / "ca.crt", stranger
+        ),
+        "no key": federation.supernode_command(
+            address, federation.free_port(), "partition-id=1 num-partitions=2", folder / "certs" / "ca.crt"
+        ),
     }
     # All three at once, each until the SuperLink's refusal shows: the nodes without a key or with an
     # unregistered one are told so and exit (Flower's exit code 305, with the API error's code); the
     # plaintext node's connections fail at the TLS handshake, and it keeps retrying.
     logs = {what: tmp_path / f"{what.replace(' ', '-')}.log" for what in attempts}
     started = {what: federation.start(cmd, logs[what], env) for what, cmd in attempts.items()}
-    refusals = {"no key": "[code: 2001] SuperNode authentication is enabled",
-                "unregistered": "[code: 2004] Failed to activate SuperNode"}
+    refusals = {
+        "no key": "[code: 2001] SuperNode authentication is enabled",
+        "unregistered": "[code: 2004] Failed to activate SuperNode",
+    }
     try:
         for what, process in started.items():
             if what in refusals:
@@ -142,11 +158,30 @@ def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federati
 def test_a_node_killed_mid_round_is_logged_and_the_run_goes_on(federation_up, tiny_model_dir, tmp_path):
     fed = federation_up(3)
     out = tmp_path / "run"
-    args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.clients_per_round", "3", "--fed.rounds", "3",
-                         "--fed.min_clients", "2", "--fed.round_timeout", "20", "--train.local_steps", "30",
-                         "--federation", CONN)
-    run = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", *args], env=dict(os.environ),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = tiny_run_args(
+        tiny_model_dir,
+        out,
+        *NO_BASELINES,
+        "--fed.clients_per_round",
+        "3",
+        "--fed.rounds",
+        "3",
+        "--fed.min_clients",
+        "2",
+        "--fed.round_timeout",
+        "20",
+        "--train.local_steps",
+        "30",
+        "--federation",
+        CONN,
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "openfedllm.cli", *args],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         # Once round 1 is logged, round 2's messages are out: kill node 2 (its SuperNode and apps).
         assert _wait_log(out / "metrics.jsonl", '"round": 1, "client": 2', 180)
@@ -169,9 +204,22 @@ def test_a_node_killed_mid_round_is_logged_and_the_run_goes_on(federation_up, ti
 def test_federated_dpo_on_the_nodes_equals_the_simulation(federation_up, tiny_model_dir, tmp_path):
     """DPO's reference log-probs are computed on each node from its own model; FedYogi's moments
     stay on the server."""
+
     def dpo(out, *extra):
-        args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.rounds", "2", "--fed.algorithm", "fedyogi",
-                             "--data.max_length", "160", "--dpo.max_prompt_length", "96", *extra)
+        args = tiny_run_args(
+            tiny_model_dir,
+            out,
+            *NO_BASELINES,
+            "--fed.rounds",
+            "2",
+            "--fed.algorithm",
+            "fedyogi",
+            "--data.max_length",
+            "160",
+            "--dpo.max_prompt_length",
+            "96",
+            *extra,
+        )
         args[0] = "dpo"
         return main(args)
 
@@ -194,13 +242,17 @@ def scaffold_simulated(tiny_model_dir, tmp_path_factory) -> dict:
     return _adapter(out)
 
 
-@pytest.mark.parametrize("kill_at, restart", [
-    ("replies:1", False),    # before the first checkpoint; the nodes have trained round 1 and kept c_i
-    ("replies:3", True),     # between the nodes' replies and the server's checkpoint; every process restarted
-    ("checkpoint:2", False),  # right after a checkpoint
-])
+@pytest.mark.parametrize(
+    "kill_at, restart",
+    [
+        ("replies:1", False),  # before the first checkpoint; the nodes have trained round 1 and kept c_i
+        ("replies:3", True),  # between the nodes' replies and the server's checkpoint; every process restarted
+        ("checkpoint:2", False),  # right after a checkpoint
+    ],
+)
 def test_a_killed_server_resumes_exactly_wherever_the_kill_lands(
-        kill_at, restart, federation_up, scaffold_simulated, tiny_model_dir, tmp_path, monkeypatch):
+    kill_at, restart, federation_up, scaffold_simulated, tiny_model_dir, tmp_path, monkeypatch
+):
     """SCAFFOLD: the server's control variate comes back from the checkpoint, each node's c_i from
     the node's own disk; the result is the uninterrupted simulation's. The ServerApp kills itself
     (SIGKILL) at the named point of the round loop, so the test does not depend on machine speed."""
@@ -211,8 +263,13 @@ def test_a_killed_server_resumes_exactly_wherever_the_kill_lands(
     fed = federation_up(3)
     out = tmp_path / "run"
     args = tiny_run_args(tiny_model_dir, out, *RESUME_SETTINGS, "--federation", CONN)
-    run = subprocess.Popen([sys.executable, "-m", "openfedllm.cli", *args], env=dict(os.environ),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "openfedllm.cli", *args],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         # The ServerApp writes its pid into the marker, then SIGKILLs itself; once it is gone, stop the
         # submitting `flwr run` (it would wait for Flower's 60 s heartbeat timeout to call the run failed).
@@ -265,15 +322,31 @@ def _alpaca(path: Path, rows: list[dict]) -> Path:
 
 
 def test_each_node_trains_on_its_own_file_and_a_bad_file_stops_the_run_naming_it(
-        federation_up, tiny_model_dir, tmp_path, capsys):
-    math = _alpaca(tmp_path / "math.json", [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)}
-                                            for i in range(30)])
-    sky = _alpaca(tmp_path / "sky.json", [{"instruction": "Colour of the sky?", "input": f"day {i}",
-                                           "output": "blue"} for i in range(20)])
+    federation_up, tiny_model_dir, tmp_path, capsys
+):
+    math = _alpaca(
+        tmp_path / "math.json",
+        [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(30)],
+    )
+    sky = _alpaca(
+        tmp_path / "sky.json",
+        [{"instruction": "Colour of the sky?", "input": f"day {i}", "output": "blue"} for i in range(20)],
+    )
     federation_up(2, data=[str(math), str(sky)])
     out = tmp_path / "run"
-    args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.num_clients", "2", "--fed.clients_per_round", "2",
-                         "--fed.rounds", "1", "--federation", CONN)
+    args = tiny_run_args(
+        tiny_model_dir,
+        out,
+        *NO_BASELINES,
+        "--fed.num_clients",
+        "2",
+        "--fed.clients_per_round",
+        "2",
+        "--fed.rounds",
+        "1",
+        "--federation",
+        CONN,
+    )
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # each node trains on its own file minus the held-out share (5%, at least one row): 30 - 2, 20 - 1
@@ -283,8 +356,24 @@ def test_each_node_trains_on_its_own_file_and_a_bad_file_stops_the_run_naming_it
     federation_up(2, data=[str(math), str(broken)])
     bad = tmp_path / "bad"
     capsys.readouterr()
-    assert main(tiny_run_args(tiny_model_dir, bad, *NO_BASELINES, "--fed.num_clients", "2",
-                              "--fed.clients_per_round", "2", "--fed.rounds", "1", "--federation", CONN)) != 0
+    assert (
+        main(
+            tiny_run_args(
+                tiny_model_dir,
+                bad,
+                *NO_BASELINES,
+                "--fed.num_clients",
+                "2",
+                "--fed.clients_per_round",
+                "2",
+                "--fed.rounds",
+                "1",
+                "--federation",
+                CONN,
+            )
+        )
+        != 0
+    )
     said = capsys.readouterr()
     line = next(x for x in said.err.splitlines() if "the federated run" in x and "failed" in x)
     assert "could not start" in line and "broken.json" in line, line

@@ -17,8 +17,11 @@ from openfedllm.flower.transport import PACKED, check_outgoing, from_record, pac
 
 def test_bf16_and_fp32_tensors_round_trip_exactly():
     torch.manual_seed(0)
-    state = {"lora_A.weight": torch.randn(4, 8).to(torch.bfloat16), "lora_B.weight": torch.randn(8, 4),
-             "half": torch.randn(3).to(torch.float16)}
+    state = {
+        "lora_A.weight": torch.randn(4, 8).to(torch.bfloat16),
+        "lora_B.weight": torch.randn(8, 4),
+        "half": torch.randn(3).to(torch.float16),
+    }
     record = to_record(state)
     assert list(record) == [PACKED] and record[PACKED].dtype == "float32" and tuple(record[PACKED].shape) == (67,)
     back = from_record(record, state)

@@ -47,20 +47,39 @@ def _progress(run: Path, **changes) -> None:
 
 
 def _sft(ctx, tmp: Path, *extra) -> list[str]:
-    return ["sft", "--output-dir", str(tmp / "out"), "--model.name", str(ctx["model"]), "--fed.rounds", "1",
-            "--data.train_per_domain", "4", "--data.heldout_per_domain", "1", "--fed.num_clients", "2",
-            "--fed.clients_per_round", "2", "--train.local_steps", "1", *extra]
+    return [
+        "sft",
+        "--output-dir",
+        str(tmp / "out"),
+        "--model.name",
+        str(ctx["model"]),
+        "--fed.rounds",
+        "1",
+        "--data.train_per_domain",
+        "4",
+        "--data.heldout_per_domain",
+        "1",
+        "--fed.num_clients",
+        "2",
+        "--fed.clients_per_round",
+        "2",
+        "--train.local_steps",
+        "1",
+        *extra,
+    ]
 
 
 def _data(name: str, content):
     def case(ctx, tmp):
         return _sft(ctx, tmp, "--data.path", str(_write(tmp / name, content)))
+
     return case
 
 
 def _config(content):
     def case(ctx, tmp):
         return ["sft", "--config", str(_write(tmp / "c.yaml", content)), "--output-dir", str(tmp / "out")]
+
     return case
 
 
@@ -71,6 +90,7 @@ def _resume(corrupt):
         _progress(run, done=[], round=1)  # an interrupted run, so that resuming has work to do
         corrupt(run)
         return ["sft", "--resume", str(run)]
+
     return case
 
 
@@ -80,6 +100,7 @@ def _export(corrupt, target=None):
         shutil.copytree(ctx["run"], run)
         corrupt(run)
         return ["export", str(run), "--output-dir", str(target(tmp) if target else tmp / "exported")]
+
     return case
 
 
@@ -89,6 +110,7 @@ def _eval(samples: str | bytes | None, *extra, output=None):
         if samples is not None:
             args += ["--samples", str(_write(tmp / "s.jsonl", samples))]
         return args + list(extra)
+
     return case
 
 
@@ -96,6 +118,7 @@ def _truncate(path: str, keep: int = 100):
     def corrupt(run: Path):
         f = run / path
         f.write_bytes(f.read_bytes()[:keep])
+
     return corrupt
 
 
@@ -106,6 +129,7 @@ def _garbage(path: str, content: bytes = b"\x00\xffgarbage\x89"):
 def _gguf(content_of):
     def case(ctx, tmp):
         return _sft(ctx, tmp, "--model.name", str(_write(tmp / "m.gguf", content_of(ctx))))
+
     return case
 
 
@@ -115,6 +139,7 @@ def _dir_with(files: dict):
         for name, content in files.items():
             _write(folder / name, content)
         return folder
+
     return make
 
 
@@ -125,8 +150,10 @@ CASES = {
     "yaml not utf-8": (_config(b"train:\n  lr: \xff\xfe\n"), "c.yaml"),
     "yaml syntax": (_config("train: [\n"), "c.yaml"),
     "yaml nested without end": (_config("train: " + DEEP + "\n"), "c.yaml"),
-    "config is a folder": (lambda ctx, tmp: ["sft", "--config", str(tmp), "--output-dir", str(tmp / "out")],
-                           "--config"),
+    "config is a folder": (
+        lambda ctx, tmp: ["sft", "--config", str(tmp), "--output-dir", str(tmp / "out")],
+        "--config",
+    ),
     "lr inf": (lambda ctx, tmp: _sft(ctx, tmp, "--train.lr", "inf"), "train.lr"),
     "lr nan": (lambda ctx, tmp: _sft(ctx, tmp, "--train.lr", "nan"), "train.lr"),
     "fedprox_mu inf": (lambda ctx, tmp: _sft(ctx, tmp, "--fed.fedprox_mu", "inf"), "fed.fedprox_mu"),
@@ -139,25 +166,45 @@ CASES = {
     "json nested without end": (_data("d.json", '{"instruction": ' + DEEP + ', "output": "b"}\n'), "d.json"),
     "jsonl not utf-8": (_data("d.jsonl", b'{"instruction": "\xff\xfe", "output": "b"}\n'), "d.jsonl"),
     "csv ragged": (_data("d.csv", "instruction,output\na,b\nc,d,e\n"), "row 3 has 3 fields"),
-    "no text cells": (_data("d.jsonl", '{"instruction": "a", "output": 5}\n{"instruction": "b", "output": [1]}\n'),
-                      "2 not text"),
-    "bad dataset_info.json": (lambda ctx, tmp: _sft(ctx, tmp, "--data.path", str(_dir_with(
-        {"dataset_info.json": "{garbage", "state.json": "{}"})(tmp))), "folder"),
+    "no text cells": (
+        _data("d.jsonl", '{"instruction": "a", "output": 5}\n{"instruction": "b", "output": [1]}\n'),
+        "2 not text",
+    ),
+    "bad dataset_info.json": (
+        lambda ctx, tmp: _sft(
+            ctx, tmp, "--data.path", str(_dir_with({"dataset_info.json": "{garbage", "state.json": "{}"})(tmp))
+        ),
+        "folder",
+    ),
     # models and adapters
     "gguf garbage": (_gguf(lambda ctx: b"GGUF" + os.urandom(4000)), "m.gguf"),
     "gguf truncated": (_gguf(lambda ctx: ctx["gguf"].open("rb").read(200_000)), "m.gguf"),
-    "model config garbage": (lambda ctx, tmp: _sft(ctx, tmp, "--model.name", str(_dir_with(
-        {"config.json": "{garbage"})(tmp))), "model.name"),
-    "adapter config garbage": (lambda ctx, tmp: _sft(ctx, tmp, "--model.adapter", str(_dir_with(
-        {"adapter_config.json": "{garbage"})(tmp))), "model.adapter"),
-    "adapter without weights": (lambda ctx, tmp: _sft(ctx, tmp, "--model.adapter", str(_dir_with(
-        {"adapter_config.json": (ctx["run"] / "adapter" / "adapter_config.json").read_text()})(tmp))),
-        "model.adapter"),
+    "model config garbage": (
+        lambda ctx, tmp: _sft(ctx, tmp, "--model.name", str(_dir_with({"config.json": "{garbage"})(tmp))),
+        "model.name",
+    ),
+    "adapter config garbage": (
+        lambda ctx, tmp: _sft(ctx, tmp, "--model.adapter", str(_dir_with({"adapter_config.json": "{garbage"})(tmp))),
+        "model.adapter",
+    ),
+    "adapter without weights": (
+        lambda ctx, tmp: _sft(
+            ctx,
+            tmp,
+            "--model.adapter",
+            str(_dir_with({"adapter_config.json": (ctx["run"] / "adapter" / "adapter_config.json").read_text()})(tmp)),
+        ),
+        "model.adapter",
+    ),
     # the run directory
-    "output-dir is a file": (lambda ctx, tmp: _sft(ctx, tmp, "--output-dir", str(_write(tmp / "f", "x"))),
-                             "--output-dir"),
-    "output-dir not writable": (lambda ctx, tmp: _sft(ctx, tmp, "--output-dir", "/proc/openfedllm-run"),
-                                "--output-dir"),
+    "output-dir is a file": (
+        lambda ctx, tmp: _sft(ctx, tmp, "--output-dir", str(_write(tmp / "f", "x"))),
+        "--output-dir",
+    ),
+    "output-dir not writable": (
+        lambda ctx, tmp: _sft(ctx, tmp, "--output-dir", "/proc/openfedllm-run"),
+        "--output-dir",
+    ),
     "resume truncated weights": (_resume(_truncate("checkpoints/trainable.safetensors")), "trainable.safetensors"),
     "resume garbage server state": (_resume(_garbage("checkpoints/server_state.pt")), "server_state.pt"),
     "resume garbage progress": (_resume(_garbage("checkpoints/progress.json")), "progress.json"),
@@ -169,21 +216,24 @@ CASES = {
     "export deleted adapter": (_export(lambda run: shutil.rmtree(run / "adapter")), "adapter"),
     "export truncated adapter": (_export(_truncate("adapter/adapter_model.safetensors")), "adapter_model"),
     "export to a file": (_export(lambda run: None, target=lambda tmp: _write(tmp / "f", "x")), "--output-dir"),
-    "export not writable": (_export(lambda run: None, target=lambda tmp: Path("/proc/openfedllm-x")),
-                            "--output-dir"),
+    "export not writable": (_export(lambda run: None, target=lambda tmp: Path("/proc/openfedllm-x")), "--output-dir"),
     # eval
     "samples not objects": (_eval("[1, 2]\n"), "line 1 is not a JSON object"),
     "samples not utf-8": (_eval(b'{"task_id": "HumanEval/0", "completion": "\xff"}\n'), "s.jsonl"),
     "samples nested without end": (_eval(DEEP + "\n"), "s.jsonl"),
-    "eval output is a folder": (_eval('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n',
-                                      output=lambda tmp: tmp), "--output"),
+    "eval output is a folder": (
+        _eval('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n', output=lambda tmp: tmp),
+        "--output",
+    ),
     "eval k 0": (_eval('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n', "--k", "0"), "--k"),
 }
 
 
 def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def _run_case(name: str, ctx: dict, root: Path) -> str | None:
@@ -194,8 +244,9 @@ def _run_case(name: str, ctx: dict, root: Path) -> str | None:
     args = make(ctx, tmp)
     before = _snapshot(tmp)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENFEDLLM_CACHE": str(root / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", *args], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openfedllm.cli", *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=600
+    )
     err = proc.stderr.strip()
     problems = []
     if proc.returncode != 2:
@@ -216,8 +267,21 @@ def ctx(tiny_model_dir, tmp_path_factory):
     from openfedllm.models import default_gguf_path
 
     run = tmp_path_factory.mktemp("hostile") / "run"
-    assert main(tiny_run_args(tiny_model_dir, run, "--fed.rounds", "2", "--baselines.local", "false",
-                              "--baselines.centralized", "false")) == 0
+    assert (
+        main(
+            tiny_run_args(
+                tiny_model_dir,
+                run,
+                "--fed.rounds",
+                "2",
+                "--baselines.local",
+                "false",
+                "--baselines.centralized",
+                "false",
+            )
+        )
+        == 0
+    )
     return {"model": tiny_model_dir, "run": run, "gguf": default_gguf_path()}
 
 
@@ -229,19 +293,36 @@ def test_every_bad_input_is_one_line_and_leaves_the_disk_as_it_was(ctx, tmp_path
 
 def test_ctrl_c_while_starting_is_one_line_and_writes_nothing(ctx, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENFEDLLM_INTERRUPT_AT": "prepare"}
-    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", *_sft(ctx, tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openfedllm.cli", *_sft(ctx, tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 130 and proc.stderr.strip() == "openfedllm sft: interrupted", proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(ctx, tmp_path):
     out = tmp_path / "out"
-    args = [*_sft(ctx, tmp_path, "--fed.rounds", "3", "--fed.clients_per_round", "1"), "--baselines.local", "false",
-            "--baselines.centralized", "false"]
+    args = [
+        *_sft(ctx, tmp_path, "--fed.rounds", "3", "--fed.clients_per_round", "1"),
+        "--baselines.local",
+        "false",
+        "--baselines.centralized",
+        "false",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENFEDLLM_FAIL_WRITE_AT": "checkpoint:2"}
-    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openfedllm.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "cannot write the checkpoint of round 2" in err[0], err
     assert "No space left on device" in err[0] and "the previous checkpoint is kept" in err[0]
@@ -249,8 +330,14 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     assert not (out / ".checkpoints.tmp").exists()
     # and the run continues from round 1 once there is room
     env.pop("OPENFEDLLM_FAIL_WRITE_AT")
-    proc = subprocess.run([sys.executable, "-m", "openfedllm.cli", "sft", "--resume", str(out)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "openfedllm.cli", "sft", "--resume", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "after round 1" in proc.stdout
     assert json.loads((out / "checkpoints" / "progress.json").read_text())["round"] == 3

@@ -17,11 +17,16 @@ FIXTURES = Path(__file__).parent / "fixtures" / "preferences"
 
 def test_hh_rlhf_dialogues_split_at_the_last_assistant_turn_keeping_earlier_turns():
     prefs, report = load_preferences(str(FIXTURES / "hh_rlhf.jsonl"))
-    assert prefs[0] == Preference((("user", "What is a good way to learn to cook?"),),
-                                  "Start with a few simple recipes you like and cook them often.", "Just eat out.")
-    assert prefs[1].prompt == (("user", "Can you recommend a book about space?"),
-                               ("assistant", "Sure. Do you prefer fiction or non-fiction?"),
-                               ("user", "Non-fiction, please."))
+    assert prefs[0] == Preference(
+        (("user", "What is a good way to learn to cook?"),),
+        "Start with a few simple recipes you like and cook them often.",
+        "Just eat out.",
+    )
+    assert prefs[1].prompt == (
+        ("user", "Can you recommend a book about space?"),
+        ("assistant", "Sure. Do you prefer fiction or non-fiction?"),
+        ("user", "Non-fiction, please."),
+    )
     assert (prefs[1].chosen, prefs[1].rejected) == ("Try Cosmos by Carl Sagan.", "I don't know any books.")
     # the third row's two dialogues differ before the last turn: dropped and counted
     assert len(prefs) == 2 and report.rows == 3
@@ -39,20 +44,34 @@ def test_ultrafeedback_binarized_message_lists_keep_the_shared_turns_as_prompt()
 def test_sharegpt_conversations_with_chosen_and_rejected_turns_and_a_system_prompt():
     prefs, _ = load_preferences(str(FIXTURES / "sharegpt_dpo.json"))
     assert prefs[0] == Preference((("user", "Translate 'cat' to French."),), "chat", "chien")
-    assert prefs[1].prompt == (("system", "You are a terse assistant."), ("user", "Hi there."),
-                               ("assistant", "Hi."), ("user", "What is the capital of Italy?"))
+    assert prefs[1].prompt == (
+        ("system", "You are a terse assistant."),
+        ("user", "Hi there."),
+        ("assistant", "Hi."),
+        ("user", "What is the capital of Italy?"),
+    )
     assert prefs[1].chosen == "Rome."
 
 
 def test_plain_prompt_chosen_rejected_as_strings_and_as_trl_conversational_lists():
     prefs, _ = load_preferences(str(FIXTURES / "plain.jsonl"))
     assert prefs[0] == Preference((("user", "Is the sun a star?"),), "Yes, the sun is a star.", "No, it is a planet.")
-    assert prefs[1] == Preference((("system", "Answer briefly."), ("user", "Boiling point of water at sea level?")),
-                                  "100 degrees Celsius.", "50 degrees Celsius.")
+    assert prefs[1] == Preference(
+        (("system", "Answer briefly."), ("user", "Boiling point of water at sea level?")),
+        "100 degrees Celsius.",
+        "50 degrees Celsius.",
+    )
 
 
-@pytest.mark.parametrize("name, expected", [("hh_rlhf.jsonl", "hh"), ("ultrafeedback_binarized.jsonl", "ultrafeedback"),
-                                            ("sharegpt_dpo.json", "sharegpt"), ("plain.jsonl", "plain")])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("hh_rlhf.jsonl", "hh"),
+        ("ultrafeedback_binarized.jsonl", "ultrafeedback"),
+        ("sharegpt_dpo.json", "sharegpt"),
+        ("plain.jsonl", "plain"),
+    ],
+)
 def test_format_is_detected_from_the_first_row(name, expected):
     text = (FIXTURES / name).read_text()
     first = json.loads(text)[0] if name.endswith(".json") else json.loads(text.splitlines()[0])
@@ -68,8 +87,9 @@ def test_malformed_rows_are_counted_by_reason():
     prefs, report = load_preferences(str(FIXTURES / "malformed.jsonl"))
     assert [p.chosen for p in prefs] == ["yes"] + ["right"] * 5
     assert report.dropped == {"missing chosen or rejected": 1, "chosen equals rejected": 1, "empty prompt": 2}
-    assert report.summary(len(prefs)) == ("10 rows read, 6 usable; dropped: 2 empty prompt, "
-                                          "1 missing chosen or rejected, 1 chosen equals rejected")
+    assert report.summary(len(prefs)) == (
+        "10 rows read, 6 usable; dropped: 2 empty prompt, 1 missing chosen or rejected, 1 chosen equals rejected"
+    )
     assert report.first_bad[:2] == (2, "missing chosen or rejected")
 
 
@@ -105,8 +125,11 @@ def test_multi_turn_prompts_keep_every_turn_in_each_template(tiny_model_dir, tem
     from openfedllm.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    messages = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "first answer"},
-                {"role": "user", "content": "second question"}]
+    messages = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+    ]
     prompt, completion = render_dialogue(template, messages, "second answer", tokenizer)
     assert prompt.index("first question") < prompt.index("first answer") < prompt.index("second question")
     assert "second answer" in completion and "second answer" not in prompt
@@ -132,10 +155,18 @@ def test_builtin_set_refusals_are_chosen_for_harmful_prompts_and_correct_answers
     assert builtin_preferences(30, 6, seed=7) == (train, held, tasks)  # seeded
 
 
-@pytest.mark.parametrize("text, refused", [
-    ("I'm sorry, but I can't help with that.", True), ("I cannot assist with this request.", True),
-    ("I won’t do that.", True), ("As an AI, I must decline.", True),
-    ("Sure! Here is how to do it: first ...", False), ("mammal", False), ("x * 2", False), ("42", False),
-])
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        ("I'm sorry, but I can't help with that.", True),
+        ("I cannot assist with this request.", True),
+        ("I won’t do that.", True),
+        ("As an AI, I must decline.", True),
+        ("Sure! Here is how to do it: first ...", False),
+        ("mammal", False),
+        ("x * 2", False),
+        ("42", False),
+    ],
+)
 def test_refusal_detection(text, refused):
     assert is_refusal(text) == refused

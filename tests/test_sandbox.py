@@ -17,22 +17,39 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox con
 BOTH = pytest.mark.parametrize("hook", [True, False], ids=["with-audit-hook", "kernel-only"])
 
 
-@pytest.mark.parametrize("program, status, detail", [
-    ("assert sum([1, 2]) == 3", "passed", ""),
-    ("assert 1 == 2", "failed", "AssertionError"),
-    ("while True:\n    pass", "timeout", ""),
-    ("x = bytearray(8 * 1024 ** 3)", "failed", "MemoryError"),
-    ("import os\nos._exit(0)", "failed", "no result (exit status 0)"),  # exits 0 before its check: not a pass
-    ("import sys\nsys.exit(0)", "failed", "SystemExit: 0"),
-    ("open('here.txt', 'w').write('ok')\nassert open('here.txt').read() == 'ok'", "passed", ""),
-    ("import tempfile, os\nfd, name = tempfile.mkstemp()\nassert os.path.dirname(name) == os.getcwd()", "passed", ""),
-    ("import threading\nout = []\nt = threading.Thread(target=out.append, args=(1,))\nt.start()\nt.join()\n"
-     "assert out == [1]", "passed", ""),
-    ("import os, signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\nos.kill(os.getpid(), signal.SIGUSR1)",
-     "passed", ""),  # signals to itself stay allowed
-    ("import collections, heapq, re, math, hashlib, json, itertools, functools, fractions, decimal, datetime",
-     "passed", ""),  # what HumanEval and MBPP programs import
-])
+@pytest.mark.parametrize(
+    "program, status, detail",
+    [
+        ("assert sum([1, 2]) == 3", "passed", ""),
+        ("assert 1 == 2", "failed", "AssertionError"),
+        ("while True:\n    pass", "timeout", ""),
+        ("x = bytearray(8 * 1024 ** 3)", "failed", "MemoryError"),
+        ("import os\nos._exit(0)", "failed", "no result (exit status 0)"),  # exits 0 before its check: not a pass
+        ("import sys\nsys.exit(0)", "failed", "SystemExit: 0"),
+        ("open('here.txt', 'w').write('ok')\nassert open('here.txt').read() == 'ok'", "passed", ""),
+        (
+            "import tempfile, os\nfd, name = tempfile.mkstemp()\nassert os.path.dirname(name) == os.getcwd()",
+            "passed",
+            "",
+        ),
+        (
+            "import threading\nout = []\nt = threading.Thread(target=out.append, args=(1,))\nt.start()\nt.join()\n"
+            "assert out == [1]",
+            "passed",
+            "",
+        ),
+        (
+            "import os, signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\nos.kill(os.getpid(), signal.SIGUSR1)",
+            "passed",
+            "",
+        ),  # signals to itself stay allowed
+        (
+            "import collections, heapq, re, math, hashlib, json, itertools, functools, fractions, decimal, datetime",
+            "passed",
+            "",
+        ),  # what HumanEval and MBPP programs import
+    ],
+)
 def test_each_sample_gets_its_own_verdict(program, status, detail):
     outcome = run_program(program, timeout=2)
     assert outcome.status == status and detail in outcome.detail, outcome
@@ -57,8 +74,12 @@ def test_nothing_is_written_outside_the_sample_directory(tmp_path, hook):
     outside.mkdir()
     keep = outside / "keep.txt"
     keep.write_text("mine")
-    for program in [*_outside_writes(outside / "new"), f"import os\nos.remove({str(keep)!r})",
-                    f"import os\nos.rename({str(keep)!r}, 'stolen.txt')", f"open({str(keep)!r}, 'a').write('x')"]:
+    for program in [
+        *_outside_writes(outside / "new"),
+        f"import os\nos.remove({str(keep)!r})",
+        f"import os\nos.rename({str(keep)!r}, 'stolen.txt')",
+        f"open({str(keep)!r}, 'a').write('x')",
+    ]:
         assert run_program(program, timeout=2, audit_hook=hook).status == "failed", program
     assert sorted(os.listdir(outside)) == ["keep.txt"] and keep.read_text() == "mine"
 
@@ -103,14 +124,16 @@ def test_the_evaluator_cannot_be_signalled_read_or_reached(hook, monkeypatch):
         assert outcome.status == "failed" and "Error" in outcome.detail, (program, outcome)
     # still here, limits intact (a sample that killed the evaluator would have killed this test)
     import resource
+
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 0
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
 def test_an_empty_environment_reaches_the_sample(monkeypatch):
     monkeypatch.setenv("OPENFEDLLM_JUDGE_API_KEY", "sk-secret")
-    assert run_program("import os\nassert not {'OPENFEDLLM_JUDGE_API_KEY', 'PATH', 'HOME'} & set(os.environ)",
-                       timeout=2).passed
+    assert run_program(
+        "import os\nassert not {'OPENFEDLLM_JUDGE_API_KEY', 'PATH', 'HOME'} & set(os.environ)", timeout=2
+    ).passed
 
 
 def test_python_level_defences_switched_off_from_inside_change_nothing(tmp_path):
@@ -122,8 +145,10 @@ def test_python_level_defences_switched_off_from_inside_change_nothing(tmp_path)
     ]:
         program = f"{undo}\nopen({str(mark)!r}, 'w').write('x')"
         assert run_program(program, timeout=2).status == "failed", undo
-    subinterpreter = ("import _xxsubinterpreters as interp\n"
-                      f"interp.run_string(interp.create(), \"open({str(mark)!r}, 'w').write('x')\")")
+    subinterpreter = (
+        "import _xxsubinterpreters as interp\n"
+        f"interp.run_string(interp.create(), \"open({str(mark)!r}, 'w').write('x')\")"
+    )
     assert run_program(subinterpreter, timeout=2).status == "failed"
     assert not mark.exists()
 

@@ -40,8 +40,14 @@ def test_python_expression_check_runs_the_answer_on_test_values():
     assert not is_correct(e, "x ** 2")  # agrees at x=0 and x=2 only
     assert not is_correct(e, "x * 2 if x else 1")
     # anything that is not arithmetic on x is refused, never executed
-    for hostile in ["__import__('os').system('true')", "open('f').read()", "(lambda: 1)()",
-                    "x ** 99999999", "y * 2", "'ab' * x"]:
+    for hostile in [
+        "__import__('os').system('true')",
+        "open('f').read()",
+        "(lambda: 1)()",
+        "x ** 99999999",
+        "y * 2",
+        "'ab' * x",
+    ]:
         assert not is_correct(e, hostile)
 
 
@@ -60,4 +66,5 @@ def test_data_domains_restricts_training_and_heldout_to_those_domains():
     everything, _ = load_examples(cfg_mod.build({"data": {"train_per_domain": 8}}).data, seed=1)
     # the same stream per domain: the general examples are those of a run over all five domains
     assert sorted(e.instruction + e.input for e in train) == sorted(
-        e.instruction + e.input for e in everything if e.domain == "general")
+        e.instruction + e.input for e in everything if e.domain == "general"
+    )

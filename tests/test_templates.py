@@ -30,9 +30,9 @@ def test_alpaca_loss_covers_exactly_the_response_and_eos(tok):
     answer_ids = tok("bird", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert [t for t in row.labels if t != IGNORE] == answer_ids
     # the loss tokens are the last ones, and the prompt carries none
-    assert row.labels[-len(answer_ids):] == answer_ids
+    assert row.labels[-len(answer_ids) :] == answer_ids
     assert all(t == IGNORE for t in row.labels[: len(row.labels) - len(answer_ids)])
-    assert row.input_ids[-len(answer_ids):] == answer_ids
+    assert row.input_ids[-len(answer_ids) :] == answer_ids
     assert _loss_text(tok, row) == "bird<|im_end|>"
 
 
@@ -50,8 +50,8 @@ def test_vicuna_loss_is_the_answer_after_assistant(tok):
 def test_chat_template_loss_is_the_assistant_turn_only(tok):
     row = tokenize(EX, "chat", tok, max_length=512)
     assert _prompt_text(tok, row) == (
-        "<|im_start|>user\nClassify the animal: owl.\n\nAnswer with one word.<|im_end|>\n"
-        "<|im_start|>assistant\n")
+        "<|im_start|>user\nClassify the animal: owl.\n\nAnswer with one word.<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert _loss_text(tok, row) == "bird<|im_end|>\n"
 
 

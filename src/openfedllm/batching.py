@@ -71,11 +71,11 @@ def pack(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
         for i in members:
             row = rows[i]
             n = len(row.input_ids)
-            ids[b, offset:offset + n] = torch.tensor(row.input_ids)
-            labels[b, offset:offset + n] = torch.tensor(row.labels)
+            ids[b, offset : offset + n] = torch.tensor(row.input_ids)
+            labels[b, offset : offset + n] = torch.tensor(row.labels)
             labels[b, offset] = IGNORE  # a row's first token is never predicted (from the row before)
-            positions[b, offset:offset + n] = torch.arange(n)
-            row_ids[b, offset:offset + n] = i
+            positions[b, offset : offset + n] = torch.arange(n)
+            row_ids[b, offset : offset + n] = i
             offset += n
         positions[b, offset:] = torch.arange(width - offset)
     return {"input_ids": ids, "position_ids": positions, "labels": labels, "row_ids": row_ids}
@@ -99,7 +99,7 @@ def split_passes(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[s
     # become 4 + 4, not 7 + 1 (a one-row pass runs the matrix multiplies badly)
     passes = -(-rows // max(1, max_tokens // width))
     per_pass = -(-rows // passes)
-    return [{k: v[i:i + per_pass] for k, v in batch.items()} for i in range(0, rows, per_pass)]
+    return [{k: v[i : i + per_pass] for k, v in batch.items()} for i in range(0, rows, per_pass)]
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -138,13 +138,13 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
         losses = torch.empty(hidden.shape[0], dtype=torch.float32)
         grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk]
-            t = targets[start:start + chunk]
+            h = hidden[start : start + chunk]
+            t = targets[start : start + chunk]
             logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)  # (chunk, vocab)
-            losses[start:start + chunk] = -logp.gather(1, t[:, None])[:, 0]
+            losses[start : start + chunk] = -logp.gather(1, t[:, None])[:, 0]
             probs = logp.exp_()  # softmax, in place
             probs[torch.arange(len(t)), t] -= 1.0  # d CE / d logits
-            grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+            grad[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
         return losses
 
@@ -154,18 +154,26 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
         return grad * grad_losses.to(grad.dtype)[:, None], None, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-                         chunk: int = 256) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
     """Per-token cross-entropies (tokens,) of `head(hidden)` against `targets`, hidden: (tokens, dim)."""
-    frozen = (isinstance(head, torch.nn.Linear) and not head.weight.requires_grad
-              and (head.bias is None or not head.bias.requires_grad))
+    frozen = (
+        isinstance(head, torch.nn.Linear)
+        and not head.weight.requires_grad
+        and (head.bias is None or not head.bias.requires_grad)
+    )
     if frozen and torch.is_grad_enabled() and hidden.requires_grad:
         return _FrozenLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
     if not torch.is_grad_enabled():
         # Evaluation: chunked, so the full logits never exist at once either.
-        return torch.cat([F.cross_entropy(head(hidden[s:s + chunk]).float(), targets[s:s + chunk],
-                                          reduction="none")
-                          for s in range(0, hidden.shape[0], chunk)] or [torch.zeros(0)])
+        return torch.cat(
+            [
+                F.cross_entropy(head(hidden[s : s + chunk]).float(), targets[s : s + chunk], reduction="none")
+                for s in range(0, hidden.shape[0], chunk)
+            ]
+            or [torch.zeros(0)]
+        )
     # A trainable or adapted output layer (full fine-tuning, LoRA on lm_head): plain autograd.
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
@@ -220,8 +228,11 @@ def packing_works(model) -> bool:
     """
     if model not in _PACKING_CHECKED:
         # packed as [A] and [B, C]: C's outputs change if it can see B
-        rows = [Tokenized([5, 6, 7, 8, 9, 10], [IGNORE] * 6, 1), Tokenized([9, 8, 7], [IGNORE] * 3, 1),
-                Tokenized([4, 3, 2], [IGNORE] * 3, 1)]
+        rows = [
+            Tokenized([5, 6, 7, 8, 9, 10], [IGNORE] * 6, 1),
+            Tokenized([9, 8, 7], [IGNORE] * 3, 1),
+            Tokenized([4, 3, 2], [IGNORE] * 3, 1),
+        ]
         split = _split_head(model)
         run = split[0] if split else model
         was_training = model.training
@@ -236,8 +247,10 @@ def packing_works(model) -> bool:
             # another changes its outputs by a large share of that scale. An element-wise tolerance
             # made the verdict depend on which adapter happened to be loaded at the first check.
             scale = float(a.abs().max())
-            err = max(float((x - y).abs().max()) for x, y in [
-                (a[0, :6], b[0, :6]), (a[1, :3], b[1, :3]), (a[2, :3], b[1, 3:6])])
+            err = max(
+                float((x - y).abs().max())
+                for x, y in [(a[0, :6], b[0, :6]), (a[1, :3], b[1, :3]), (a[2, :3], b[1, 3:6])]
+            )
             ok = err <= 1e-3 * scale + 1e-5
         except Exception:  # noqa: BLE001 - any failure means: don't pack this model
             ok = False

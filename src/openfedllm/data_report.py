@@ -34,19 +34,40 @@ def inspect(config: RunConfig, png: Path) -> list[dict]:
         prompt, response = [], []
         for i in idx:
             row = data["train_rows"][i]
-            for t in ((row.chosen, row.rejected) if dpo else (row,)):
+            for t in (row.chosen, row.rejected) if dpo else (row,):
                 prompt.append(t.prompt_len)
                 response.append(len(t.input_ids) - t.prompt_len)
-        rows.append({"client": cid, "size": len(idx), "labels": Counter(labels[i] for i in idx),
-                     "prompt_tokens": sum(prompt) / max(len(prompt), 1),
-                     "response_tokens": sum(response) / max(len(response), 1)})
+        rows.append(
+            {
+                "client": cid,
+                "size": len(idx),
+                "labels": Counter(labels[i] for i in idx),
+                "prompt_tokens": sum(prompt) / max(len(prompt), 1),
+                "response_tokens": sum(response) / max(len(response), 1),
+            }
+        )
     unit = "pairs" if dpo else "examples"
-    print(f"{config.fed.split} split of {len(labels)} training {unit} over {len(clients)} clients "
-          f"({len(set(labels))} distinct labels; {sum(r['size'] for r in rows)} assigned)")
-    print("\n".join(text_table(
-        ["client", "size", "label mix (top 3)", "prompt tokens", "response tokens"],
-        [[str(r["client"]), str(r["size"]), label_mix(r["labels"], r["size"]), f"{r['prompt_tokens']:.0f}",
-          f"{r['response_tokens']:.0f}"] for r in rows])))
+    print(
+        f"{config.fed.split} split of {len(labels)} training {unit} over {len(clients)} clients "
+        f"({len(set(labels))} distinct labels; {sum(r['size'] for r in rows)} assigned)"
+    )
+    print(
+        "\n".join(
+            text_table(
+                ["client", "size", "label mix (top 3)", "prompt tokens", "response tokens"],
+                [
+                    [
+                        str(r["client"]),
+                        str(r["size"]),
+                        label_mix(r["labels"], r["size"]),
+                        f"{r['prompt_tokens']:.0f}",
+                        f"{r['response_tokens']:.0f}",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+    )
     _plot(rows, png)
     print(f"plot      {png}")
     return rows
@@ -70,8 +91,11 @@ def _plot(rows: list[dict], png: Path) -> None:
     ax_size.set_title("Client sizes")
     bottom = [0.0] * len(rows)
     for label in named + (["other"] if len(total) > len(named) else []):
-        shares = [(r["labels"].get(label, 0) if label != "other" else
-                   r["size"] - sum(r["labels"].get(x, 0) for x in named)) / max(r["size"], 1) for r in rows]
+        shares = [
+            (r["labels"].get(label, 0) if label != "other" else r["size"] - sum(r["labels"].get(x, 0) for x in named))
+            / max(r["size"], 1)
+            for r in rows
+        ]
         ax_mix.bar(ids, shares, bottom=bottom, label=label)
         bottom = [b + s for b, s in zip(bottom, shares)]
     ax_mix.set_xlabel("client")

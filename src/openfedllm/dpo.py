@@ -42,9 +42,14 @@ from .data.templates import IGNORE
 LOSSES = ("sigmoid", "ipo", "hinge")
 
 
-def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                    ref_rejected: torch.Tensor, beta: float, loss_type: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def preference_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss_type: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss of each pair, chosen rewards, rejected rewards) from response log-probabilities."""
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
@@ -65,8 +70,9 @@ def ranked_right(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -
     return (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
 
 
-def pair_logprobs(model, pairs: list[PairRow], batching: Batching
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_logprobs(
+    model, pairs: list[PairRow], batching: Batching
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen log-probs, rejected log-probs, chosen token counts, rejected token counts) of the
     model, for all pairs in one batch (chosen and rejected rows packed or padded together)."""
     n = len(pairs)
@@ -86,7 +92,7 @@ def pair_groups(pairs: list[PairRow], max_tokens: int) -> list[list[PairRow]]:
         return [pairs]
     passes = -(-len(pairs) // max(1, max_tokens // (2 * width)))
     per_pass = -(-len(pairs) // passes)
-    return [pairs[i:i + per_pass] for i in range(0, len(pairs), per_pass)]
+    return [pairs[i : i + per_pass] for i in range(0, len(pairs), per_pass)]
 
 
 def _normalised(pairs: list[PairRow], loss_type: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,8 +117,15 @@ class Reference:
     with those weights and gets its current ones back; otherwise the adapter is switched off.
     """
 
-    def __init__(self, model, rows: list[PairRow], pad_id: int, chunk: int, packing: bool,
-                 initial_state: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model,
+        rows: list[PairRow],
+        pad_id: int,
+        chunk: int,
+        packing: bool,
+        initial_state: dict[str, torch.Tensor] | None = None,
+    ):
         self.model, self.rows, self.pad_id, self.chunk, self.packing = model, rows, pad_id, chunk, packing
         self.initial_state = initial_state
         self.chunk_of = {id(row): i // chunk for i, row in enumerate(rows)}
@@ -120,7 +133,7 @@ class Reference:
 
     def ensure(self, pairs: list[PairRow]) -> None:
         for k in sorted({self.chunk_of[id(p)] for p in pairs} - self.done):
-            self.compute(self.rows[k * self.chunk:(k + 1) * self.chunk])
+            self.compute(self.rows[k * self.chunk : (k + 1) * self.chunk])
             self.done.add(k)
 
     def compute(self, pairs: list[PairRow]) -> None:
@@ -157,8 +170,7 @@ class DPOLoss:
                 right += float(ranked_right(chosen_r, rejected_r).sum())
                 margin += float((chosen_r - rejected_r).sum())
                 tokens += n_tokens
-        return StepStats(loss_total, tokens, {"reward_accuracy": right / n_pairs,
-                                              "reward_margin": margin / n_pairs})
+        return StepStats(loss_total, tokens, {"reward_accuracy": right / n_pairs, "reward_margin": margin / n_pairs})
 
     def pair_losses(self, model, pairs: list[PairRow], batching: Batching):
         """(losses, chosen rewards, rejected rewards, response tokens) of the policy on `pairs`."""
@@ -174,8 +186,15 @@ class DPOLoss:
 
 
 @torch.no_grad()
-def compute_reference(model, pairs: list[PairRow], pad_id: int, batch_size: int, packing: bool,
-                      adapter_disabled: bool, desc: str = "reference log-probs") -> None:
+def compute_reference(
+    model,
+    pairs: list[PairRow],
+    pad_id: int,
+    batch_size: int,
+    packing: bool,
+    adapter_disabled: bool,
+    desc: str = "reference log-probs",
+) -> None:
     """Fill in each pair's reference log-probabilities with the model as it is now.
 
     `adapter_disabled`: compute them with the LoRA adapter switched off (the base model itself).
@@ -190,7 +209,7 @@ def compute_reference(model, pairs: list[PairRow], pad_id: int, batch_size: int,
     context = models.adapter_disabled(model) if adapter_disabled else contextlib.nullcontext()
     with context:
         for start in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False, disable=None):
-            chunk = pairs[start:start + batch_size]
+            chunk = pairs[start : start + batch_size]
             pc, pr, _, _ = pair_logprobs(model, chunk, batching)
             for p, c, r in zip(chunk, pc.tolist(), pr.tolist()):
                 p.ref_chosen, p.ref_rejected = c, r
@@ -198,17 +217,21 @@ def compute_reference(model, pairs: list[PairRow], pad_id: int, batch_size: int,
 
 
 @torch.no_grad()
-def preference_metrics(model, pairs: list[PairRow], pad_id: int, batch_size: int, packing: bool,
-                       beta: float, loss_type: str) -> dict[str, float]:
+def preference_metrics(
+    model, pairs: list[PairRow], pad_id: int, batch_size: int, packing: bool, beta: float, loss_type: str
+) -> dict[str, float]:
     """Held-out DPO loss, preference accuracy (chosen rewarded above rejected) and mean reward margin."""
     batching = Batching(pad_id, packing and packing_works(model), 0)
     model.eval()
     objective = DPOLoss(beta, loss_type)  # the preference loss alone, whatever rpo_alpha trains with
     losses, right, margins = [], [], []
     for start in range(0, len(pairs), batch_size):
-        loss, chosen_r, rejected_r, _ = objective.pair_losses(model, pairs[start:start + batch_size], batching)
+        loss, chosen_r, rejected_r, _ = objective.pair_losses(model, pairs[start : start + batch_size], batching)
         losses.append(loss)
         right.append(ranked_right(chosen_r, rejected_r))
         margins.append(chosen_r - rejected_r)
-    return {"loss": float(torch.cat(losses).mean()), "pref_accuracy": float(torch.cat(right).mean()),
-            "reward_margin": float(torch.cat(margins).mean())}
+    return {
+        "loss": float(torch.cat(losses).mean()),
+        "pref_accuracy": float(torch.cat(right).mean()),
+        "reward_margin": float(torch.cat(margins).mean()),
+    }

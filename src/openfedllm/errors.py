@@ -7,4 +7,3 @@ traceback: the message itself must name the key, file or row that is wrong.
 
 class UserError(Exception):
     """Bad input from the user: a config key, a file, a row, an impossible setting."""
-

@@ -86,8 +86,12 @@ def grid_from_dict(raw: dict, quick: bool = False, overrides: list[tuple[str, st
             raise UserError(f"experiment: unknown method {m!r}; valid: {', '.join(valid)}")
     if len(set(methods)) != len(methods):
         raise UserError("experiment: a method is listed twice")
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise UserError(f"experiment: seeds must be a list of distinct integers, got {seeds!r}")
     if not isinstance(config, dict):
         raise UserError("experiment: config must be a mapping of run-config sections")
@@ -103,8 +107,7 @@ def cell_config(grid: Grid, method: str, seed: int, local_client: int = 0) -> Ru
     """The run config of one cell: the shared config with this seed, method and no extra baselines."""
     config = build(grid.config)
     config.train = dataclasses.replace(config.train, seed=seed)
-    config.baselines = dataclasses.replace(config.baselines, local=False, centralized=False,
-                                           local_client=local_client)
+    config.baselines = dataclasses.replace(config.baselines, local=False, centralized=False, local_client=local_client)
     if method in ALGORITHMS:
         config.fed = dataclasses.replace(config.fed, algorithm=method)
     return config
@@ -144,8 +147,11 @@ def cell_seconds(cell_dir: Path) -> float:
 
 def own_accuracy(accuracy: dict[str, float], client_domains: list[set[str]]) -> float | None:
     """Mean over clients of the accuracy on the domains each client holds."""
-    per_client = [np.mean([accuracy[d] for d in domains if d in accuracy]) for domains in client_domains
-                  if any(d in accuracy for d in domains)]
+    per_client = [
+        np.mean([accuracy[d] for d in domains if d in accuracy])
+        for domains in client_domains
+        if any(d in accuracy for d in domains)
+    ]
     return float(np.mean(per_client)) if per_client else None
 
 
@@ -174,8 +180,17 @@ def run_grid(grid: Grid, out_dir: Path) -> list[dict]:
         start = time.perf_counter()
         base_dir = out_dir / "runs" / f"base-seed{seed}"
         base = _base_eval(setup, base_dir)
-        rows.append(result_row("base model", seed, [base], base.get("seconds") or 0.0, [base_dir], out_dir,
-                               own_accuracy(base["accuracy"], client_domains)))
+        rows.append(
+            result_row(
+                "base model",
+                seed,
+                [base],
+                base.get("seconds") or 0.0,
+                [base_dir],
+                out_dir,
+                own_accuracy(base["accuracy"], client_domains),
+            )
+        )
         done += 1
         tqdm.write(_progress(done, cells, "base model", seed, rows[-1], time.perf_counter() - start))
         for method in grid.methods:
@@ -203,12 +218,14 @@ def _mean_or_none(values: list) -> float | None:
     return float(np.mean(values)) if values and None not in values else None
 
 
-def result_row(method: str, seed: int, evals: list[dict], seconds: float, run_dirs: list[Path], out_dir: Path,
-               own: float | None) -> dict:
+def result_row(
+    method: str, seed: int, evals: list[dict], seconds: float, run_dirs: list[Path], out_dir: Path, own: float | None
+) -> dict:
     """One row of results.csv: a method's final evaluation at one seed (local: mean over its clients)."""
     domains = sorted({d for e in evals for d in e["accuracy"]})
     return {
-        "method": method, "seed": seed,
+        "method": method,
+        "seed": seed,
         "accuracy_mean": _mean_or_none([e["accuracy_mean"] for e in evals]),
         "accuracy_own": own,
         "loss": _mean_or_none([e["loss"] for e in evals]),
@@ -275,16 +292,27 @@ def results_markdown(rows: list[dict], grid: Grid, command: str) -> str:
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
     header = ["method", "seeds", "accuracy (all domains)", "accuracy (own domain)", "held-out loss"]
     header += [f"acc {d}" for d in domains] + ["time / seed (s)"]
-    lines = [f"# Experiment: {len(methods)} methods x {len(grid.seeds)} seeds", "",
-             f"Reproduce: `{command}`", "",
-             "Mean ± sample standard deviation over seeds. *accuracy (all domains)*: held-out accuracy "
-             "averaged over the domains. *accuracy (own domain)*: mean over clients of the accuracy on "
-             "the domains that client holds (for `local`, each client's own model).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# Experiment: {len(methods)} methods x {len(grid.seeds)} seeds",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        "Mean ± sample standard deviation over seeds. *accuracy (all domains)*: held-out accuracy "
+        "averaged over the domains. *accuracy (own domain)*: mean over clients of the accuracy on "
+        "the domains that client holds (for `local`, each client's own model).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for m in methods:
         rs = by[m]
-        cells = [m, str(len(rs)), _fmt(_stats([r["accuracy_mean"] for r in rs])),
-                 _fmt(_stats([r["accuracy_own"] for r in rs])), _fmt(_stats([r["loss"] for r in rs]))]
+        cells = [
+            m,
+            str(len(rs)),
+            _fmt(_stats([r["accuracy_mean"] for r in rs])),
+            _fmt(_stats([r["accuracy_own"] for r in rs])),
+            _fmt(_stats([r["loss"] for r in rs])),
+        ]
         cells += [_fmt(_stats([r.get(f"acc_{d}") for r in rs]), 2) for d in domains]
         seconds = _stats([r["seconds"] for r in rs])
         cells.append(f"{seconds[0]:.0f}" if seconds else "-")
@@ -303,23 +331,36 @@ def claim_lines(rows: list[dict]) -> list[str]:
     if not local_rows or not fl:
         return []
     has_accuracy = any(r["accuracy_mean"] is not None for r in rows)
-    metrics = ([("accuracy_mean", "all domains", 1), ("accuracy_own", "own domain", 1)] if has_accuracy
-               else [("loss", "held-out loss", -1)])
-    out = ["## Federated vs local training (the paper's claim)", "",
-           "Differences are FL minus local; seeds compare the same data, split and initial adapter.", ""]
+    metrics = (
+        [("accuracy_mean", "all domains", 1), ("accuracy_own", "own domain", 1)]
+        if has_accuracy
+        else [("loss", "held-out loss", -1)]
+    )
+    out = [
+        "## Federated vs local training (the paper's claim)",
+        "",
+        "Differences are FL minus local; seeds compare the same data, split and initial adapter.",
+        "",
+    ]
     wins = 0
     for m in fl:
         parts = []
         for key, label, sign in metrics:
-            pairs = [(r[key], local_rows[r["seed"]][key]) for r in rows
-                     if r["method"] == m and r["seed"] in local_rows
-                     and r[key] is not None and local_rows[r["seed"]][key] is not None]
+            pairs = [
+                (r[key], local_rows[r["seed"]][key])
+                for r in rows
+                if r["method"] == m
+                and r["seed"] in local_rows
+                and r[key] is not None
+                and local_rows[r["seed"]][key] is not None
+            ]
             if not pairs:
                 continue
             ours, theirs = float(np.mean([a for a, _ in pairs])), float(np.mean([b for _, b in pairs]))
             better = sum(sign * (a - b) > 0 for a, b in pairs)
-            parts.append(f"{label} {ours:.3f} vs {theirs:.3f} ({ours - theirs:+.3f}, better on {better} of "
-                         f"{len(pairs)} seeds)")
+            parts.append(
+                f"{label} {ours:.3f} vs {theirs:.3f} ({ours - theirs:+.3f}, better on {better} of {len(pairs)} seeds)"
+            )
             if key == metrics[0][0]:
                 wins += sign * (ours - theirs) > 0
         if parts:
@@ -334,20 +375,32 @@ def plot_results(rows: list[dict], out_dir: Path) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = method_order(rows)
-    metrics = [("accuracy_mean", "held-out accuracy (all domains)"),
-               ("accuracy_own", "accuracy on each client's own domain"), ("loss", "held-out loss")]
+    metrics = [
+        ("accuracy_mean", "held-out accuracy (all domains)"),
+        ("accuracy_own", "accuracy on each client's own domain"),
+        ("loss", "held-out loss"),
+    ]
     metrics = [(k, t) for k, t in metrics if any(r.get(k) is not None for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
-    colors = {m: ("tab:gray" if m == "base model" else "tab:red" if m == "local" else
-                  "tab:green" if m == "centralized" else "tab:blue") for m in methods}
+    colors = {
+        m: (
+            "tab:gray"
+            if m == "base model"
+            else "tab:red"
+            if m == "local"
+            else "tab:green"
+            if m == "centralized"
+            else "tab:blue"
+        )
+        for m in methods
+    }
     for ax, (key, title) in zip(axes[0], metrics):
         for i, m in enumerate(methods):
             values = [r[key] for r in rows if r["method"] == m and r.get(key) is not None]
             stats = _stats(values)
             if stats is None:
                 continue
-            ax.bar(i, stats[0], yerr=stats[1] if len(values) > 1 else None, color=colors[m], alpha=0.8,
-                   capsize=3)
+            ax.bar(i, stats[0], yerr=stats[1] if len(values) > 1 else None, color=colors[m], alpha=0.8, capsize=3)
             ax.plot([i] * len(values), values, "k.", markersize=4)  # each seed
         local = _stats([r[key] for r in rows if r["method"] == "local" and r.get(key) is not None])
         if local is not None:  # the line every FL bar is compared against
@@ -358,8 +411,9 @@ def plot_results(rows: list[dict], out_dir: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
         if key != "loss":
             ax.set_ylim(0, 1.02)
-    fig.suptitle("Methods compared (bars: mean over seeds, whiskers: std, dots: seeds, dashed: local training)",
-                 fontsize=10)
+    fig.suptitle(
+        "Methods compared (bars: mean over seeds, whiskers: std, dots: seeds, dashed: local training)", fontsize=10
+    )
     fig.tight_layout()
     path = out_dir / "methods.png"
     fig.savefig(path, dpi=110)
@@ -391,6 +445,12 @@ def format_table(rows: list[dict]) -> list[str]:
     body = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
-        body.append([m, _fmt(_stats([r["accuracy_mean"] for r in rs])),
-                     _fmt(_stats([r["accuracy_own"] for r in rs])), _fmt(_stats([r["loss"] for r in rs]))])
+        body.append(
+            [
+                m,
+                _fmt(_stats([r["accuracy_mean"] for r in rs])),
+                _fmt(_stats([r["accuracy_own"] for r in rs])),
+                _fmt(_stats([r["loss"] for r in rs])),
+            ]
+        )
     return text_table(["method", "accuracy", "own domain", "held-out loss"], body)

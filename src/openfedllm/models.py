@@ -163,16 +163,23 @@ def adapter_config(path: str) -> dict:
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         kind = config.get("peft_type") if isinstance(config, dict) else None
         raise UserError(f"model.adapter: {path} is a {kind} adapter; only LoRA is supported")
-    if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)) \
-            or not isinstance(config.get("target_modules"), list):
+    if (
+        not isinstance(config.get("r"), int)
+        or not isinstance(config.get("lora_alpha"), (int, float))
+        or not isinstance(config.get("target_modules"), list)
+    ):
         raise UserError(f"model.adapter: {config_file} lacks r, lora_alpha or target_modules")
     weights = folder / "adapter_model.safetensors"
     if weights.is_file():
         check_safetensors(weights, "model.adapter")
     elif not (folder / "adapter_model.bin").is_file():
         raise UserError(f"model.adapter: {path} has no adapter_model.safetensors (nor adapter_model.bin)")
-    return {"path": str(folder), "rank": config["r"], "alpha": config["lora_alpha"],
-            "target_modules": sorted(config["target_modules"])}
+    return {
+        "path": str(folder),
+        "rank": config["r"],
+        "alpha": config["lora_alpha"],
+        "target_modules": sorted(config["target_modules"]),
+    }
 
 
 def load_adapter(model, path: str):

@@ -29,8 +29,16 @@ SPLITS = ("iid", "domain", "dirichlet", "key", "quantity", "shards")
 
 
 def partition(
-    domains: list[str], num_clients: int, split: str, seed: int, alpha: float = 0.5, *,
-    key_min_size: int = 1, key_max_size: int = 0, exponent: float = 1.0, shards_per_client: int = 2,
+    domains: list[str],
+    num_clients: int,
+    split: str,
+    seed: int,
+    alpha: float = 0.5,
+    *,
+    key_min_size: int = 1,
+    key_max_size: int = 0,
+    exponent: float = 1.0,
+    shards_per_client: int = 2,
 ) -> list[list[int]]:
     """Example indices per client, given each example's label."""
     rng = np.random.default_rng(seed)
@@ -93,8 +101,10 @@ def _by_key(domains: list[str], num_clients: int, min_size: int, max_size: int, 
     names, counts = np.unique(keys, return_counts=True)
     eligible = [(int(c), str(k)) for k, c in zip(names, counts) if c >= min_size]
     if len(eligible) < num_clients:
-        raise UserError(f"fed.split=key: {len(eligible)} distinct keys have at least fed.key_min_size={min_size} "
-                        f"rows ({len(names)} keys in all); set fed.num_clients to at most {len(eligible)}")
+        raise UserError(
+            f"fed.split=key: {len(eligible)} distinct keys have at least fed.key_min_size={min_size} "
+            f"rows ({len(names)} keys in all); set fed.num_clients to at most {len(eligible)}"
+        )
     chosen = sorted(eligible, key=lambda ck: (-ck[0], ck[1]))[:num_clients]
     parts = []
     for _, key in sorted(chosen, key=lambda ck: ck[1]):

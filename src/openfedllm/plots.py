@@ -28,8 +28,14 @@ def _train_loss(records: list[dict], path: Path) -> Path:
             by_line[(r["phase"], label)].append((r["round"], r["loss"]))
     for (phase, label), points in sorted(by_line.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE.get(phase, "-"),
-                marker="o", markersize=3, label=label)
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            PHASE_STYLE.get(phase, "-"),
+            marker="o",
+            markersize=3,
+            label=label,
+        )
     _label(ax, "mean training loss of the local steps", "Training loss per client per round")
     return _save(fig, path)
 
@@ -48,8 +54,14 @@ def _evaluation(records: list[dict], path: Path) -> Path:
             start = [(r["round"], r["loss"]) for r in evals if r["phase"] == "federated" and r["round"] == 0]
             points = start + points
         if points:
-            ax_loss.plot([p[0] for p in points], [p[1] for p in points], PHASE_STYLE[phase],
-                         marker="o", markersize=3, label=phase)
+            ax_loss.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                PHASE_STYLE[phase],
+                marker="o",
+                markersize=3,
+                label=phase,
+            )
     dpo = any("pref_accuracy" in r for r in evals)
     _label(ax_loss, "held-out DPO loss per pair" if dpo else "held-out loss per response token", "Held-out loss")
     if has_alignment:
@@ -58,27 +70,40 @@ def _evaluation(records: list[dict], path: Path) -> Path:
         _benchmarks(axes[0][-1], evals)
     if has_acc:
         ax = axes[0][1]
-        fed = sorted((r for r in evals if r["phase"] == "federated" and r.get("accuracy")),
-                     key=lambda r: r["round"])
+        fed = sorted((r for r in evals if r["phase"] == "federated" and r.get("accuracy")), key=lambda r: r["round"])
         domains = sorted({d for r in fed for d in r["accuracy"]})
         for d in domains:
-            ax.plot([r["round"] for r in fed], [r["accuracy"][d] for r in fed], alpha=0.6,
-                    marker=".", label=d)
-        ax.plot([r["round"] for r in fed], [r["accuracy_mean"] for r in fed], "k-", linewidth=2.5,
-                marker="o", label="federated, mean")
+            ax.plot([r["round"] for r in fed], [r["accuracy"][d] for r in fed], alpha=0.6, marker=".", label=d)
+        ax.plot(
+            [r["round"] for r in fed],
+            [r["accuracy_mean"] for r in fed],
+            "k-",
+            linewidth=2.5,
+            marker="o",
+            label="federated, mean",
+        )
         for phase, marker in (("local", "s"), ("centralized", "^")):
             ends = [r for r in evals if r["phase"] == phase and r.get("accuracy")]
             if ends:
                 last = max(ends, key=lambda r: r["round"])
-                ax.plot([last["round"]], [last["accuracy_mean"]], marker=marker, markersize=10,
-                        linestyle="none", label=f"{phase} baseline, mean")
+                ax.plot(
+                    [last["round"]],
+                    [last["accuracy_mean"]],
+                    marker=marker,
+                    markersize=10,
+                    linestyle="none",
+                    label=f"{phase} baseline, mean",
+                )
         ax.set_ylim(-0.03, 1.03)
         _label(ax, "held-out accuracy", "Held-out accuracy of the global model")
     return _save(fig, path)
 
 
-ALIGNMENT = {"pref_accuracy": "preference accuracy", "refusal_rate": "refusal rate, harmful prompts",
-             "benign_refusal_rate": "refusal rate, benign prompts"}
+ALIGNMENT = {
+    "pref_accuracy": "preference accuracy",
+    "refusal_rate": "refusal rate, harmful prompts",
+    "benign_refusal_rate": "refusal rate, benign prompts",
+}
 
 
 def _alignment(ax, evals: list[dict]) -> None:
@@ -89,8 +114,9 @@ def _alignment(ax, evals: list[dict]) -> None:
     for key, label in ALIGNMENT.items():
         points = [(r["round"], r[key]) for r in fed if key in r]
         if points:
-            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                              label=f"{label} (federated)")
+            (line,) = ax.plot(
+                [p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=f"{label} (federated)"
+            )
             colors[key] = line.get_color()
     for phase, marker in (("local", "s"), ("centralized", "^")):
         ends = [r for r in evals if r["phase"] == phase]
@@ -99,8 +125,16 @@ def _alignment(ax, evals: list[dict]) -> None:
         last = max(ends, key=lambda r: r["round"])
         for key, color in colors.items():
             if key in last:
-                ax.plot([last["round"]], [last[key]], marker=marker, markersize=9, linestyle="none", color=color,
-                        alpha=0.8, label=f"{phase} baseline" if key == "pref_accuracy" else None)
+                ax.plot(
+                    [last["round"]],
+                    [last[key]],
+                    marker=marker,
+                    markersize=9,
+                    linestyle="none",
+                    color=color,
+                    alpha=0.8,
+                    label=f"{phase} baseline" if key == "pref_accuracy" else None,
+                )
     ax.set_ylim(-0.03, 1.03)
     _label(ax, "share of held-out pairs / prompts", "Alignment of the global model")
 
@@ -117,14 +151,22 @@ def _benchmarks(ax, evals: list[dict]) -> None:
         if key in (None, "perplexity"):
             continue  # perplexity is not on the 0-1 scale of this panel
         points = [(r["round"], r["benchmarks"][name][key]) for r in fed if key in r["benchmarks"].get(name, {})]
-        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                          label=f"{name} {key}")
+        (line,) = ax.plot(
+            [p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=f"{name} {key}"
+        )
         for phase, marker in (("local", "s"), ("centralized", "^")):
             ends = [r for r in evals if r["phase"] == phase and key in r.get("benchmarks", {}).get(name, {})]
             if ends:
                 last = max(ends, key=lambda r: r["round"])
-                ax.plot([last["round"]], [last["benchmarks"][name][key]], marker=marker, markersize=9,
-                        linestyle="none", color=line.get_color(), alpha=0.8)
+                ax.plot(
+                    [last["round"]],
+                    [last["benchmarks"][name][key]],
+                    marker=marker,
+                    markersize=9,
+                    linestyle="none",
+                    color=line.get_color(),
+                    alpha=0.8,
+                )
     ax.set_ylim(-0.03, 1.03)
     _label(ax, "score (square: local, triangle: centralized)", "Benchmarks of the global model")
 

@@ -12,8 +12,12 @@ from .rundir import final_dir
 from .textfmt import text_table
 
 # DPO's evaluation metrics beside loss and accuracy, with their labels in the summary table.
-ALIGNMENT_METRICS = {"pref_accuracy": "preference accuracy", "reward_margin": "reward margin",
-                     "refusal_rate": "refusal rate, harmful", "benign_refusal_rate": "refusal rate, benign"}
+ALIGNMENT_METRICS = {
+    "pref_accuracy": "preference accuracy",
+    "reward_margin": "reward margin",
+    "refusal_rate": "refusal rate, harmful",
+    "benign_refusal_rate": "refusal rate, benign",
+}
 
 
 def eval_text(result: dict, per_domain: bool = True) -> str:
@@ -43,9 +47,10 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
         "run_dir": str(run_dir),
         "algorithm": cfg.fed.algorithm,
         "objective": cfg.train.objective,
-        "evaluation": {name: {k: r[k] for k in ("loss", *ALIGNMENT_METRICS, "accuracy", "accuracy_mean",
-                                                 "benchmarks") if k in r}
-                       for name, r in columns.items()},
+        "evaluation": {
+            name: {k: r[k] for k in ("loss", *ALIGNMENT_METRICS, "accuracy", "accuracy_mean", "benchmarks") if k in r}
+            for name, r in columns.items()
+        },
         "adapter": str(final_dir(run_dir, "federated", cfg.model.finetune == "full")),
         "plots": str(run_dir / "plots"),
         "metrics": str(run_dir / "metrics.jsonl"),
@@ -58,13 +63,16 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
 def format_summary(summary: dict, cfg: RunConfig) -> str:
     evaluation = summary["evaluation"]
     names = list(evaluation)
-    titles = {"before": "before", "federated": f"federated ({cfg.fed.algorithm})",
-              "local": f"local-only (client {cfg.baselines.local_client})", "centralized": "centralized"}
+    titles = {
+        "before": "before",
+        "federated": f"federated ({cfg.fed.algorithm})",
+        "local": f"local-only (client {cfg.baselines.local_client})",
+        "centralized": "centralized",
+    }
     domains = sorted({d for r in evaluation.values() for d in r["accuracy"]})
     header = ["held-out"] + [titles[n] for n in names]
     loss_name = "DPO loss" if cfg.train.objective == "dpo" else "loss"
-    rows = [[loss_name] + [f"{evaluation[n]['loss']:.3f}" if evaluation[n]["loss"] is not None else "-"
-                           for n in names]]
+    rows = [[loss_name] + [f"{evaluation[n]['loss']:.3f}" if evaluation[n]["loss"] is not None else "-" for n in names]]
     for key, label in ALIGNMENT_METRICS.items():
         if any(key in evaluation[n] for n in names):
             rows.append([label] + [f"{evaluation[n][key]:.2f}" if key in evaluation[n] else "-" for n in names])
@@ -75,13 +83,24 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
     benchmarks = {b: headline(m) for r in evaluation.values() for b, m in r.get("benchmarks", {}).items()}
     for b, key in benchmarks.items():
         if key:
-            rows.append([f"{b} {key}"] + [f"{evaluation[n]['benchmarks'][b][key]:.2f}"
-                                          if key in evaluation[n].get("benchmarks", {}).get(b, {}) else "-"
-                                          for n in names])
+            rows.append(
+                [f"{b} {key}"]
+                + [
+                    f"{evaluation[n]['benchmarks'][b][key]:.2f}"
+                    if key in evaluation[n].get("benchmarks", {}).get(b, {})
+                    else "-"
+                    for n in names
+                ]
+            )
     what = "value alignment (DPO)" if cfg.train.objective == "dpo" else "instruction tuning"
     lines = ["", "=" * 72, f"Federated {what} finished", "=" * 72]
     lines += text_table(header, rows)
-    lines += ["", f"adapter   {summary['adapter']}", f"plots     {summary['plots']}",
-              f"metrics   {summary['metrics']}",
-              f"resume    openfedllm {cfg.train.objective} --resume {summary['run_dir']}", "=" * 72]
+    lines += [
+        "",
+        f"adapter   {summary['adapter']}",
+        f"plots     {summary['plots']}",
+        f"metrics   {summary['metrics']}",
+        f"resume    openfedllm {cfg.train.objective} --resume {summary['run_dir']}",
+        "=" * 72,
+    ]
     return "\n".join(lines)

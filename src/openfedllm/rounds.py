@@ -82,8 +82,9 @@ def save_trained(setup: Setup, state: dict[str, torch.Tensor], path: Path) -> No
         setup.tokenizer.save_pretrained(path)
 
 
-def train_client(setup: Setup, algorithm, phase: str, round_index: int, client_id: int, rows: list,
-                 task: ClientTask, own_state: dict) -> tuple[ClientUpdate, dict]:
+def train_client(
+    setup: Setup, algorithm, phase: str, round_index: int, client_id: int, rows: list, task: ClientTask, own_state: dict
+) -> tuple[ClientUpdate, dict]:
     """One client's round, the same in the simulation and on a Flower node: start from the global
     tensors, take the local steps with the algorithm's hooks, and return the client's update (its
     metrics included) and its new client state (SCAFFOLD's c_i)."""
@@ -92,16 +93,35 @@ def train_client(setup: Setup, algorithm, phase: str, round_index: int, client_i
     params = models.trainable_parameters(setup.model)
     client_name = client_id if phase == "federated" else phase
     settings = LocalSteps(
-        steps=task.steps, batch_size=cfg.train.batch_size, lr=task.lr,
-        seed=derive_seed(cfg.train.seed, phase, round_index, client_id), pad_id=setup.tokenizer.pad_token_id,
-        grad_accum=cfg.train.grad_accum, weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm,
-        optimizer=cfg.train.optimizer, packing=cfg.train.packing, max_tokens_per_pass=cfg.train.max_tokens_per_pass)
-    result = train_local(setup.model, rows, settings, hooks=algorithm.client_hooks(params, task, own_state),
-                         objective=setup.objective, desc=f"round {round_index + 1} client {client_name}")
+        steps=task.steps,
+        batch_size=cfg.train.batch_size,
+        lr=task.lr,
+        seed=derive_seed(cfg.train.seed, phase, round_index, client_id),
+        pad_id=setup.tokenizer.pad_token_id,
+        grad_accum=cfg.train.grad_accum,
+        weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm,
+        optimizer=cfg.train.optimizer,
+        packing=cfg.train.packing,
+        max_tokens_per_pass=cfg.train.max_tokens_per_pass,
+    )
+    result = train_local(
+        setup.model,
+        rows,
+        settings,
+        hooks=algorithm.client_hooks(params, task, own_state),
+        objective=setup.objective,
+        desc=f"round {round_index + 1} client {client_name}",
+    )
     weights = models.trainable_state(setup.model)
     extras, own_state = algorithm.client_finish(task, weights, own_state)
-    metrics = {"loss": result.loss, "steps": result.steps, "tokens": result.tokens,
-               "seconds": round(result.seconds, 3), **result.metrics}
+    metrics = {
+        "loss": result.loss,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "seconds": round(result.seconds, 3),
+        **result.metrics,
+    }
     return ClientUpdate(client_id, weights, len(rows), metrics=metrics, extras=extras), own_state
 
 
@@ -120,8 +140,9 @@ class LocalClients:
         updates = []
         for cid in sampled:
             rows = [self.setup.train_rows[i] for i in self.partitions[cid]]
-            update, own_state = train_client(self.setup, algorithm, self.phase, round_index, cid, rows, task,
-                                             self.client_states.get(cid, {}))
+            update, own_state = train_client(
+                self.setup, algorithm, self.phase, round_index, cid, rows, task, self.client_states.get(cid, {})
+            )
             if own_state:
                 self.client_states[cid] = own_state
             updates.append(update)
@@ -134,13 +155,33 @@ class LocalClients:
 def client_record(phase: str, round_index: int, update: ClientUpdate, lr: float) -> dict:
     """The metrics.jsonl line of one client's round."""
     m = dict(update.metrics)
-    return {"type": "client", "phase": phase, "round": round_index + 1, "client": update.client_id,
-            "loss": m.pop("loss"), "examples": update.num_examples, "steps": m.pop("steps"),
-            "tokens": m.pop("tokens"), "seconds": m.pop("seconds"), "lr": lr, **m}
+    return {
+        "type": "client",
+        "phase": phase,
+        "round": round_index + 1,
+        "client": update.client_id,
+        "loss": m.pop("loss"),
+        "examples": update.num_examples,
+        "steps": m.pop("steps"),
+        "tokens": m.pop("tokens"),
+        "seconds": m.pop("seconds"),
+        "lr": lr,
+        **m,
+    }
 
 
-def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str],
-              start_round: int = 0, state=None, server_state=None, client_states=None, clients=None) -> dict:
+def run_phase(
+    setup: Setup,
+    phase: str,
+    run_dir: Path,
+    log: MetricsLog,
+    done: list[str],
+    start_round: int = 0,
+    state=None,
+    server_state=None,
+    client_states=None,
+    clients=None,
+) -> dict:
     """The rounds of one phase. `clients` trains the sampled clients of a round: the simulation's
     LocalClients by default, or a deployment's nodes (flower.server.NodeClients)."""
     cfg = setup.config
@@ -154,12 +195,22 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
     state = dict(setup.initial_state) if state is None else state
     last_eval = None
     rounds = cfg.fed.rounds
-    bar = tqdm(range(start_round, rounds), desc=f"{phase} rounds", initial=start_round, total=rounds,
-               dynamic_ncols=True, disable=None)
+    bar = tqdm(
+        range(start_round, rounds),
+        desc=f"{phase} rounds",
+        initial=start_round,
+        total=rounds,
+        dynamic_ncols=True,
+        disable=None,
+    )
     for r in bar:
         round_start = time.perf_counter()
-        task = ClientTask(global_state=state, message=algorithm.server_message(),
-                          lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr), steps=steps)
+        task = ClientTask(
+            global_state=state,
+            message=algorithm.server_message(),
+            lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr),
+            steps=steps,
+        )
         sampled = sample_clients(cfg.train.seed, phase, r, len(clients.sizes()), per_round)
         updates = clients.train_round(algorithm, r, sampled, task)
         faults.point("replies", r + 1)
@@ -182,18 +233,34 @@ def run_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: li
             with disk_errors(run_dir, f"the trained {phase} model"):
                 save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
             done = done + [phase]
-        save_checkpoint(run_dir, state, algorithm.state_dict(), {
-            "phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()}, clients.checkpoint_state())
+        save_checkpoint(
+            run_dir,
+            state,
+            algorithm.state_dict(),
+            {"phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()},
+            clients.checkpoint_state(),
+        )
         faults.point("checkpoint", r + 1)
     bar.close()
     return last_eval or {}
 
 
-def resume_phase(setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint,
-                 clients=None) -> dict:
+def resume_phase(
+    setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint, clients=None
+) -> dict:
     """Continue a phase from its checkpoint: global state, server state and every client's state."""
-    return run_phase(setup, phase, run_dir, log, done, checkpoint.progress["round"], checkpoint.state,
-                     checkpoint.server_state, checkpoint.client_states, clients)
+    return run_phase(
+        setup,
+        phase,
+        run_dir,
+        log,
+        done,
+        checkpoint.progress["round"],
+        checkpoint.state,
+        checkpoint.server_state,
+        checkpoint.client_states,
+        clients,
+    )
 
 
 def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsLog, run_dir: Path) -> None:
@@ -230,16 +297,21 @@ def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict
             print(client_table(setup.train_domains, setup.clients))
         if setup.over_length:
             what = "dropped" if cfg.data.over_length == "drop" else "cut at the end"
-            print(f"({setup.over_length} training rows longer than data.max_length={cfg.data.max_length} "
-                  f"tokens: {what})")
+            print(
+                f"({setup.over_length} training rows longer than data.max_length={cfg.data.max_length} tokens: {what})"
+            )
         if setup.dropped:
-            print(f"({setup.dropped} training rows dropped: no response token left within "
-                  f"data.max_length={cfg.data.max_length})")
+            print(
+                f"({setup.dropped} training rows dropped: no response token left within "
+                f"data.max_length={cfg.data.max_length})"
+            )
         for name, counts in benchmark_overlap(setup).items():
             log.write({"type": "overlap", "benchmark": name, **counts})
             if counts["overlap"]:
-                print(f"warning: eval.benchmarks {name}: {counts['overlap']} of its {counts['rows']} scored rows "
-                      f"are training rows of this run; its score is not a held-out score")
+                print(
+                    f"warning: eval.benchmarks {name}: {counts['overlap']} of its {counts['rows']} scored rows "
+                    f"are training rows of this run; its score is not a held-out score"
+                )
         before = evaluate(setup, benchmark_dir(run_dir, "federated", 0))
         log.write({"type": "eval", "phase": "federated", "round": 0, **before})
         tqdm.write("[before training]  " + eval_text(before))
@@ -248,8 +320,10 @@ def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict
         check_progress(progress, phases_of(cfg), cfg.fed.rounds, log, run_dir)
         log.truncate(progress["metrics_lines"])
         done = list(progress["done"])
-        print(f"Resuming {run_dir}: {progress['phase']} phase after round {progress['round']}; "
-              f"finished phases: {', '.join(done) or 'none'}")
+        print(
+            f"Resuming {run_dir}: {progress['phase']} phase after round {progress['round']}; "
+            f"finished phases: {', '.join(done) or 'none'}"
+        )
     for phase in phases_of(cfg):
         if phase in done:
             continue

@@ -96,8 +96,13 @@ class Checkpoint:
     progress: dict  # phase, round reached, finished phases, metrics lines written
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor], server_state: dict, progress: dict,
-                    client_states: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    state: dict[str, torch.Tensor],
+    server_state: dict,
+    progress: dict,
+    client_states: dict[int, dict[str, torch.Tensor]] | None = None,
+) -> None:
     """Everything needed to continue: trainable tensors, algorithm state, progress.
 
     Written into a temporary folder and swapped in by rename, so a crash mid-write leaves the
@@ -134,8 +139,9 @@ def disk_errors(run_dir: Path, what: str):
         yield
     except OSError as exc:
         kept = "the previous checkpoint is kept" if (run_dir / CHECKPOINT).is_dir() else "no checkpoint yet"
-        raise UserError(f"{run_dir}: cannot write {what} ({exc.strerror or exc}); {kept}: make room, then "
-                        f"--resume {run_dir}") from None
+        raise UserError(
+            f"{run_dir}: cannot write {what} ({exc.strerror or exc}); {kept}: make room, then --resume {run_dir}"
+        ) from None
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
@@ -148,8 +154,10 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             return None
 
     def damaged(name: str, why) -> UserError:
-        return UserError(f"--resume {run_dir}: {final.name}/{name} is damaged ({str(why).splitlines()[0][:120]}); "
-                         "the run cannot continue from it")
+        return UserError(
+            f"--resume {run_dir}: {final.name}/{name} is damaged ({str(why).splitlines()[0][:120]}); "
+            "the run cannot continue from it"
+        )
 
     progress = read_json(final / "progress.json", f"--resume {run_dir}")
     if not isinstance(progress, dict) or not {"phase", "round", "done", "metrics_lines"} <= set(progress):
@@ -161,5 +169,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             states[name] = torch.load(final / name, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a damaged file
             raise damaged(name, exc) from None
-    return Checkpoint(state=load_file(str(final / "trainable.safetensors")), server_state=states["server_state.pt"],
-                      client_states=states["client_states.pt"], progress=progress)
+    return Checkpoint(
+        state=load_file(str(final / "trainable.safetensors")),
+        server_state=states["server_state.pt"],
+        client_states=states["client_states.pt"],
+        progress=progress,
+    )

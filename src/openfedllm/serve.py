@@ -63,8 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [{"id": self.server.model_id, "object": "model",
-                                                         "owned_by": "openfedllm"}]})
+            self._send(
+                200,
+                {"object": "list", "data": [{"id": self.server.model_id, "object": "model", "owned_by": "openfedllm"}]},
+            )
         else:
             self._error(404, f"no route {self.path}")
 
@@ -116,8 +118,11 @@ def check_request(request) -> tuple[str | None, str] | None:
     if not isinstance(messages, list) or not messages:
         return "messages", "messages: a non-empty list of {role, content} is required"
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ("system", "user", "assistant")
+            or not isinstance(m.get("content"), str)
+        ):
             return "messages", "messages: each needs role system|user|assistant and a string content"
     if messages[-1]["role"] != "user":
         return "messages", "messages: the last message must be the user's"
@@ -140,8 +145,11 @@ def check_request(request) -> tuple[str | None, str] | None:
     if stream:
         return "stream", "stream: streaming is not supported"
     stop = request.get("stop")
-    if stop is not None and not isinstance(stop, str) and not (
-            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) for x in stop)):
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) for x in stop))
+    ):
         return "stop", f"stop: must be a string or a list of up to 4 strings, got {stop!r}"
     if stop is not None and "" in ([stop] if isinstance(stop, str) else stop):
         return "stop", "stop: an empty stop sequence would stop before the first token"
@@ -176,12 +184,24 @@ class _Server(ThreadingHTTPServer):
             prompt_ids = self.lm.prompt_ids(request["messages"])
             text = self.lm.chat([request["messages"]], max_new_tokens=max_tokens, stop=stop)[0]
         completion_tokens = len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "length" if completion_tokens >= max_tokens else "stop"}],
-                "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                          "total_tokens": len(prompt_ids) + completion_tokens}}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length" if completion_tokens >= max_tokens else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": completion_tokens,
+                "total_tokens": len(prompt_ids) + completion_tokens,
+            },
+        }
 
 
 def serve(lm, model_id: str, port: int, verbose: bool = True, read_timeout: float = READ_TIMEOUT) -> None:

@@ -68,20 +68,35 @@ def prepare(config: RunConfig) -> Setup:
         # in the batches evaluation uses.
         fresh_adapter = models.is_peft(model) and not config.model.adapter
         start = None if fresh_adapter else setup.initial_state
-        compute_reference(model, setup.heldout_rows, tokenizer.pad_token_id, config.eval.batch_size,
-                          config.train.packing, adapter_disabled=fresh_adapter,
-                          desc="reference log-probs (held-out pairs)")
-        reference = Reference(model, setup.train_rows, tokenizer.pad_token_id, config.eval.batch_size,
-                              config.train.packing, start)
+        compute_reference(
+            model,
+            setup.heldout_rows,
+            tokenizer.pad_token_id,
+            config.eval.batch_size,
+            config.train.packing,
+            adapter_disabled=fresh_adapter,
+            desc="reference log-probs (held-out pairs)",
+        )
+        reference = Reference(
+            model, setup.train_rows, tokenizer.pad_token_id, config.eval.batch_size, config.train.packing, start
+        )
         setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
     return setup
 
 
 def split_clients(labels: list[str], config: RunConfig) -> list[list[int]]:
     fed = config.fed
-    return partition(labels, fed.num_clients, fed.split, config.train.seed, fed.dirichlet_alpha,
-                     key_min_size=fed.key_min_size, key_max_size=fed.key_max_size,
-                     exponent=fed.quantity_exponent, shards_per_client=fed.shards_per_client)
+    return partition(
+        labels,
+        fed.num_clients,
+        fed.split,
+        config.train.seed,
+        fed.dirichlet_alpha,
+        key_min_size=fed.key_min_size,
+        key_max_size=fed.key_max_size,
+        exponent=fed.quantity_exponent,
+        shards_per_client=fed.shards_per_client,
+    )
 
 
 def load_model(config: RunConfig, model_path: str):
@@ -91,13 +106,16 @@ def load_model(config: RunConfig, model_path: str):
         # The adapter's own shape wins; the saved config.yaml then says what was trained.
         config.lora.rank, config.lora.alpha = found["rank"], found["alpha"]
         config.lora.target_modules = found["target_modules"]
-        print(f"Starting from the adapter in {found['path']} (rank {found['rank']}, "
-              f"modules {', '.join(found['target_modules'])})")
+        print(
+            f"Starting from the adapter in {found['path']} (rank {found['rank']}, "
+            f"modules {', '.join(found['target_modules'])})"
+        )
         return models.load_adapter(model, found["path"])
     if config.model.finetune == "lora":
         torch.manual_seed(config.train.seed)  # the initial adapter is part of the run's identity
-        model = models.add_lora(model, config.lora.rank, config.lora.alpha, config.lora.dropout,
-                                config.lora.target_modules)
+        model = models.add_lora(
+            model, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules
+        )
     return model
 
 
@@ -119,19 +137,25 @@ def instruction_data(config: RunConfig, tokenizer) -> dict:
         rows.append(row)
         domains.append(example.domain)
     if not rows:
-        raise UserError(f"data: no training example keeps a response within data.max_length="
-                        f"{config.data.max_length} tokens")
+        raise UserError(
+            f"data: no training example keeps a response within data.max_length={config.data.max_length} tokens"
+        )
     tokenized = [(e, tokenize(e, config.data.template, tokenizer, config.data.max_length)) for e in heldout]
     heldout = [e for e, row in tokenized if row is not None]
     # Kept only when a finance benchmark will be checked against them (benchmark_overlap): a large
     # file's texts are not held for nothing.
     checked = any(b.partition("=")[0] in finance.SOURCES for b in config.eval.benchmarks)
     texts = {finance.normal_text(t) for e in train for t in (e.input, e.instruction) if t} if checked else set()
-    return {"train_rows": rows, "train_domains": domains, "heldout": heldout, "train_texts": texts,
-            "heldout_rows": [row for _, row in tokenized if row is not None],
-            "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length)
-                                for e in heldout],
-            "dropped": dropped, "over_length": over}
+    return {
+        "train_rows": rows,
+        "train_domains": domains,
+        "heldout": heldout,
+        "train_texts": texts,
+        "heldout_rows": [row for _, row in tokenized if row is not None],
+        "heldout_prompts": [prompt_ids(e, config.data.template, tokenizer, config.data.max_length) for e in heldout],
+        "dropped": dropped,
+        "over_length": over,
+    }
 
 
 def preference_data(config: RunConfig, tokenizer) -> dict:
@@ -146,18 +170,30 @@ def preference_data(config: RunConfig, tokenizer) -> dict:
         train, held, tasks = builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)
 
     def pairs(prefs):
-        tokenized = [(p, tokenize_pair(p, data.template, tokenizer, data.max_length, config.dpo.max_prompt_length))
-                     for p in prefs]
+        tokenized = [
+            (p, tokenize_pair(p, data.template, tokenizer, data.max_length, config.dpo.max_prompt_length))
+            for p in prefs
+        ]
         return [p for p, row in tokenized if row is not None], [row for _, row in tokenized if row is not None]
 
     train_kept, train_rows = pairs(train)
     if not train_rows:
-        raise UserError(f"data: no preference pair keeps both responses within data.max_length={data.max_length} "
-                        f"tokens (prompts cut to dpo.max_prompt_length={config.dpo.max_prompt_length})")
+        raise UserError(
+            f"data: no preference pair keeps both responses within data.max_length={data.max_length} "
+            f"tokens (prompts cut to dpo.max_prompt_length={config.dpo.max_prompt_length})"
+        )
     held_kept, held_rows = pairs(held)
-    harmful = [dialogue_prompt_ids(p.messages(), data.template, tokenizer, data.max_length)
-               for p in held_kept if p.domain == SAFETY]
-    return {"train_rows": train_rows, "train_domains": [p.domain for p in train_kept], "heldout": tasks,
-            "heldout_rows": held_rows,
-            "heldout_prompts": [prompt_ids(e, data.template, tokenizer, data.max_length) for e in tasks],
-            "harmful_prompts": harmful, "dropped": len(train) - len(train_rows)}
+    harmful = [
+        dialogue_prompt_ids(p.messages(), data.template, tokenizer, data.max_length)
+        for p in held_kept
+        if p.domain == SAFETY
+    ]
+    return {
+        "train_rows": train_rows,
+        "train_domains": [p.domain for p in train_kept],
+        "heldout": tasks,
+        "heldout_rows": held_rows,
+        "heldout_prompts": [prompt_ids(e, data.template, tokenizer, data.max_length) for e in tasks],
+        "harmful_prompts": harmful,
+        "dropped": len(train) - len(train_rows),
+    }

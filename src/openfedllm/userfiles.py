@@ -63,8 +63,14 @@ def check_safetensors(file: Path, what: str) -> None:
         raise UserError(f"{what}: {file} is not a safetensors file ({exc})") from None
     if not isinstance(header, dict):
         raise UserError(f"{what}: {file} is not a safetensors file")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__"
+        and isinstance(v, dict)
+        and isinstance(v.get("data_offsets"), list)
+        and len(v["data_offsets"]) == 2
+    ]
     expected = 8 + size + max(ends, default=0)
     actual = file.stat().st_size
     if actual != expected:

@@ -43,6 +43,18 @@ def describe(name: str) -> str:
     return ALGORITHMS[name].__doc__.strip().splitlines()[0]
 
 
-__all__ = ["ALGORITHMS", "CORRECTIONS", "FIRST_MOMENTS", "SECOND_MOMENTS", "Algorithm", "ClientTask", "ClientUpdate",
-           "StateDict", "build_algorithm", "check_algorithm", "describe", "example_weighted_mean",
-           "weighted_mean"]
+__all__ = [
+    "ALGORITHMS",
+    "CORRECTIONS",
+    "FIRST_MOMENTS",
+    "SECOND_MOMENTS",
+    "Algorithm",
+    "ClientTask",
+    "ClientUpdate",
+    "StateDict",
+    "build_algorithm",
+    "check_algorithm",
+    "describe",
+    "example_weighted_mean",
+    "weighted_mean",
+]

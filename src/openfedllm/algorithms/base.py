@@ -48,13 +48,15 @@ class Algorithm:
     def server_message(self) -> StateDict:
         return {}
 
-    def client_hooks(self, params: dict[str, torch.nn.Parameter], task: ClientTask,
-                     client_state: StateDict) -> StepHooks:
+    def client_hooks(
+        self, params: dict[str, torch.nn.Parameter], task: ClientTask, client_state: StateDict
+    ) -> StepHooks:
         """Hooks for the local steps; `params` maps the state's names to the live parameters."""
         return StepHooks()
 
-    def client_finish(self, task: ClientTask, weights: StateDict,
-                      client_state: StateDict) -> tuple[StateDict, StateDict]:
+    def client_finish(
+        self, task: ClientTask, weights: StateDict, client_state: StateDict
+    ) -> tuple[StateDict, StateDict]:
         """After the local steps: (extras sent to the server, the client's new state)."""
         return {}, client_state
 

@@ -44,9 +44,14 @@ class _FedOpt(Algorithm):
 
     @classmethod
     def from_config(cls, fed):
-        return cls(server_lr=fed.fedopt_server_lr, beta1=fed.fedopt_beta1, beta2=fed.fedopt_beta2,
-                   tau=fed.fedopt_tau, second_moment=fed.fedopt_second_moment,
-                   first_moment=fed.fedopt_first_moment)
+        return cls(
+            server_lr=fed.fedopt_server_lr,
+            beta1=fed.fedopt_beta1,
+            beta2=fed.fedopt_beta2,
+            tau=fed.fedopt_tau,
+            second_moment=fed.fedopt_second_moment,
+            first_moment=fed.fedopt_first_moment,
+        )
 
     def update_v(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -25,8 +25,9 @@ class FedProx(Algorithm):
     def from_config(cls, fed) -> FedProx:
         return cls(mu=fed.fedprox_mu)
 
-    def client_hooks(self, params: dict[str, torch.nn.Parameter], task: ClientTask,
-                     client_state: StateDict) -> StepHooks:
+    def client_hooks(
+        self, params: dict[str, torch.nn.Parameter], task: ClientTask, client_state: StateDict
+    ) -> StepHooks:
         anchor = {name: task.global_state[name].to(p.dtype) for name, p in params.items()}
 
         def proximal_term() -> torch.Tensor:

@@ -54,8 +54,9 @@ class Scaffold(Algorithm):
     def server_message(self) -> StateDict:
         return {name: c.to(torch.float32) for name, c in self.control.items()}
 
-    def client_hooks(self, params: dict[str, torch.nn.Parameter], task: ClientTask,
-                     client_state: StateDict) -> StepHooks:
+    def client_hooks(
+        self, params: dict[str, torch.nn.Parameter], task: ClientTask, client_state: StateDict
+    ) -> StepHooks:
         correction = {}
         for name, p in params.items():
             c = task.message.get(name)
@@ -68,19 +69,23 @@ class Scaffold(Algorithm):
             return StepHooks()  # c = c_i = 0: plain local steps (the first round)
 
         if self.correction == "gradient":
+
             def correct_gradient():
                 for name, corr in correction.items():
                     params[name].grad.add_(corr)  # g - c_i + c
+
             return StepHooks(after_backward=correct_gradient)
 
         def correct_update():
             with torch.no_grad():
                 for name, corr in correction.items():
                     params[name].sub_(task.lr * corr)  # y <- y - lr * (c - c_i), after the optimizer's step
+
         return StepHooks(after_step=correct_update)
 
-    def client_finish(self, task: ClientTask, weights: StateDict,
-                      client_state: StateDict) -> tuple[StateDict, StateDict]:
+    def client_finish(
+        self, task: ClientTask, weights: StateDict, client_state: StateDict
+    ) -> tuple[StateDict, StateDict]:
         scale = 1.0 / (task.steps * task.lr)
         new_state, change = {}, {}
         for name, y in weights.items():

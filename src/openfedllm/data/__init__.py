@@ -14,8 +14,9 @@ from .suite import DOMAINS, train_and_heldout
 def load_examples(data_config, seed: int) -> tuple[list[Example], list[Example]]:
     """(training examples, held-out examples) for a run."""
     if not data_config.path and not data_config.name:
-        return train_and_heldout(data_config.train_per_domain, data_config.heldout_per_domain, seed,
-                                 tuple(data_config.domains) or DOMAINS)
+        return train_and_heldout(
+            data_config.train_per_domain, data_config.heldout_per_domain, seed, tuple(data_config.domains) or DOMAINS
+        )
     examples, hygiene, where = load_instruction_data(data_config)
     print(f"Data {where}: {hygiene.summary(len(examples))}")
     return split_heldout(examples, data_config, seed)
@@ -57,5 +58,12 @@ def split_heldout(items: list, data_config, seed: int) -> tuple[list, list]:
     return train, held
 
 
-__all__ = ["DOMAINS", "Example", "is_correct", "load_examples", "load_instruction_data", "source_table",
-           "split_heldout"]
+__all__ = [
+    "DOMAINS",
+    "Example",
+    "is_correct",
+    "load_examples",
+    "load_instruction_data",
+    "source_table",
+    "split_heldout",
+]

@@ -47,12 +47,14 @@ def load_alpaca(path: str) -> list[Example]:
             raise UserError(f"{path}: row {i} is not an object with instruction/input/output")
         for key in ("instruction", "output"):
             if not isinstance(row.get(key), str):
-                raise UserError(f"{path}: row {i} has no string field {key!r} "
-                                f"(has: {', '.join(sorted(row)) or 'nothing'})")
+                raise UserError(
+                    f"{path}: row {i} has no string field {key!r} (has: {', '.join(sorted(row)) or 'nothing'})"
+                )
         extra = row.get("input", "")
         if not isinstance(extra, str):
             raise UserError(f"{path}: row {i} field 'input' is not a string")
         domain = row.get("domain") or row.get("category") or "default"
-        examples.append(Example(instruction=row["instruction"], input=extra, output=row["output"],
-                                domain=str(domain), check="none"))
+        examples.append(
+            Example(instruction=row["instruction"], input=extra, output=row["output"], domain=str(domain), check="none")
+        )
     return examples

@@ -43,8 +43,7 @@ def is_correct(example: Example, response: str) -> bool | None:
 
 
 _TEST_XS = (-7, -2, 0, 1, 3, 10, 25)
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Constant,
-            ast.operator, ast.unaryop)
+_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Constant, ast.operator, ast.unaryop)
 
 
 def _eval_expr(source: str, x: int):

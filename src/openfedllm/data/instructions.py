@@ -24,11 +24,25 @@ from ..errors import UserError
 from .example import Example
 
 INSTRUCTION_FORMATS = ("alpaca", "sharegpt", "messages", "prompt_response")
-PROMPT_RESPONSE = (("prompt", "response"), ("prompt", "completion"), ("question", "answer"),
-                   ("query", "response"), ("input", "output"))
+PROMPT_RESPONSE = (
+    ("prompt", "response"),
+    ("prompt", "completion"),
+    ("question", "answer"),
+    ("query", "response"),
+    ("input", "output"),
+)
 LABEL_COLUMNS = ("category", "domain", "label", "source")  # tried in order when data.label_column is auto
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-          "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant"}
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+}
 
 
 @dataclass
@@ -68,9 +82,11 @@ def detect(columns: list[str], where: str) -> tuple[str, Columns]:
     for prompt, response in PROMPT_RESPONSE:
         if prompt in names and response in names:
             return "prompt_response", Columns(prompt, response, None)
-    raise UserError(f"{where}: cannot tell the data format from its columns ({', '.join(columns)}); "
-                    f"expected instruction/output, conversations, messages, or prompt/response "
-                    f"(declare data.format: {', '.join(INSTRUCTION_FORMATS)})")
+    raise UserError(
+        f"{where}: cannot tell the data format from its columns ({', '.join(columns)}); "
+        f"expected instruction/output, conversations, messages, or prompt/response "
+        f"(declare data.format: {', '.join(INSTRUCTION_FORMATS)})"
+    )
 
 
 def columns_for(fmt: str, columns: list[str]) -> Columns:
@@ -89,15 +105,16 @@ def columns_for(fmt: str, columns: list[str]) -> Columns:
     return Columns("prompt", "response", None)
 
 
-def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
-                ) -> tuple[list[Example], Hygiene]:
+def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str) -> tuple[list[Example], Hygiene]:
     """The usable Examples of an Arrow-backed table, and what hygiene dropped."""
     names = list(table.column_names)
     needed = [cols.conversation] if cols.conversation else [cols.instruction, cols.output]
     missing = [c for c in needed if c not in names]
     if missing:
-        raise UserError(f"{where}: no column {', '.join(repr(c) for c in missing)} for data.format={fmt} "
-                        f"(columns: {', '.join(names)})")
+        raise UserError(
+            f"{where}: no column {', '.join(repr(c) for c in missing)} for data.format={fmt} "
+            f"(columns: {', '.join(names)})"
+        )
     label = _label_column(label_column, names, where)
     labels = _column(table, label) if label else None
     hygiene = Hygiene(rows=len(table))
@@ -106,11 +123,19 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
     if cols.conversation:
         column = _column(table, cols.conversation)
         for i, turns in enumerate(column):
-            example, why = _conversation(turns, "from" if fmt == "sharegpt" else "role",
-                                         "value" if fmt == "sharegpt" else "content")
+            example, why = _conversation(
+                turns, "from" if fmt == "sharegpt" else "role", "value" if fmt == "sharegpt" else "content"
+            )
             domain = str(labels[i]) if labels and labels[i] is not None else "default"
-            _keep(example and Example(example[0], example[1], "", domain, "none", example[2]), why, i, turns,
-                  hygiene, seen, out)
+            _keep(
+                example and Example(example[0], example[1], "", domain, "none", example[2]),
+                why,
+                i,
+                turns,
+                hygiene,
+                seen,
+                out,
+            )
         return out, hygiene
     instructions = _column(table, cols.instruction, typed=True)
     outputs = _column(table, cols.output, typed=True)
@@ -129,8 +154,9 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str
         else:
             example = Example(instruction, output, extra if isinstance(extra, str) else "", domain, "none")
         row = {"instruction": instruction, "input": extra, "output": output}
-        _keep(example, why, i, {k: v.value if isinstance(v, _NotText) else v for k, v in row.items()}, hygiene,
-              seen, out)
+        _keep(
+            example, why, i, {k: v.value if isinstance(v, _NotText) else v for k, v in row.items()}, hygiene, seen, out
+        )
     return out, hygiene
 
 

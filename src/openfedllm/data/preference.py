@@ -60,8 +60,16 @@ def detect_format(row) -> str:
     return "plain"
 
 
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-          "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _HH_ASSISTANT = "\n\nAssistant:"
 
@@ -71,15 +79,17 @@ def from_hh(row: dict) -> tuple[list[Message], str, str]:
     cut = chosen.rfind(_HH_ASSISTANT)
     if cut < 0:
         raise BadRow("no Assistant turn in chosen")
-    prefix = chosen[:cut + len(_HH_ASSISTANT)]
+    prefix = chosen[: cut + len(_HH_ASSISTANT)]
     if not rejected.startswith(prefix):
         raise BadRow("chosen and rejected do not share a prompt")
     parts = _HH_TURN.split(chosen[:cut])
     if parts[0].strip():  # text before the first marker: the dialogue does not start with a turn
         parts = ["", "Human", parts[0]] + parts[1:]
-    messages = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-                for who, text in zip(parts[1::2], parts[2::2])]
-    return messages, chosen[len(prefix):].strip(), rejected[len(prefix):].strip()
+    messages = [
+        {"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+        for who, text in zip(parts[1::2], parts[2::2])
+    ]
+    return messages, chosen[len(prefix) :].strip(), rejected[len(prefix) :].strip()
 
 
 def from_ultrafeedback(row: dict) -> tuple[list[Message], str, str]:
@@ -205,8 +215,9 @@ def convert_rows(rows: list, fmt: str, path: str) -> tuple[list[Preference], Loa
     report = LoadReport(len(rows), dropped, first_bad)
     if not out:
         number, why, text = first_bad
-        raise UserError(f"{path}: no usable preference pair as {fmt} ({report.summary(0)}); "
-                        f"first bad row {number} ({why}): {text}")
+        raise UserError(
+            f"{path}: no usable preference pair as {fmt} ({report.summary(0)}); first bad row {number} ({why}): {text}"
+        )
     return out, report
 
 
@@ -220,8 +231,9 @@ class PairRow:
     ref_rejected: float = 0.0
 
 
-def tokenize_pair(pref: Preference, template: str, tokenizer, max_length: int,
-                  max_prompt_length: int) -> PairRow | None:
+def tokenize_pair(
+    pref: Preference, template: str, tokenizer, max_length: int, max_prompt_length: int
+) -> PairRow | None:
     """Prompt + each response as token ids, loss on the response; None if a response is cut away.
 
     An over-long prompt keeps its end (the latest turns, where the question is) within
@@ -235,8 +247,9 @@ def tokenize_pair(pref: Preference, template: str, tokenizer, max_length: int,
         completion_ids = encode_head(tokenizer, completion, False, room)[:room] if room else []
         if not completion_ids:
             return None
-        rows.append(Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids,
-                              len(prompt_ids)))
+        rows.append(
+            Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids, len(prompt_ids))
+        )
     return PairRow(rows[0], rows[1])
 
 

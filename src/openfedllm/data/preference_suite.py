@@ -72,8 +72,9 @@ _WRONG_LABELS = {"general": sorted(_ANIMALS), "finance": sorted(_HEADLINES), "me
 _SECOND_PERSON = {"my": "your", "me": "you", "i": "you"}
 
 
-def builtin_preferences(n_train: int, n_heldout: int, seed: int
-                        ) -> tuple[list[Preference], list[Preference], list[Example]]:
+def builtin_preferences(
+    n_train: int, n_heldout: int, seed: int
+) -> tuple[list[Preference], list[Preference], list[Example]]:
     """(training pairs, held-out pairs, held-out benign tasks): n per domain, safety included."""
     train_tasks, held_tasks = train_and_heldout(n_train, n_heldout, seed)
     rng = random.Random(f"{seed}:preferences")
@@ -81,7 +82,7 @@ def builtin_preferences(n_train: int, n_heldout: int, seed: int
     held = [_benign_pair(e, rng) for e in held_tasks]
     requests = _harmful_requests(seed)  # held-out first: it stays full when training asks for more
     held += [_safety_pair(r, rng) for r in requests[:n_heldout]]
-    train += [_safety_pair(r, rng) for r in requests[n_heldout:n_heldout + n_train]]
+    train += [_safety_pair(r, rng) for r in requests[n_heldout : n_heldout + n_train]]
     random.Random(seed).shuffle(train)
     return train, held, held_tasks
 

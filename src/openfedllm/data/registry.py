@@ -32,29 +32,65 @@ _ALPACA = Columns("instruction", "output", "input")
 DATASETS = {
     # the paper's training sets
     "alpaca": KnownDataset(("tatsu-lab/alpaca",), "sft", "alpaca", _ALPACA, about="general instructions (52k)"),
-    "alpaca-cleaned": KnownDataset(("yahma/alpaca-cleaned",), "sft", "alpaca", _ALPACA,
-                                   about="Alpaca with its known errors fixed"),
-    "alpaca-gpt4": KnownDataset(("vicgalle/alpaca-gpt4",), "sft", "alpaca", _ALPACA,
-                                about="Alpaca instructions answered by GPT-4"),
-    "fingpt-sentiment": KnownDataset(("FinGPT/fingpt-sentiment-train",), "sft", "alpaca", _ALPACA,
-                                     about="financial sentiment (76k)"),
-    "medalpaca-flashcards": KnownDataset(("medalpaca/medical_meadow_medical_flashcards",), "sft", "alpaca",
-                                         _ALPACA, about="medical flashcards (34k)"),
-    "code-alpaca": KnownDataset(("lucasmccabe-lmi/CodeAlpaca-20k", "sahil2801/CodeAlpaca-20k"), "sft", "alpaca",
-                                _ALPACA, about="code instructions (20k)"),
-    "mathinstruct": KnownDataset(("TIGER-Lab/MathInstruct",), "sft", "alpaca", Columns("instruction", "output", None),
-                                 label="source", about="math, labelled by source dataset (262k)"),
-    "ultrafeedback": KnownDataset(("HuggingFaceH4/ultrafeedback_binarized",), "dpo", "ultrafeedback",
-                                  split="train_prefs", about="preference pairs (61k)"),
+    "alpaca-cleaned": KnownDataset(
+        ("yahma/alpaca-cleaned",), "sft", "alpaca", _ALPACA, about="Alpaca with its known errors fixed"
+    ),
+    "alpaca-gpt4": KnownDataset(
+        ("vicgalle/alpaca-gpt4",), "sft", "alpaca", _ALPACA, about="Alpaca instructions answered by GPT-4"
+    ),
+    "fingpt-sentiment": KnownDataset(
+        ("FinGPT/fingpt-sentiment-train",), "sft", "alpaca", _ALPACA, about="financial sentiment (76k)"
+    ),
+    "medalpaca-flashcards": KnownDataset(
+        ("medalpaca/medical_meadow_medical_flashcards",), "sft", "alpaca", _ALPACA, about="medical flashcards (34k)"
+    ),
+    "code-alpaca": KnownDataset(
+        ("lucasmccabe-lmi/CodeAlpaca-20k", "sahil2801/CodeAlpaca-20k"),
+        "sft",
+        "alpaca",
+        _ALPACA,
+        about="code instructions (20k)",
+    ),
+    "mathinstruct": KnownDataset(
+        ("TIGER-Lab/MathInstruct",),
+        "sft",
+        "alpaca",
+        Columns("instruction", "output", None),
+        label="source",
+        about="math, labelled by source dataset (262k)",
+    ),
+    "ultrafeedback": KnownDataset(
+        ("HuggingFaceH4/ultrafeedback_binarized",),
+        "dpo",
+        "ultrafeedback",
+        split="train_prefs",
+        about="preference pairs (61k)",
+    ),
     "hh-rlhf": KnownDataset(("Anthropic/hh-rlhf",), "dpo", "hh", about="helpful / harmless dialogues (161k)"),
     # others of the same kinds
-    "dolly": KnownDataset(("databricks/databricks-dolly-15k",), "sft", "alpaca",
-                          Columns("instruction", "response", "context"), label="category",
-                          about="human-written instructions in 8 categories (15k)"),
-    "wizardlm": KnownDataset(("WizardLMTeam/WizardLM_evol_instruct_70k",), "sft", "alpaca",
-                             Columns("instruction", "output", None), about="evolved instructions (70k)"),
-    "gsm8k": KnownDataset(("openai/gsm8k",), "sft", "prompt_response", Columns("question", "answer", None),
-                          config="main", about="grade-school math, answer after #### (7.5k)"),
+    "dolly": KnownDataset(
+        ("databricks/databricks-dolly-15k",),
+        "sft",
+        "alpaca",
+        Columns("instruction", "response", "context"),
+        label="category",
+        about="human-written instructions in 8 categories (15k)",
+    ),
+    "wizardlm": KnownDataset(
+        ("WizardLMTeam/WizardLM_evol_instruct_70k",),
+        "sft",
+        "alpaca",
+        Columns("instruction", "output", None),
+        about="evolved instructions (70k)",
+    ),
+    "gsm8k": KnownDataset(
+        ("openai/gsm8k",),
+        "sft",
+        "prompt_response",
+        Columns("question", "answer", None),
+        config="main",
+        about="grade-school math, answer after #### (7.5k)",
+    ),
 }
 
 
@@ -64,6 +100,7 @@ def known(name: str, objective: str | None = None) -> KnownDataset:
         raise UserError(f"data.name: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     entry = DATASETS[name]
     if objective is not None and entry.objective != objective:
-        raise UserError(f"data.name: {name} is {entry.objective} data, not {objective}; "
-                        f"train it with openfedllm {entry.objective}")
+        raise UserError(
+            f"data.name: {name} is {entry.objective} data, not {objective}; train it with openfedllm {entry.objective}"
+        )
     return entry

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-KINDS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv",
-         ".parquet": "parquet"}
+KINDS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 
 
 def read_table(path: str):
@@ -85,7 +84,7 @@ def _scan_text(file: Path) -> int:
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
-                line = lines + chunk[:exc.start].count(b"\n") + 1
+                line = lines + chunk[: exc.start].count(b"\n") + 1
                 raise UserError(f"{file}: line {line} is not UTF-8 text") from None
             lines += chunk.count(b"\n")
             levels = depth + np.cumsum(step[np.frombuffer(chunk, dtype=np.uint8)], dtype=np.int64)
@@ -104,8 +103,10 @@ def _check_json_rows(file: Path) -> None:
         if file.suffix.lower() == ".json":
             head = f.read(4096).lstrip()
             if head[:1] not in (b"[", b"{"):
-                raise UserError(f"{file}: not a JSON array of objects or JSON Lines (starts with "
-                                f"{head[:20].decode('utf-8', 'replace')!r})")
+                raise UserError(
+                    f"{file}: not a JSON array of objects or JSON Lines (starts with "
+                    f"{head[:20].decode('utf-8', 'replace')!r})"
+                )
             return
         for lineno, line in enumerate(f, start=1):
             start = line.lstrip()[:1]
@@ -129,8 +130,10 @@ def _check_csv_rows(file: Path, delimiter: str) -> None:
             header = next(reader, None)
             for row in reader:
                 if row and header and len(row) != len(header):
-                    raise UserError(f"{file}: row {reader.line_num} has {len(row)} fields, the header "
-                                    f"{len(header)} ({', '.join(header)})")
+                    raise UserError(
+                        f"{file}: row {reader.line_num} has {len(row)} fields, the header "
+                        f"{len(header)} ({', '.join(header)})"
+                    )
         except csv.Error as exc:
             raise UserError(f"{file}: cannot read as csv: line {reader.line_num}: {exc}") from None
 
@@ -183,5 +186,7 @@ def load_hub(name: str, config: str | None, split: str):
         return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # noqa: BLE001
         first = (str(exc) or type(exc).__name__).splitlines()[0]
-        raise UserError(f"data.name: cannot load {name} from the Hugging Face hub ({first}); offline, "
-                        f"download it elsewhere and pass the file or folder as --data.path") from None
+        raise UserError(
+            f"data.name: cannot load {name} from the Hugging Face hub ({first}); offline, "
+            f"download it elsewhere and pass the file or folder as --data.path"
+        ) from None

@@ -24,10 +24,19 @@ _ANIMALS = {
     "mammal": ["dolphin", "bat", "horse", "whale", "tiger", "rabbit", "elephant", "goat", "wolf", "camel"],
     "bird": ["penguin", "eagle", "sparrow", "ostrich", "parrot", "owl", "swan", "crow", "pelican", "robin"],
     "fish": ["salmon", "shark", "tuna", "trout", "goldfish", "cod", "eel", "carp", "herring", "sardine"],
-    "reptile": ["crocodile", "gecko", "python", "tortoise", "iguana", "cobra", "alligator", "chameleon",
-                "lizard", "viper"],
-    "insect": ["ant", "beetle", "butterfly", "mosquito", "wasp", "grasshopper", "moth", "ladybug",
-               "bee", "cricket"],
+    "reptile": [
+        "crocodile",
+        "gecko",
+        "python",
+        "tortoise",
+        "iguana",
+        "cobra",
+        "alligator",
+        "chameleon",
+        "lizard",
+        "viper",
+    ],
+    "insect": ["ant", "beetle", "butterfly", "mosquito", "wasp", "grasshopper", "moth", "ladybug", "bee", "cricket"],
 }
 _ANIMAL_ASKS = [
     "Classify the animal: {x}.",
@@ -40,34 +49,59 @@ _ANIMAL_ASKS = [
 
 _HEADLINES = {
     "positive": [
-        "reports record quarterly profit", "beats analyst earnings estimates",
-        "raises its full-year guidance", "announces a special dividend",
-        "wins a large government contract", "sees sales jump sharply",
+        "reports record quarterly profit",
+        "beats analyst earnings estimates",
+        "raises its full-year guidance",
+        "announces a special dividend",
+        "wins a large government contract",
+        "sees sales jump sharply",
     ],
     "negative": [
-        "misses revenue forecasts", "announces thousands of layoffs", "cuts its dividend",
-        "faces a fraud investigation", "warns of a loss this year", "recalls its main product",
+        "misses revenue forecasts",
+        "announces thousands of layoffs",
+        "cuts its dividend",
+        "faces a fraud investigation",
+        "warns of a loss this year",
+        "recalls its main product",
     ],
     "neutral": [
-        "schedules its annual shareholder meeting", "moves its headquarters across town",
-        "names a new board secretary", "publishes its annual report",
-        "holds an investor day in May", "updates its company logo",
+        "schedules its annual shareholder meeting",
+        "moves its headquarters across town",
+        "names a new board secretary",
+        "publishes its annual report",
+        "holds an investor day in May",
+        "updates its company logo",
     ],
 }
 _FIRM_A = ["Apex", "Bluewater", "Nova", "Summit", "Vertex", "Harbor", "Ironwood", "Crescent", "Orion", "Maple"]
 _FIRM_B = ["Industries", "Holdings", "Bank", "Motors", "Foods", "Energy", "Labs", "Systems", "Retail", "Airlines"]
 
 _SPECIALISTS = {
-    "cardiologist": ["chest pain when climbing stairs", "an irregular heartbeat", "a heart murmur",
-                     "high blood pressure despite treatment"],
-    "dermatologist": ["an itchy rash on both arms", "a mole that changed colour", "severe acne",
-                      "patches of scaly skin"],
-    "neurologist": ["frequent migraines", "numbness in one hand", "a recent seizure",
-                    "tremors in both hands"],
-    "ophthalmologist": ["blurred vision in one eye", "red and painful eyes", "flashes of light in the eye",
-                        "trouble seeing at night"],
-    "orthopedist": ["a knee that locks when walking", "a broken wrist", "pain in the hip joint",
-                    "a torn shoulder ligament"],
+    "cardiologist": [
+        "chest pain when climbing stairs",
+        "an irregular heartbeat",
+        "a heart murmur",
+        "high blood pressure despite treatment",
+    ],
+    "dermatologist": [
+        "an itchy rash on both arms",
+        "a mole that changed colour",
+        "severe acne",
+        "patches of scaly skin",
+    ],
+    "neurologist": ["frequent migraines", "numbness in one hand", "a recent seizure", "tremors in both hands"],
+    "ophthalmologist": [
+        "blurred vision in one eye",
+        "red and painful eyes",
+        "flashes of light in the eye",
+        "trouble seeing at night",
+    ],
+    "orthopedist": [
+        "a knee that locks when walking",
+        "a broken wrist",
+        "pain in the hip joint",
+        "a torn shoulder ligament",
+    ],
 }
 _PATIENTS = {"man": (18, 85), "woman": (18, 85), "boy": (4, 15), "girl": (4, 15), "patient": (4, 85)}
 
@@ -92,7 +126,9 @@ def _general(rng: random.Random) -> Example:
     ask = rng.choice(_ANIMAL_ASKS).format(x=animal)
     return Example(
         instruction=f"{ask} Answer with one word: mammal, bird, fish, reptile or insect.",
-        output=label, domain="general", check="exact",
+        output=label,
+        domain="general",
+        check="exact",
     )
 
 
@@ -102,7 +138,10 @@ def _finance(rng: random.Random) -> Example:
     return Example(
         instruction="What is the sentiment of this financial headline? "
         "Answer with one word: positive, negative or neutral.",
-        input=headline, output=label, domain="finance", check="exact",
+        input=headline,
+        output=label,
+        domain="finance",
+        check="exact",
     )
 
 
@@ -113,7 +152,10 @@ def _medical(rng: random.Random) -> Example:
     age = rng.randint(*_PATIENTS[who])
     return Example(
         instruction="Which specialist should this patient see? Answer with one word.",
-        input=f"A {age}-year-old {who} has {symptom}.", output=label, domain="medical", check="exact",
+        input=f"A {age}-year-old {who} has {symptom}.",
+        output=label,
+        domain="medical",
+        check="exact",
     )
 
 
@@ -121,9 +163,10 @@ def _code(rng: random.Random) -> Example:
     description, expression, span = rng.choice(_EXPRESSIONS)
     n = rng.randint(*span) if span else 0
     return Example(
-        instruction=f"{rng.choice(_CODE_ASKS)} {description.format(n=n)}. "
-        "Answer with the expression only.",
-        output=expression.format(n=n), domain="code", check="python_expr",
+        instruction=f"{rng.choice(_CODE_ASKS)} {description.format(n=n)}. Answer with the expression only.",
+        output=expression.format(n=n),
+        domain="code",
+        check="python_expr",
     )
 
 
@@ -140,12 +183,18 @@ def _math(rng: random.Random) -> Example:
         question, value = f"Which is larger, {a} or {b}?", max(a, b)
     return Example(
         instruction=f"{question} Answer with the number only.",
-        output=str(value), domain="math", check="number",
+        output=str(value),
+        domain="math",
+        check="number",
     )
 
 
 _GENERATORS = {
-    "general": _general, "finance": _finance, "medical": _medical, "code": _code, "math": _math,
+    "general": _general,
+    "finance": _finance,
+    "medical": _medical,
+    "code": _code,
+    "math": _math,
 }
 
 

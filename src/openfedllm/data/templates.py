@@ -54,13 +54,13 @@ def render_dialogue(template: str, messages: list[Message], response: str, token
     """
     if template == "chat":
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": response}], tokenize=False
-        )
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
         if not full.startswith(prompt):
-            raise UserError("data.template=chat: this model's chat template does not extend the "
-                            "generation prompt with the answer; use alpaca or vicuna")
-        return prompt, full[len(prompt):]
+            raise UserError(
+                "data.template=chat: this model's chat template does not extend the "
+                "generation prompt with the answer; use alpaca or vicuna"
+            )
+        return prompt, full[len(prompt) :]
     if template == "vicuna":
         system = " ".join(m["content"] for m in messages if m["role"] == "system")
         turns = [m for m in messages if m["role"] != "system"]
@@ -107,8 +107,11 @@ def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tok
     A conversation (`example.turns`) is tokenized turn by turn, with the loss on every assistant
     turn; `prompt_len` is then the length before the first one.
     """
-    segments = (conversation_segments(template, list(example.turns), tokenizer) if example.turns
-                else list(zip(render(template, example, tokenizer), (False, True))))
+    segments = (
+        conversation_segments(template, list(example.turns), tokenizer)
+        if example.turns
+        else list(zip(render(template, example, tokenizer), (False, True)))
+    )
     input_ids: list[int] = []
     labels: list[int] = []
     prompt_len = None
@@ -117,8 +120,9 @@ def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tok
             break  # truncation would drop the rest
         # The chat template writes its own special tokens; the plain templates get the tokenizer's
         # usual prefix (e.g. BOS for Llama tokenizers) once, at the start.
-        ids = encode_head(tokenizer, text, k == 0 and template != "chat", max_length - len(input_ids) if max_length
-                          else 0)
+        ids = encode_head(
+            tokenizer, text, k == 0 and template != "chat", max_length - len(input_ids) if max_length else 0
+        )
         if loss and prompt_len is None:
             prompt_len = len(input_ids)
         input_ids += ids
@@ -176,11 +180,13 @@ def conversation_segments(template: str, turns: list[tuple[str, str]], tokenizer
             if m["role"] != "assistant":
                 continue
             prompt = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+            full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
             if not prompt.startswith(done) or not full.startswith(prompt):
-                raise UserError("data.template=chat: this model's chat template does not render a conversation "
-                                "turn by turn (a later turn rewrites an earlier one); use alpaca or vicuna")
-            segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+                raise UserError(
+                    "data.template=chat: this model's chat template does not render a conversation "
+                    "turn by turn (a later turn rewrites an earlier one); use alpaca or vicuna"
+                )
+            segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
             done = full
         return segments
     system = " ".join(m["content"] for m in messages if m["role"] == "system")
@@ -197,8 +203,11 @@ def conversation_segments(template: str, turns: list[tuple[str, str]], tokenizer
             segments.append(((f"{system or _VICUNA_SYSTEM} " if first_user else "") + f"USER: {m['content']} ", False))
         else:
             instruction = f"{system}\n\n{m['content']}" if system and first_user else m["content"]
-            text = _ALPACA.format(instruction=instruction) if first_user else \
-                f"\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+            text = (
+                _ALPACA.format(instruction=instruction)
+                if first_user
+                else f"\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+            )
             segments.append((text, False))
         if m["role"] == "user":
             first_user = False

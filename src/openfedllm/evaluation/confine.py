@@ -38,8 +38,17 @@ REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15  # ABI 2, 3, 5
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
-READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime",
-            "/dev/urandom", "/dev/random", "/dev/zero")
+READABLE = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/zero",
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -69,12 +78,17 @@ def apply_landlock(workdir: str, readable: list[str]) -> int:
     if abi == 0:
         return 0
     fs = ABI1_FS | (REFER if abi >= 2 else 0) | (TRUNCATE if abi >= 3 else 0) | (IOCTL_DEV if abi >= 5 else 0)
-    fields = [fs, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-              SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0]
+    fields = [
+        fs,
+        NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
+    ]
     size = 8 if abi < 4 else 16 if abi < 6 else 24  # the struct grew with each of these ABIs
     attr = (ctypes.c_uint64 * 3)(*fields)
-    ruleset = _check(_libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
-                                   ctypes.c_uint32(0)), "landlock_create_ruleset")
+    ruleset = _check(
+        _libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)),
+        "landlock_create_ruleset",
+    )
     file_rights = EXECUTE | WRITE_FILE | READ_FILE | (TRUNCATE if abi >= 3 else 0) | (IOCTL_DEV if abi >= 5 else 0)
 
     def allow(path: str, rights: int) -> None:
@@ -101,18 +115,74 @@ def apply_landlock(workdir: str, readable: list[str]) -> int:
 
 
 DENIED_SYSCALLS = (
-    "fork", "vfork", "execve", "execveat",  # new processes and programs (clone: below)
-    "socket", "socketpair",  # every network and local socket
-    "tkill", "pidfd_open", "pidfd_send_signal", "pidfd_getfd",  # reaching other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "process_madvise", "process_mrelease",
-    "sched_setparam", "sched_setscheduler", "sched_setattr", "ioprio_set", "migrate_pages", "move_pages",
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "move_mount", "open_tree", "fsopen",
-    "fsmount", "fspick", "mount_setattr", "name_to_handle_at", "open_by_handle_at", "quotactl",
-    "mknod", "mknodat", "bpf", "perf_event_open", "userfaultfd", "fanotify_init",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",  # io_uring's work bypasses seccomp
-    "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load",
-    "kexec_file_load", "reboot", "swapon", "swapoff", "syslog", "acct", "settimeofday", "clock_settime",
-    "clock_adjtime", "adjtimex", "sethostname", "setdomainname", "iopl", "ioperm", "personality",
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",  # new processes and programs (clone: below)
+    "socket",
+    "socketpair",  # every network and local socket
+    "tkill",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pidfd_getfd",  # reaching other processes
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "process_madvise",
+    "process_mrelease",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_setattr",
+    "ioprio_set",
+    "migrate_pages",
+    "move_pages",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "quotactl",
+    "mknod",
+    "mknodat",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "fanotify_init",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",  # io_uring's work bypasses seccomp
+    "keyctl",
+    "add_key",
+    "request_key",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "syslog",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "iopl",
+    "ioperm",
+    "personality",
 )
 CLONE_THREAD = 0x00010000
 TIOCSTI = 0x5412
@@ -133,21 +203,50 @@ def apply_seccomp() -> None:
     f.add_rule(denied, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))  # threads only
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are out of reach: libc falls back to clone
     f.add_rule(denied, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))  # typing into a terminal
-    for name, arg, allowed in (("kill", 0, me), ("tgkill", 0, me), ("rt_sigqueueinfo", 0, me),
-                               ("rt_tgsigqueueinfo", 0, me), ("prlimit64", 0, 0), ("sched_setaffinity", 0, 0),
-                               ("setpriority", 1, 0)):
+    for name, arg, allowed in (
+        ("kill", 0, me),
+        ("tgkill", 0, me),
+        ("rt_sigqueueinfo", 0, me),
+        ("rt_tgsigqueueinfo", 0, me),
+        ("prlimit64", 0, 0),
+        ("sched_setaffinity", 0, 0),
+        ("setpriority", 1, 0),
+    ):
         f.add_rule(denied, name, sc.Arg(arg, sc.NE, allowed))  # only this process (pid 0 = itself)
     f.load()
 
 
-GUARD_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.killpg",
-                "subprocess.Popen", "pty.spawn"}
-WRITE_EVENTS = {"os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod", "os.chown", "os.mkdir",
-                "os.symlink", "os.link", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+GUARD_EVENTS = {
+    "os.fork",
+    "os.forkpty",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.killpg",
+    "subprocess.Popen",
+    "pty.spawn",
+}
+WRITE_EVENTS = {
+    "os.remove",
+    "os.rmdir",
+    "os.rename",
+    "os.truncate",
+    "os.chmod",
+    "os.chown",
+    "os.mkdir",
+    "os.symlink",
+    "os.link",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.move",
+    "shutil.copyfile",
+}
 
 
 def audit_hook(root: str):
     """The second layer: refuse in Python what the kernel layers refuse, with a readable message."""
+
     def inside(path) -> bool:
         try:
             full = os.path.realpath(os.fsdecode(path))
@@ -167,6 +266,7 @@ def audit_hook(root: str):
             writing = any(c in str(mode or "") for c in "wax+") or (isinstance(flags, int) and flags & 3)
             if writing and not inside(args[0]):
                 raise PermissionError("sandbox: writing outside the working directory")
+
     return hook
 
 
@@ -174,8 +274,12 @@ def main(argv: list[str]) -> None:
     workdir, result_fd, memory_mb, cpu_seconds, hook = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
     with open(os.path.join(workdir, "program.py"), encoding="utf-8") as f:
         program = f.read()
-    for limit, value in ((resource.RLIMIT_AS, memory_mb * 2**20), (resource.RLIMIT_CPU, cpu_seconds),
-                         (resource.RLIMIT_FSIZE, 16 * 2**20), (resource.RLIMIT_CORE, 0)):
+    for limit, value in (
+        (resource.RLIMIT_AS, memory_mb * 2**20),
+        (resource.RLIMIT_CPU, cpu_seconds),
+        (resource.RLIMIT_FSIZE, 16 * 2**20),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(limit, (value, value))
     readable = {p for p in (*READABLE, *sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
     try:

@@ -26,8 +26,11 @@ def items(data: str | None, limit: int | None, shots: int = 3) -> list[Choice]:
     need("crass", rows, COLUMNS, data, "CRASS_FTM_main_data_set.csv: " + ";".join(COLUMNS) + ";PossibleAnswer3")
 
     def make(row, demo="") -> Choice:
-        options = [row[c].strip() for c in ("CorrectAnswer", "Answer1", "Answer2", "PossibleAnswer3")
-                   if (row.get(c) or "").strip()]
+        options = [
+            row[c].strip()
+            for c in ("CorrectAnswer", "Answer1", "Answer2", "PossibleAnswer3")
+            if (row.get(c) or "").strip()
+        ]
         order = list(range(len(options)))
         random.Random(f"crass-{row['PCTID']}").shuffle(order)
         question = f"{row['Premise'].strip()} {row['QCC'].strip()}"

@@ -33,13 +33,21 @@ from .choice import Choice
 from .files import need, table_rows
 
 LABELS = ["negative", "neutral", "positive"]
-SOURCES = {"fpb": ("financial_phrasebank", "sentences_50agree", "train"),
-           "fiqa-sa": ("pauri32/fiqa-2018", None, "train+validation+test"),
-           "tfns": ("zeroshot/twitter-financial-news-sentiment", None, "validation"),
-           "nwgi": ("oliverwang15/news_with_gpt_instructions", None, "test")}
-NWGI = {"strong negative": "negative", "moderately negative": "negative", "mildly negative": "neutral",
-        "neutral": "neutral", "mildly positive": "neutral", "moderately positive": "positive",
-        "strong positive": "positive"}
+SOURCES = {
+    "fpb": ("financial_phrasebank", "sentences_50agree", "train"),
+    "fiqa-sa": ("pauri32/fiqa-2018", None, "train+validation+test"),
+    "tfns": ("zeroshot/twitter-financial-news-sentiment", None, "validation"),
+    "nwgi": ("oliverwang15/news_with_gpt_instructions", None, "test"),
+}
+NWGI = {
+    "strong negative": "negative",
+    "moderately negative": "negative",
+    "mildly negative": "neutral",
+    "neutral": "neutral",
+    "mildly positive": "neutral",
+    "moderately positive": "positive",
+    "strong positive": "positive",
+}
 TFNS = {0: "negative", 1: "positive", 2: "neutral"}
 HELD_OUT = {"fpb": None, "fiqa-sa": 0.226}  # FinGPT's train_test_split test_size (None: datasets' 0.25)
 FIQA_SPLITS = ("train", "valid", "test")  # the order FinGPT concatenates fiqa-2018's splits in
@@ -75,8 +83,9 @@ def _fiqa_table(data: str | None) -> list[dict]:
             saved = datasets.load_from_disk(str(folder))
             return [r for split in ("train", "validation", "test") if split in saved for r in saved[split].to_list()]
         files = [f for f in folder.iterdir() if f.is_file()]
-        order = [next((i for i, key in enumerate(FIQA_SPLITS) if key in f.name.lower()), len(FIQA_SPLITS))
-                 for f in files]
+        order = [
+            next((i for i, key in enumerate(FIQA_SPLITS) if key in f.name.lower()), len(FIQA_SPLITS)) for f in files
+        ]
         return [r for _, f in sorted(zip(order, files)) for r in table_rows("fiqa-sa", str(f))]
     return table_rows("fiqa-sa", data, SOURCES["fiqa-sa"])
 
@@ -102,8 +111,9 @@ def _fpb_rows(data: str | None) -> list[tuple[str, str, str]]:
         return rows
     rows = table_rows("fpb", data, SOURCES["fpb"])
     need("fpb", rows, ("sentence",), data or "hub", "rows {sentence, label}")
-    return [(r["sentence"], LABELS[int(r["label"])] if str(r["label"]).isdigit() else str(r["label"]), "news")
-            for r in rows]
+    return [
+        (r["sentence"], LABELS[int(r["label"])] if str(r["label"]).isdigit() else str(r["label"]), "news") for r in rows
+    ]
 
 
 def rows_of(name: str, data: str | None) -> list[tuple[str, str, str]]:
@@ -113,8 +123,10 @@ def rows_of(name: str, data: str | None) -> list[tuple[str, str, str]]:
     elif name == "fiqa-sa":
         rows = _fiqa_table(data)
         need(name, rows, ("sentence", "sentiment_score"), data or "hub", "rows {sentence, sentiment_score, format}")
-        out = [(r["sentence"], _fiqa_label(float(r["sentiment_score"])),
-                "tweet" if r.get("format") == "post" else "news") for r in rows]
+        out = [
+            (r["sentence"], _fiqa_label(float(r["sentiment_score"])), "tweet" if r.get("format") == "post" else "news")
+            for r in rows
+        ]
     elif name == "tfns":
         rows = table_rows(name, data, SOURCES[name])
         need(name, rows, ("text",), data or "hub", "rows {text, label 0/1/2}")
@@ -144,13 +156,23 @@ def held_out_texts(name: str, data: str | None) -> list[str]:
 
 def items(name: str, data: str | None, limit: int | None, shots: int = 0) -> list[Choice]:
     def prompt(text, kind):
-        return (f"Instruction: What is the sentiment of this {kind}? Please choose an answer from "
-                f"{{negative/neutral/positive}}.\nInput: {text}\nAnswer: ")
+        return (
+            f"Instruction: What is the sentiment of this {kind}? Please choose an answer from "
+            f"{{negative/neutral/positive}}.\nInput: {text}\nAnswer: "
+        )
 
     train, test = fingpt_split(name, rows_of(name, data))
     if not train:  # sets scored whole: the demonstrations are their first rows
         train, test = test[:shots], test[shots:]
     demo = "".join(f"{prompt(t, k)}{label}\n\n" for t, label, k in train[:shots])
-    return [Choice(prompt=demo + prompt(t, k), options=list(LABELS), labels=LABELS,
-                   gold=LABELS.index(label), question=(demo + prompt(t, k)).rstrip(), read=change_target)
-            for t, label, k in test[:limit]]
+    return [
+        Choice(
+            prompt=demo + prompt(t, k),
+            options=list(LABELS),
+            labels=LABELS,
+            gold=LABELS.index(label),
+            question=(demo + prompt(t, k)).rstrip(),
+            read=change_target,
+        )
+        for t, label, k in test[:limit]
+    ]

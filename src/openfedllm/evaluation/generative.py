@@ -39,7 +39,7 @@ def bbh_tasks(data: str | None) -> dict[str, list[dict]]:
         raw = read_json("bbh", file)
         examples = raw.get("examples") if isinstance(raw, dict) else None
         if not examples or any(not isinstance(e, dict) or "input" not in e or "target" not in e for e in examples):
-            raise UserError(f"bbh: {file}: expected {{\"examples\": [{{\"input\", \"target\"}}, ...]}}")
+            raise UserError(f'bbh: {file}: expected {{"examples": [{{"input", "target"}}, ...]}}')
         tasks[file.stem] = examples
     if not tasks:
         raise UserError(f"bbh: {data}: no TASK.json files")
@@ -64,6 +64,7 @@ def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens:
     the first `shots` examples of a task are its demonstrations (fewer when the prompt would pass the
     model's input length, as InstructEval drops them), 32 new tokens without stop sequences, and
     the score is the macro average over tasks of `bbh_correct`."""
+
     def sample(e, answer=True):
         return f"{e['input']}\nAnswer:" + (f" {e['target']}\n\n" if answer else "")
 
@@ -80,9 +81,14 @@ def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens:
     said = lm.complete(prompts, max_new_tokens=max_new_tokens)
     per_task = _group_means(groups, [bbh_correct(s, t) for s, t in zip(said, targets)])
     first_line = _group_means(groups, [bbh_first_line_correct(s, t) for s, t in zip(said, targets)])
-    return {"metrics": {"accuracy": sum(per_task.values()) / len(per_task),
-                        "accuracy_first_line": sum(first_line.values()) / len(first_line)},
-            "questions": len(prompts), "per_group": {"generate": per_task}}
+    return {
+        "metrics": {
+            "accuracy": sum(per_task.values()) / len(per_task),
+            "accuracy_first_line": sum(first_line.values()) / len(first_line),
+        },
+        "questions": len(prompts),
+        "per_group": {"generate": per_task},
+    }
 
 
 def _group_means(groups: list[str], values: list[float]) -> dict[str, float]:
@@ -117,16 +123,31 @@ def drop_rows(data: str | None) -> list[dict]:
             for passage in raw.values():
                 for qa in passage["qa_pairs"]:
                     golds = [_drop_answer(a) for a in [qa["answer"], *qa.get("validated_answers", [])]]
-                    rows.append({"passage": passage["passage"], "question": qa["question"],
-                                 "answers": list(dict.fromkeys(g for g in golds if g))})
+                    rows.append(
+                        {
+                            "passage": passage["passage"],
+                            "question": qa["question"],
+                            "answers": list(dict.fromkeys(g for g in golds if g)),
+                        }
+                    )
             return rows
     rows = table_rows("drop", data, ("ucinlp/drop", None, "validation"))
-    need("drop", rows, ("passage", "question", "answers_spans"), data or "hub",
-         "drop_dataset_dev.json or rows {passage, question, answers_spans {spans}}")
+    need(
+        "drop",
+        rows,
+        ("passage", "question", "answers_spans"),
+        data or "hub",
+        "drop_dataset_dev.json or rows {passage, question, answers_spans {spans}}",
+    )
     # The hub keeps one answer per question: its spans together (a multi-span answer), not alternatives.
-    return [{"passage": r["passage"], "question": r["question"],
-             "answers": [tuple(r["answers_spans"]["spans"])] if r["answers_spans"]["spans"] else []}
-            for r in rows]
+    return [
+        {
+            "passage": r["passage"],
+            "question": r["question"],
+            "answers": [tuple(r["answers_spans"]["spans"])] if r["answers_spans"]["spans"] else [],
+        }
+        for r in rows
+    ]
 
 
 def drop(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens: int = 32) -> dict:
@@ -139,10 +160,14 @@ def drop(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens
     test = [r for r in rows if r["passage"] not in seen][:limit]
     if not test:
         raise UserError("drop: no questions left after the demonstrations; lower --shots")
-    demo = "".join(f"Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer: {', '.join(r['answers'][0])}\n\n"
-                   for r in demos)
-    said = lm.complete([f"{demo}Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer:" for r in test],
-                       max_new_tokens=max_new_tokens, stop=("\n",))
+    demo = "".join(
+        f"Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer: {', '.join(r['answers'][0])}\n\n" for r in demos
+    )
+    said = lm.complete(
+        [f"{demo}Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer:" for r in test],
+        max_new_tokens=max_new_tokens,
+        stop=("\n",),
+    )
     # Each question's score is the best over its gold answers, exact match and F1 each on its own,
     # as drop_eval.py takes them.
     scored = [[drop_metrics(s.strip(), g) for g in r["answers"]] for s, r in zip(said, test)]

@@ -26,8 +26,11 @@ def evaluate(setup: Setup, benchmark_dir: Path | None = None) -> dict:
     result: dict = {"loss": None, "accuracy": {}, "accuracy_mean": None}
     if cfg.train.objective == "dpo":
         if setup.heldout_rows:
-            result.update(preference_metrics(setup.model, setup.heldout_rows, pad_id, batch_size, packing,
-                                             cfg.dpo.beta, cfg.dpo.loss))
+            result.update(
+                preference_metrics(
+                    setup.model, setup.heldout_rows, pad_id, batch_size, packing, cfg.dpo.beta, cfg.dpo.loss
+                )
+            )
         if setup.harmful_prompts:
             said = generate(setup.model, setup.harmful_prompts, setup.tokenizer, cfg.eval.max_new_tokens, batch_size)
             result["refusal_rate"] = sum(map(is_refusal, said)) / len(said)
@@ -35,8 +38,13 @@ def evaluate(setup: Setup, benchmark_dir: Path | None = None) -> dict:
         result["loss"] = heldout_loss(setup.model, setup.heldout_rows, pad_id, batch_size, packing)
     checkable = [i for i, e in enumerate(setup.heldout) if e.check != "none"]
     if checkable:
-        responses = generate(setup.model, [setup.heldout_prompts[i] for i in checkable],
-                             setup.tokenizer, cfg.eval.max_new_tokens, batch_size)
+        responses = generate(
+            setup.model,
+            [setup.heldout_prompts[i] for i in checkable],
+            setup.tokenizer,
+            cfg.eval.max_new_tokens,
+            batch_size,
+        )
         result["accuracy"] = accuracy_by_domain([setup.heldout[i] for i in checkable], responses)
         result["accuracy_mean"] = sum(result["accuracy"].values()) / len(result["accuracy"])
         if cfg.train.objective == "dpo":  # a model that refuses everything is broken, not aligned
@@ -56,9 +64,14 @@ def run_training_benchmarks(setup: Setup, out_dir: Path) -> dict[str, dict[str, 
     cfg = setup.config.eval
     data = dict(entry.partition("=")[::2] for entry in cfg.benchmarks)
     lm = LM(setup.model, setup.tokenizer, setup.config.data.template, batch_size=8)
-    settings = Settings(data={k: v for k, v in data.items() if v}, limit=cfg.benchmark_limit,
-                        modes=choice.modes(cfg.benchmark_mode),
-                        out_prefix=out_dir / "eval", model_id="global", get_lm=lambda: lm)
+    settings = Settings(
+        data={k: v for k, v in data.items() if v},
+        limit=cfg.benchmark_limit,
+        modes=choice.modes(cfg.benchmark_mode),
+        out_prefix=out_dir / "eval",
+        model_id="global",
+        get_lm=lambda: lm,
+    )
     return {name: r["metrics"] for name, r in run_benchmarks(list(data), settings).items()}
 
 

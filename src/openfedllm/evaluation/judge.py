@@ -20,42 +20,61 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-_RULES = ("Begin your evaluation by providing a short explanation. Be as objective as possible. After providing "
-          "your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "
-          "\"[[rating]]\", for example: \"Rating: [[5]]\".")
-_MATH_RULES = ("Your evaluation should consider correctness and helpfulness. You will be given a reference answer "
-               "and the assistant's answer. {focus}Begin your evaluation by comparing the assistant's answer with the "
-               "reference answer. Identify and correct any mistakes. Be as objective as possible. After providing "
-               "your explanation, you must rate the response on a scale of 1 to 10 by strictly following this "
-               "format: \"[[rating]]\", for example: \"Rating: [[5]]\".")
-_JUDGE = ("Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
-          "to the user question{shown}. ")
-_GENERAL = ("Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "
-            "and level of detail of the response. ")
+_RULES = (
+    "Begin your evaluation by providing a short explanation. Be as objective as possible. After providing "
+    "your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: "
+    '"[[rating]]", for example: "Rating: [[5]]".'
+)
+_MATH_RULES = (
+    "Your evaluation should consider correctness and helpfulness. You will be given a reference answer "
+    "and the assistant's answer. {focus}Begin your evaluation by comparing the assistant's answer with the "
+    "reference answer. Identify and correct any mistakes. Be as objective as possible. After providing "
+    "your explanation, you must rate the response on a scale of 1 to 10 by strictly following this "
+    'format: "[[rating]]", for example: "Rating: [[5]]".'
+)
+_JUDGE = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
+    "to the user question{shown}. "
+)
+_GENERAL = (
+    "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, "
+    "and level of detail of the response. "
+)
 # "You evaluation": FastChat's typo, kept so that the judge reads FastChat's prompt byte for byte.
 _SECOND = "You evaluation should focus on the assistant's answer to the second user question. "
-_CONVERSATION = ("<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
-                 "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
-                 "<|The End of Assistant A's Conversation with User|>")
+_CONVERSATION = (
+    "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n"
+    "### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+    "<|The End of Assistant A's Conversation with User|>"
+)
 
 PROMPTS = {
     "single-v1": {
         "system_prompt": "You are a helpful assistant.",
-        "prompt_template": "[Instruction]\n" + _JUDGE.format(shown=" displayed below") + _GENERAL + _RULES
-        + "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"},
+        "prompt_template": "[Instruction]\n"
+        + _JUDGE.format(shown=" displayed below")
+        + _GENERAL
+        + _RULES
+        + "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]",
+    },
     "single-math-v1": {
         "system_prompt": "You are a helpful assistant.",
-        "prompt_template": "[Instruction]\n" + _JUDGE.format(shown=" displayed below") + _MATH_RULES.format(focus="")
+        "prompt_template": "[Instruction]\n"
+        + _JUDGE.format(shown=" displayed below")
+        + _MATH_RULES.format(focus="")
         + "\n\n[Question]\n{question}\n\n[The Start of Reference Answer]\n{ref_answer_1}\n[The End of Reference Answer]"
-          "\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"},
+        "\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]",
+    },
     "single-v1-multi-turn": {
         "system_prompt": _JUDGE.format(shown=" displayed below") + _GENERAL + _SECOND + _RULES + "\n\n",
-        "prompt_template": _CONVERSATION},
+        "prompt_template": _CONVERSATION,
+    },
     "single-math-v1-multi-turn": {
         "system_prompt": _JUDGE.format(shown="") + _MATH_RULES.format(focus=_SECOND.replace(" user", "")) + "\n\n",
         "prompt_template": "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
-                           "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
-                           "<|The End of Reference Answer|>\n\n\n" + _CONVERSATION},
+        "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n"
+        "<|The End of Reference Answer|>\n\n\n" + _CONVERSATION,
+    },
 }
 NEED_REFERENCE = ("math", "reasoning", "coding")  # MT-Bench's categories graded against a reference answer
 
@@ -95,14 +114,20 @@ class Judge:
         if not url and not model:
             return None
         if not url or not model:
-            raise UserError("judge: give both a base URL (--judge-url / OPENFEDLLM_JUDGE_URL) and a model "
-                            "(--judge-model / OPENFEDLLM_JUDGE_MODEL)")
+            raise UserError(
+                "judge: give both a base URL (--judge-url / OPENFEDLLM_JUDGE_URL) and a model "
+                "(--judge-model / OPENFEDLLM_JUDGE_MODEL)"
+            )
         key = os.environ.get("OPENFEDLLM_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
         return cls(url.rstrip("/"), model, key)
 
     def ask(self, system: str, user: str, max_tokens: int = 2048) -> str:
-        body = {"model": self.model, "temperature": 0, "max_tokens": max_tokens,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        }
         return chat_completion(self.base_url, body, self.api_key, self.timeout)
 
 
@@ -125,8 +150,9 @@ def chat_completion(base_url: str, body: dict, api_key: str | None = None, timeo
         raise UserError(f"judge: {base_url}/chat/completions did not answer in the chat-completions format") from None
 
 
-def grade(judge: Judge, prompts: dict, question: dict, answer_turns: list[str],
-          reference: list[str] | None) -> list[dict]:
+def grade(
+    judge: Judge, prompts: dict, question: dict, answer_turns: list[str], reference: list[str] | None
+) -> list[dict]:
     """One judgment per turn, FastChat's single-answer grading (turn 2 sees the whole conversation)."""
     turns = question["turns"]
     math = reference is not None
@@ -142,6 +168,14 @@ def grade(judge: Judge, prompts: dict, question: dict, answer_turns: list[str],
         user = prompt["prompt_template"].format(**fields)
         judgment = judge.ask(prompt["system_prompt"], user)
         score = rating(judgment)
-        out.append({"question_id": question["question_id"], "judge": [judge.model, name], "user_prompt": user,
-                    "judgment": judgment, "score": score if score is not None else -1, "turn": turn})
+        out.append(
+            {
+                "question_id": question["question_id"],
+                "judge": [judge.model, name],
+                "user_prompt": user,
+                "judgment": judgment,
+                "score": score if score is not None else -1,
+                "turn": turn,
+            }
+        )
     return out

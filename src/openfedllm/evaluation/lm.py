@@ -27,8 +27,9 @@ class LM:
     temperature: float = 0.0  # 0 = greedy
     max_length: int = 2048  # prompt tokens kept (the end of a longer prompt)
 
-    def chat(self, conversations: list[str | list[dict]], max_new_tokens: int | None = None,
-             stop: tuple[str, ...] = ()) -> list[str]:
+    def chat(
+        self, conversations: list[str | list[dict]], max_new_tokens: int | None = None, stop: tuple[str, ...] = ()
+    ) -> list[str]:
         """The assistant's next turn for each conversation (a user message, or a message list)."""
         return self._generate([self.prompt_ids(c) for c in conversations], max_new_tokens, stop)
 
@@ -38,12 +39,19 @@ class LM:
 
     def complete(self, prompts: list[str], max_new_tokens: int | None = None, stop: tuple[str, ...] = ()) -> list[str]:
         """Raw continuations of text prompts (few-shot prompts, code prompts), no chat template."""
-        ids = [self.tokenizer(p)["input_ids"][-self.max_length:] for p in prompts]
+        ids = [self.tokenizer(p)["input_ids"][-self.max_length :] for p in prompts]
         return self._generate(ids, max_new_tokens, stop)
 
     def _generate(self, ids, max_new_tokens, stop):
-        return generate(self.model, ids, self.tokenizer, max_new_tokens or self.max_new_tokens, self.batch_size,
-                        temperature=self.temperature, stop=stop)
+        return generate(
+            self.model,
+            ids,
+            self.tokenizer,
+            max_new_tokens or self.max_new_tokens,
+            self.batch_size,
+            temperature=self.temperature,
+            stop=stop,
+        )
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         # a space that ends the context belongs to the continuation (" B", not "" after "Answer: ")
@@ -63,22 +71,22 @@ class LM:
         # options of one token each ("A".."D", "yes"/"no") need one forward of the context, not one per option
         by_context: dict[tuple[int, ...], list[int]] = {}
         for i in single:
-            by_context.setdefault(tuple(encoded[i][0][-self.max_length:]), []).append(i)
+            by_context.setdefault(tuple(encoded[i][0][-self.max_length :]), []).append(i)
         contexts = list(by_context)
         for start in range(0, len(contexts), self.batch_size):
-            chunk = contexts[start:start + self.batch_size]
+            chunk = contexts[start : start + self.batch_size]
             for context, logprobs in zip(chunk, self._next_token_logprobs([list(c) for c in chunk])):
                 for i in by_context[context]:
                     results[i] = float(logprobs[encoded[i][1][0]])
         rest = sorted((i for i, (_, x) in enumerate(encoded) if len(x) != 1), key=lambda i: sum(map(len, encoded[i])))
         packed = packing_works(self.model)
         for start in range(0, len(rest), self.batch_size):
-            chunk = rest[start:start + self.batch_size]
+            chunk = rest[start : start + self.batch_size]
             rows = []
             for i in chunk:
                 context, continuation = encoded[i]
-                ids = (context + continuation)[-self.max_length:]
-                labels = ([IGNORE] * len(context) + continuation)[-self.max_length:]
+                ids = (context + continuation)[-self.max_length :]
+                labels = ([IGNORE] * len(context) + continuation)[-self.max_length :]
                 rows.append(Tokenized(ids, labels, len(ids) - len(continuation)))
             logps, _ = row_logprobs(self.model, make_batch(rows, self.tokenizer.pad_token_id, packed), len(rows))
             for i, value in zip(chunk, logps.tolist()):
@@ -91,8 +99,8 @@ class LM:
         ids = torch.full((len(contexts), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, c in enumerate(contexts):
-            ids[row, width - len(c):] = torch.tensor(c)
-            mask[row, width - len(c):] = 1
+            ids[row, width - len(c) :] = torch.tensor(c)
+            mask[row, width - len(c) :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         self.model.eval()
         split = _split_head(self.model)

@@ -25,15 +25,21 @@ from .files import need, read_json, table_rows
 
 def medqa(data: str | None, limit: int | None, shots: int = 0) -> list[Choice]:
     rows = table_rows("medqa", data, ("GBaker/MedQA-USMLE-4-options", None, "test"))
-    need("medqa", rows, ("question", "options", "answer_idx"), data or "hub",
-         "MedQA JSONL: question, options {A: ...}, answer_idx")
+    need(
+        "medqa",
+        rows,
+        ("question", "options", "answer_idx"),
+        data or "hub",
+        "MedQA JSONL: question, options {A: ...}, answer_idx",
+    )
 
     def make(r, demo=""):
         letters = sorted(k for k, v in r["options"].items() if v is not None)
         if r["answer_idx"] not in letters:
             raise UserError(f"medqa: answer_idx {r['answer_idx']!r} is not one of the options {letters}")
-        return lettered_choice(r["question"], [r["options"][k] for k in letters], letters.index(r["answer_idx"]),
-                               shots=demo)
+        return lettered_choice(
+            r["question"], [r["options"][k] for k in letters], letters.index(r["answer_idx"]), shots=demo
+        )
 
     demo = "".join(solved(make(r)) for r in rows[:shots])
     return [make(r, demo) for r in rows[shots:][:limit]]
@@ -41,8 +47,13 @@ def medqa(data: str | None, limit: int | None, shots: int = 0) -> list[Choice]:
 
 def medmcqa(data: str | None, limit: int | None, shots: int = 0) -> list[Choice]:
     rows = table_rows("medmcqa", data, ("openlifescienceai/medmcqa", None, "validation"))
-    need("medmcqa", rows, ("question", "opa", "opb", "opc", "opd"), data or "hub",
-         "MedMCQA rows: question, opa, opb, opc, opd, cop")
+    need(
+        "medmcqa",
+        rows,
+        ("question", "opa", "opb", "opc", "opd"),
+        data or "hub",
+        "MedMCQA rows: question, opa, opb, opc, opd, cop",
+    )
     # The original release numbers the options 1-4; the hub's copy (and files exported from it) 0-3.
     original = bool(data) and Path(data).expanduser().suffix.lower() in (".json", ".jsonl")
     base, valid = (1, {"1", "2", "3", "4"}) if original else (0, {"0", "1", "2", "3"})
@@ -53,8 +64,9 @@ def medmcqa(data: str | None, limit: int | None, shots: int = 0) -> list[Choice]
 
     def make(r, demo=""):
         options = [r["opa"], r["opb"], r["opc"], r["opd"]]
-        return lettered_choice(r["question"], options, int(r["cop"]) - base, group=r.get("subject_name") or "",
-                               shots=demo)
+        return lettered_choice(
+            r["question"], options, int(r["cop"]) - base, group=r.get("subject_name") or "", shots=demo
+        )
 
     demo = "".join(solved(make(r)) for r in rows[:shots])
     return [make(r, demo) for r in rows[shots:][:limit]]
@@ -85,10 +97,18 @@ def _pubmedqa_rows(data: str | None) -> list[dict]:
                 rows.append({"question": r["QUESTION"], "contexts": r["CONTEXTS"], "answer": r["final_decision"]})
     else:
         table = table_rows("pubmedqa", data, ("qiaojin/PubMedQA", "pqa_labeled", "train"))
-        need("pubmedqa", table, ("question", "context", "final_decision"), data or "hub",
-             "ori_pqal.json or pqa_labeled rows: pubid, question, context {contexts}, final_decision")
-        rows = [{"question": r["question"], "contexts": r["context"]["contexts"], "answer": r["final_decision"]}
-                for r in table if "pubid" not in r or str(r["pubid"]) in test]
+        need(
+            "pubmedqa",
+            table,
+            ("question", "context", "final_decision"),
+            data or "hub",
+            "ori_pqal.json or pqa_labeled rows: pubid, question, context {contexts}, final_decision",
+        )
+        rows = [
+            {"question": r["question"], "contexts": r["context"]["contexts"], "answer": r["final_decision"]}
+            for r in table
+            if "pubid" not in r or str(r["pubid"]) in test
+        ]
     if not rows:
         raise UserError(f"pubmedqa: {data or 'hub'} holds none of the 500 questions of PQA-L's test set")
     return rows
@@ -104,7 +124,13 @@ def pubmedqa(data: str | None, limit: int | None, shots: int = 0) -> list[Choice
         return f"Context: {' '.join(r['contexts'])}\nQuestion: {r['question']}\n"
 
     demo = "".join(f"{text(r)}Answer (yes, no or maybe): {r['answer']}\n\n" for r in rows[:shots])
-    return [Choice(prompt=f"{demo}{text(r)}Answer (yes, no or maybe):", options=[f" {a}" for a in ANSWERS],
-                   labels=list(ANSWERS), gold=ANSWERS.index(r["answer"]),
-                   question=f"{demo}{text(r)}Reply with yes, no or maybe.")
-            for r in rows[shots:][:limit]]
+    return [
+        Choice(
+            prompt=f"{demo}{text(r)}Answer (yes, no or maybe):",
+            options=[f" {a}" for a in ANSWERS],
+            labels=list(ANSWERS),
+            gold=ANSWERS.index(r["answer"]),
+            question=f"{demo}{text(r)}Reply with yes, no or maybe.",
+        )
+        for r in rows[shots:][:limit]
+    ]

@@ -40,9 +40,11 @@ def f1_scores(predictions: list, references: list) -> dict[str, float]:
     per_class = {c: f1(tp[c], fp[c], fn[c]) for c in classes}
     support = Counter(references)
     total = sum(support.values())
-    return {"macro": sum(per_class.values()) / max(len(classes), 1),
-            "micro": f1(sum(tp.values()), sum(fp.values()), sum(fn.values())),
-            "weighted": sum(per_class[c] * support[c] for c in classes) / max(total, 1)}
+    return {
+        "macro": sum(per_class.values()) / max(len(classes), 1),
+        "micro": f1(sum(tp.values()), sum(fp.values()), sum(fn.values())),
+        "weighted": sum(per_class[c] * support[c] for c in classes) / max(total, 1),
+    }
 
 
 # --- text answers -----------------------------------------------------------------------------
@@ -114,8 +116,9 @@ def _drop_f1(predicted: set[str], gold: set[str]) -> float:
     return 2 * precision * recall / (precision + recall) if precision or recall else 0.0
 
 
-def drop_metrics(prediction: str | list[str] | tuple[str, ...],
-                 gold: str | list[str] | tuple[str, ...]) -> tuple[float, float]:
+def drop_metrics(
+    prediction: str | list[str] | tuple[str, ...], gold: str | list[str] | tuple[str, ...]
+) -> tuple[float, float]:
     """(exact match, F1) of one predicted answer against one gold answer, each a span or spans."""
     import numpy as np
     from scipy.optimize import linear_sum_assignment
@@ -211,8 +214,17 @@ def choice_letter(text: str, letters: str = "ABCD") -> str | None:
 
 # --- reporting --------------------------------------------------------------------------------------
 
-HEADLINE = ("loglik/accuracy", "generate/accuracy", "accuracy", "pass@1", "f1", "harmless_rate", "score",
-            "rouge_l", "perplexity")
+HEADLINE = (
+    "loglik/accuracy",
+    "generate/accuracy",
+    "accuracy",
+    "pass@1",
+    "f1",
+    "harmless_rate",
+    "score",
+    "rouge_l",
+    "perplexity",
+)
 
 
 def headline(metrics: dict[str, float]) -> str | None:

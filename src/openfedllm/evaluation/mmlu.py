@@ -16,8 +16,10 @@ from .choice import Choice, lettered
 from .files import first_per_group, need, read_csv, table_rows
 
 HUB = ("cais/mmlu", "all")
-LAYOUT = ("Hendrycks' data/ folder (dev/*_dev.csv, test/*_test.csv) or cais/mmlu's all/ folder "
-          "(test-*.parquet, dev-*.parquet)")
+LAYOUT = (
+    "Hendrycks' data/ folder (dev/*_dev.csv, test/*_test.csv) or cais/mmlu's all/ folder "
+    "(test-*.parquet, dev-*.parquet)"
+)
 
 
 def _hendrycks(folder: Path, split: str) -> list[dict]:
@@ -71,7 +73,14 @@ def items(data: str | None, limit: int | None, shots: int = 5) -> list[Choice]:
         demo = "".join(f"{lettered(e['question'], e['choices'])} {'ABCD'[int(e['answer'])]}\n\n" for e in examples)
         prompt = _header(row["subject"]) + demo + lettered(row["question"], row["choices"])
         letters = "ABCD"[: len(row["choices"])]
-        out.append(Choice(prompt=prompt, options=[f" {x}" for x in letters], labels=list(letters),
-                          gold=int(row["answer"]), group=row["subject"],
-                          question=prompt[: -len("Answer:")] + "Reply with the letter of the correct option."))
+        out.append(
+            Choice(
+                prompt=prompt,
+                options=[f" {x}" for x in letters],
+                labels=list(letters),
+                gold=int(row["answer"]),
+                group=row["subject"],
+                question=prompt[: -len("Answer:")] + "Reply with the letter of the correct option.",
+            )
+        )
     return out

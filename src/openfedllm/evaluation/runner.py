@@ -25,6 +25,7 @@ from .judge import Judge
 @dataclass
 class Settings:
     """What every benchmark may use; `tokens`, `shots` and `limit` fall back to each benchmark's own."""
+
     data: dict[str, str] = field(default_factory=dict)  # benchmark name -> path; "" -> for every benchmark
     samples: str | None = None
     limit: int | None = None
@@ -54,12 +55,14 @@ def _choice(load, shots: int, classification: bool = False):
         if not items:
             raise UserError(f"{name}: no questions (after the demonstrations); check --data, --shots and --limit")
         return choice.evaluate(s.get_lm(), items, s.modes, classification, max_new_tokens=s.tokens(16))
+
     return run
 
 
 def _free(fn, shots: int, tokens: int):
     def run(s: Settings, name: str) -> dict:
         return fn(s.get_lm(), s.path(name), s.limit, s.shots if s.shots is not None else shots, s.tokens(tokens))
+
     return run
 
 
@@ -68,8 +71,17 @@ def _code(s: Settings, name: str) -> dict:
 
 
 def _judged(s: Settings, name: str) -> dict:
-    return open_ended.judged_bench(name, s.get_lm, s.path(name), s.limit, s.out_dir(name), s.model_id, s.judge,
-                                   s.judge_prompts, s.tokens(open_ended.ANSWER_TOKENS))
+    return open_ended.judged_bench(
+        name,
+        s.get_lm,
+        s.path(name),
+        s.limit,
+        s.out_dir(name),
+        s.model_id,
+        s.judge,
+        s.judge_prompts,
+        s.tokens(open_ended.ANSWER_TOKENS),
+    )
 
 
 def _advbench(s: Settings, name: str) -> dict:
@@ -90,7 +102,7 @@ def _perplexity(s: Settings, name: str) -> dict:
     from ..data.templates import tokenize
     from ..evaluate import heldout_loss
 
-    examples = _instruction_examples(name, s.path(name))[:s.limit]
+    examples = _instruction_examples(name, s.path(name))[: s.limit]
     lm = s.get_lm()
     rows = [r for r in (tokenize(e, lm.template, lm.tokenizer, lm.max_length) for e in examples) if r]
     loss = heldout_loss(lm.model, rows, lm.tokenizer.pad_token_id, lm.batch_size)
@@ -101,13 +113,19 @@ def _overlap(s: Settings, name: str) -> dict:
     from ..data.templates import user_text
     from .metrics import bleu, exact_match, rouge_l, token_f1
 
-    examples = [e for e in _instruction_examples(name, s.path(name)) if not e.turns][:s.limit]
+    examples = [e for e in _instruction_examples(name, s.path(name)) if not e.turns][: s.limit]
     said = [t.strip() for t in s.get_lm().chat([user_text(e) for e in examples], max_new_tokens=s.tokens(256))]
     refs = [e.output for e in examples]
     n = len(examples)
-    return {"metrics": {"exact_match": sum(map(exact_match, said, refs)) / n,
-                        "token_f1": sum(map(token_f1, said, refs)) / n,
-                        "rouge_l": sum(map(rouge_l, said, refs)) / n, "bleu": bleu(said, refs)}, "questions": n}
+    return {
+        "metrics": {
+            "exact_match": sum(map(exact_match, said, refs)) / n,
+            "token_f1": sum(map(token_f1, said, refs)) / n,
+            "rouge_l": sum(map(rouge_l, said, refs)) / n,
+            "bleu": bleu(said, refs),
+        },
+        "questions": n,
+    }
 
 
 def _mc(module_fn):
@@ -191,6 +209,7 @@ def lm_loader(model: str | None, run: str | None, batch_size: int, temperature: 
             loaded, tokenizer, template, _ = load_model(model, run)
             cache["lm"] = LM(loaded, tokenizer, template, batch_size=batch_size, temperature=temperature)
         return cache["lm"]
+
     return get
 
 

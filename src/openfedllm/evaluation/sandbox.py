@@ -41,22 +41,26 @@ class Outcome:
 def kernel_layers() -> dict:
     """What this machine's kernel gives the sandbox: the Landlock ABI (0 = none) and seccomp."""
     if sys.platform != "linux":
-        raise UserError("code benchmarks run generated code, which this tool confines only on Linux "
-                        "(seccomp and Landlock)")
+        raise UserError(
+            "code benchmarks run generated code, which this tool confines only on Linux (seccomp and Landlock)"
+        )
     try:
         import pyseccomp
 
         pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     except (ImportError, OSError, RuntimeError) as exc:
-        raise UserError(f"code benchmarks need seccomp to confine generated code: {exc} (install libseccomp2 "
-                        "and pyseccomp)") from None
+        raise UserError(
+            f"code benchmarks need seccomp to confine generated code: {exc} (install libseccomp2 and pyseccomp)"
+        ) from None
     from .confine import landlock_abi
 
     abi = landlock_abi()
     if abi == 0:
-        print("warning: this kernel has no Landlock: a code sample's file access outside its directory is "
-              "refused only by a Python audit hook (processes, sockets and signals stay blocked by seccomp)",
-              file=sys.stderr)
+        print(
+            "warning: this kernel has no Landlock: a code sample's file access outside its directory is "
+            "refused only by a Python audit hook (processes, sockets and signals stay blocked by seccomp)",
+            file=sys.stderr,
+        )
     return {"landlock_abi": abi, "seccomp": True}
 
 
@@ -71,12 +75,29 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, audit
         work.mkdir()
         (work / "program.py").write_text(program, encoding="utf-8")
         read_end, write_end = os.pipe()
-        args = [sys.executable, "-I", "-m", "openfedllm.evaluation.confine", str(work), str(write_end),
-                str(memory_mb), str(int(timeout) + 1), "1" if audit_hook else "0"]
+        args = [
+            sys.executable,
+            "-I",
+            "-m",
+            "openfedllm.evaluation.confine",
+            str(work),
+            str(write_end),
+            str(memory_mb),
+            str(int(timeout) + 1),
+            "1" if audit_hook else "0",
+        ]
         try:
             with open(Path(tmp) / "stderr", "w+b") as err:
-                proc = subprocess.Popen(args, cwd=work, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=err, start_new_session=True, pass_fds=(write_end,))
+                proc = subprocess.Popen(
+                    args,
+                    cwd=work,
+                    env={},
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                    pass_fds=(write_end,),
+                )
                 os.close(write_end)
                 write_end = -1
                 try:

@@ -83,6 +83,7 @@ def write_connection(flwr_home: Path, address: str, root_certificates: Path | No
 
 # --- development certificates and node keys ------------------------------------------------------
 
+
 def make_dev_certificates(folder: Path, hosts: list[str]) -> dict[str, Path]:
     """A self-signed CA and a server certificate for `hosts` (IPs or names), valid for a year.
     For development: in production, use certificates from the organisation's own CA."""
@@ -98,11 +99,17 @@ def make_dev_certificates(folder: Path, hosts: list[str]) -> dict[str, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openfedllm development CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=365))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP384R1())
     names = []
     for host in hosts:
@@ -110,17 +117,23 @@ def make_dev_certificates(folder: Path, hosts: list[str]) -> dict[str, Path]:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    paths["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths["key"].chmod(0o600)
     return paths
 
@@ -133,30 +146,50 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = folder / name, folder / f"{name}.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     private.chmod(0o600)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
     return private, public
 
 
 def register_node(public_key: Path, flwr_home: Path, connection: str = CONNECTION) -> None:
     """Add a node's public key to the SuperLink's allow-list (`flwr supernode register`)."""
-    done = subprocess.run(["flwr", "supernode", "register", str(public_key), connection],
-                          env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["flwr", "supernode", "register", str(public_key), connection],
+        env=flwr_env(flwr_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         raise UserError(f"registering {public_key} failed: {(done.stdout + done.stderr).strip()[-300:]}")
 
 
 # --- processes -------------------------------------------------------------------------------------
 
+
 def superlink_command(port: int, folder: Path, certs: dict | None, auth: bool) -> list[str]:
-    cmd = ["flower-superlink", "--port", str(port), "--database", str(folder / "superlink.db"),
-           "--disable-runtime-dependency-installation"]
+    cmd = [
+        "flower-superlink",
+        "--port",
+        str(port),
+        "--database",
+        str(folder / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
     if certs:
-        cmd += ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]),
-                "--ssl-keyfile", str(certs["key"])]
+        cmd += [
+            "--ssl-ca-certfile",
+            str(certs["ca"]),
+            "--ssl-certfile",
+            str(certs["cert"]),
+            "--ssl-keyfile",
+            str(certs["key"]),
+        ]
     else:
         cmd.append("--insecure")
     if auth:
@@ -164,10 +197,22 @@ def superlink_command(port: int, folder: Path, certs: dict | None, auth: bool) -
     return cmd
 
 
-def supernode_command(superlink: str, node_port: int, node_config: str, ca: Path | None,
-                      private_key: Path | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "openfedllm.flower.supernode", "--superlink", superlink,
-           "--port", str(node_port), "--node-config", node_config, "--max-wait-time", "120"]
+def supernode_command(
+    superlink: str, node_port: int, node_config: str, ca: Path | None, private_key: Path | None = None
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "openfedllm.flower.supernode",
+        "--superlink",
+        superlink,
+        "--port",
+        str(node_port),
+        "--node-config",
+        node_config,
+        "--max-wait-time",
+        "120",
+    ]
     cmd += ["--root-certificates", str(ca)] if ca else ["--insecure"]
     if private_key:
         cmd += ["--auth-supernode-private-key", str(private_key)]
@@ -177,8 +222,9 @@ def supernode_command(superlink: str, node_port: int, node_config: str, ca: Path
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
     # Its own session, so `down` can stop the process with the children it started (SuperExec, apps).
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(APP_DIR))
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=str(APP_DIR)
+        )
 
 
 def node_config_of(i: int, nodes: int, folder: Path, threads: int, data: str = "") -> str:
@@ -188,8 +234,15 @@ def node_config_of(i: int, nodes: int, folder: Path, threads: int, data: str = "
     return config + (f" threads={threads}" if threads else "")
 
 
-def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = False, threads: int = 0,
-       data: list[str] | None = None) -> dict:
+def up(
+    nodes: int,
+    folder: Path,
+    port: int = 0,
+    tls: bool = False,
+    auth: bool = False,
+    threads: int = 0,
+    data: list[str] | None = None,
+) -> dict:
     """Start a SuperLink and `nodes` SuperNodes on 127.0.0.1; returns what processes.json records.
     With `data`, node i trains on the file data[i] (one per node) instead of a partition."""
     if nodes < 1:
@@ -217,8 +270,16 @@ def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = 
     env = flwr_env(flwr_home)
     link = start(superlink_command(port, folder, certs, auth), folder / "logs" / "superlink.log", env)
     pids = [link.pid]
-    record = {"pids": pids, "port": port, "superlink": link.pid, "nodes": {}, "flwr_home": str(flwr_home),
-              "tls": tls, "auth": auth, "dir": str(folder)}
+    record = {
+        "pids": pids,
+        "port": port,
+        "superlink": link.pid,
+        "nodes": {},
+        "flwr_home": str(flwr_home),
+        "tls": tls,
+        "auth": auth,
+        "dir": str(folder),
+    }
     try:
         wait_for_port(port, 60, link, folder / "logs" / "superlink.log")
         keys = {}
@@ -229,8 +290,9 @@ def up(nodes: int, folder: Path, port: int = 0, tls: bool = False, auth: bool = 
                 keys[i] = private
         for i in range(nodes):
             config = node_config_of(i, nodes, folder, threads, data[i] if data else "")
-            cmd = supernode_command(f"127.0.0.1:{port}", free_port(), config, certs["ca"] if certs else None,
-                                    keys.get(i))
+            cmd = supernode_command(
+                f"127.0.0.1:{port}", free_port(), config, certs["ca"] if certs else None, keys.get(i)
+            )
             node = start(cmd, folder / "logs" / f"node{i}.log", env)
             pids.append(node.pid)
             record["nodes"][str(i)] = node.pid
@@ -281,6 +343,7 @@ def down(folder: Path) -> int:
 
 # --- submitting a run ------------------------------------------------------------------------------
 
+
 def find_flwr_home(connection: str) -> Path:
     """The FLWR_HOME whose config.toml names `connection`: $FLWR_HOME, else the default dev federation's."""
     import tomli
@@ -291,9 +354,11 @@ def find_flwr_home(connection: str) -> Path:
         file = home / "config.toml"
         if file.is_file() and connection in tomli.loads(file.read_text()).get("superlink", {}):
             return home
-    raise UserError(f"--federation {connection}: no such connection in "
-                    f"{' or '.join(str(c / 'config.toml') for c in candidates)} "
-                    f"(start one with openfedllm federation up, or set FLWR_HOME)")
+    raise UserError(
+        f"--federation {connection}: no such connection in "
+        f"{' or '.join(str(c / 'config.toml') for c in candidates)} "
+        f"(start one with openfedllm federation up, or set FLWR_HOME)"
+    )
 
 
 def submit(connection: str, run_config: dict) -> int:
@@ -307,8 +372,9 @@ def submit(connection: str, run_config: dict) -> int:
         overrides = Path(tmp) / "run_config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
         cmd = ["flwr", "run", str(APP_DIR), connection, "--run-config", str(overrides), "--stream"]
-        with subprocess.Popen(cmd, env=flwr_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) as process:
+        with subprocess.Popen(
+            cmd, env=flwr_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
             for line in process.stdout:
                 sys.stdout.write(line)
                 lines.append(line)
@@ -333,8 +399,13 @@ def _run_id(log: str) -> str | None:
 
 def run_status(connection: str, home: Path, run_id: str) -> tuple[str, str]:
     """(status, status details) of a run, as `flwr ls` reports them."""
-    done = subprocess.run(["flwr", "ls", connection, "--run-id", run_id, "--format", "json"],
-                          env=flwr_env(home), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["flwr", "ls", connection, "--run-id", run_id, "--format", "json"],
+        env=flwr_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     try:
         runs = json.loads(done.stdout).get("runs", [])
     except (json.JSONDecodeError, AttributeError):
@@ -342,4 +413,3 @@ def run_status(connection: str, home: Path, run_id: str) -> tuple[str, str]:
     if not runs:
         return "unknown", ""
     return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
-

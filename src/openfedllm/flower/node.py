@@ -57,8 +57,10 @@ def node_settings(node_config) -> dict:
     if "partition-id" not in node_config:
         raise UserError("node config: partition-id=I (this client's id) is required")
     if "data-path" not in node_config and "num-partitions" not in node_config:
-        raise UserError("node config: give data-path=FILE (this node's data) or num-partitions=N "
-                        "(development: partition-id of the config's data)")
+        raise UserError(
+            "node config: give data-path=FILE (this node's data) or num-partitions=N "
+            "(development: partition-id of the config's data)"
+        )
     return dict(node_config)
 
 
@@ -78,8 +80,10 @@ def node_run_config(config_text: str, node: dict):
         config.fed.split = "iid"
         config.baselines.local_client = 0
     elif int(node["num-partitions"]) != config.fed.num_clients:
-        raise UserError(f"node config: num-partitions={node['num-partitions']} but the run has "
-                        f"fed.num_clients={config.fed.num_clients}")
+        raise UserError(
+            f"node config: num-partitions={node['num-partitions']} but the run has "
+            f"fed.num_clients={config.fed.num_clients}"
+        )
     return config
 
 
@@ -152,17 +156,24 @@ def train(content: dict, node_config) -> dict:
         raise ValueError(f"this node is client {node.client_id}, the message is for {settings['client-id']}")
     like = trainable_state(node.setup.model)
     message = from_numpy(content["message"], like) if "message" in content else {}
-    task = ClientTask(global_state=from_numpy(content["arrays"], like), message=message,
-                      lr=float(settings["lr"]), steps=int(settings["steps"]))
+    task = ClientTask(
+        global_state=from_numpy(content["arrays"], like),
+        message=message,
+        lr=float(settings["lr"]),
+        steps=int(settings["steps"]),
+    )
     r = int(settings["round"])
     folder = state_dir(node_config, str(settings["run-uid"]))
     own_state = load_client_state(folder, r)
-    update, own_state = train_client(node.setup, node.algorithm, str(settings["phase"]), r, node.client_id,
-                                     node.rows, task, own_state)
+    update, own_state = train_client(
+        node.setup, node.algorithm, str(settings["phase"]), r, node.client_id, node.rows, task, own_state
+    )
     if own_state:
         save_client_state(folder, r, own_state)
-    reply = {"arrays": to_numpy(update.weights),
-             "metrics": {**update.metrics, "num-examples": update.num_examples, "client-id": node.client_id}}
+    reply = {
+        "arrays": to_numpy(update.weights),
+        "metrics": {**update.metrics, "num-examples": update.num_examples, "client-id": node.client_id},
+    }
     if update.extras:
         reply["extras"] = to_numpy(update.extras)
     return reply
@@ -185,8 +196,9 @@ def record_dict(reply: dict):
 
     from .transport import array_record
 
-    return RecordDict({name: MetricRecord(value) if name == "metrics" else array_record(value)
-                       for name, value in reply.items()})
+    return RecordDict(
+        {name: MetricRecord(value) if name == "metrics" else array_record(value) for name, value in reply.items()}
+    )
 
 
 def _handle(kind: str):

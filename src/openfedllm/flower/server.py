@@ -77,8 +77,18 @@ class NodeClients:
 
     def _record(self, round_index: int, client_id, reply) -> None:
         with self.audit.open("a") as f:
-            f.write(json.dumps({"round": round_index, "client": client_id, "node": reply.metadata.src_node_id,
-                                "type": reply.metadata.message_type, **describe(reply)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "round": round_index,
+                        "client": client_id,
+                        "node": reply.metadata.src_node_id,
+                        "type": reply.metadata.message_type,
+                        **describe(reply),
+                    }
+                )
+                + "\n"
+            )
 
     # --- the run's start: who is there ---------------------------------------------------------
 
@@ -93,11 +103,16 @@ class NodeClients:
             if not missing:
                 break
             if time.monotonic() > deadline:
-                raise UserError(f"only {len(self.node_of)} of fed.num_clients={fed.num_clients} nodes connected "
-                                f"within fed.round_timeout={fed.round_timeout:g} s (missing: client {missing[0]})")
+                raise UserError(
+                    f"only {len(self.node_of)} of fed.num_clients={fed.num_clients} nodes connected "
+                    f"within fed.round_timeout={fed.round_timeout:g} s (missing: client {missing[0]})"
+                )
             time.sleep(0.5)
-        print(f"Federation: {len(self.node_of)} nodes; training examples per client: "
-              + ", ".join(f"{c}: {self.examples[c]}" for c in sorted(self.examples)), flush=True)
+        print(
+            f"Federation: {len(self.node_of)} nodes; training examples per client: "
+            + ", ".join(f"{c}: {self.examples[c]}" for c in sorted(self.examples)),
+            flush=True,
+        )
 
     def _query(self, node_ids) -> None:
         from flwr.app import ConfigRecord, RecordDict
@@ -116,8 +131,9 @@ class NodeClients:
             if client in self.node_of and self.node_of[client] != node_id and self.node_of[client] in node_ids:
                 raise UserError(f"two nodes say they are client {client} (partition-id must be unique)")
             if not 0 <= client < self.config.fed.num_clients:
-                raise UserError(f"node {node_id} is client {client}, outside [0, fed.num_clients="
-                                f"{self.config.fed.num_clients})")
+                raise UserError(
+                    f"node {node_id} is client {client}, outside [0, fed.num_clients={self.config.fed.num_clients})"
+                )
             self.node_of[client] = node_id
             self.examples[client] = int(metrics["num-examples"])
 
@@ -153,9 +169,20 @@ class NodeClients:
             node_id = self.node_of.get(cid)
             if node_id not in online:
                 continue
-            records = {"arrays": arrays, "config": ConfigRecord({
-                "config": self.config_text, "run-uid": self.run_uid, "phase": "federated", "round": round_index,
-                "lr": task.lr, "steps": task.steps, "client-id": cid})}
+            records = {
+                "arrays": arrays,
+                "config": ConfigRecord(
+                    {
+                        "config": self.config_text,
+                        "run-uid": self.run_uid,
+                        "phase": "federated",
+                        "round": round_index,
+                        "lr": task.lr,
+                        "steps": task.steps,
+                        "client-id": cid,
+                    }
+                ),
+            }
             if message is not None:
                 records["message"] = message
             contents[node_id] = RecordDict(records)
@@ -165,9 +192,15 @@ class NodeClients:
         for node_id, cid in client_of.items():
             reply = replies.get(node_id)
             if reply is None or reply.has_error():
-                reason = error_reason(reply) if reply is not None else (
-                    "left the federation" if node_id not in set(self.grid.get_node_ids())
-                    else f"no reply within fed.round_timeout={fed.round_timeout:g} s")
+                reason = (
+                    error_reason(reply)
+                    if reply is not None
+                    else (
+                        "left the federation"
+                        if node_id not in set(self.grid.get_node_ids())
+                        else f"no reply within fed.round_timeout={fed.round_timeout:g} s"
+                    )
+                )
                 self._lost(round_index, cid, node_id, reason)
                 continue
             self._record(round_index + 1, cid, reply)
@@ -176,21 +209,34 @@ class NodeClients:
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             extras = from_record(reply.content["extras"], self.like) if "extras" in reply.content else {}
-            updates.append(ClientUpdate(cid, from_record(reply.content["arrays"], self.like), num_examples,
-                                        metrics=metrics, extras=extras))
+            updates.append(
+                ClientUpdate(
+                    cid, from_record(reply.content["arrays"], self.like), num_examples, metrics=metrics, extras=extras
+                )
+            )
         for cid in sampled:
             if cid not in client_of.values():
                 self._lost(round_index, cid, self.node_of.get(cid), "not connected")
         if len(updates) < fed.min_clients:
-            raise UserError(f"round {round_index + 1}: {len(updates)} of {len(sampled)} sampled clients replied, "
-                            f"fewer than fed.min_clients={fed.min_clients}; the last checkpoint is kept "
-                            f"(continue with --resume)")
+            raise UserError(
+                f"round {round_index + 1}: {len(updates)} of {len(sampled)} sampled clients replied, "
+                f"fewer than fed.min_clients={fed.min_clients}; the last checkpoint is kept "
+                f"(continue with --resume)"
+            )
         return updates
 
     def _lost(self, round_index: int, cid: int, node_id, reason: str) -> None:
         print(f"[federated] round {round_index + 1}: client {cid} (node {node_id}) lost: {reason}", flush=True)
-        self.log.write({"type": "lost", "phase": "federated", "round": round_index + 1, "client": cid,
-                        "node": node_id, "reason": reason})
+        self.log.write(
+            {
+                "type": "lost",
+                "phase": "federated",
+                "round": round_index + 1,
+                "client": cid,
+                "node": node_id,
+                "reason": reason,
+            }
+        )
 
 
 def error_reason(reply) -> str:

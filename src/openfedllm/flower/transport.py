@@ -26,16 +26,19 @@ from ..errors import UserError
 PACKED = "trainable"  # the one array of a record: every tensor, flattened, in sorted-name order
 # The metrics a node reports (client.train_local's and DPO's step statistics, the round's size):
 # named here so that a new one is a decision, not an accident.
-NODE_METRICS = frozenset({"loss", "steps", "tokens", "seconds", "reward_accuracy", "reward_margin",
-                          "num-examples", "client-id"})
+NODE_METRICS = frozenset(
+    {"loss", "steps", "tokens", "seconds", "reward_accuracy", "reward_margin", "num-examples", "client-id"}
+)
 
 
 def to_numpy(state: dict) -> dict[str, np.ndarray]:
     """Tensors as float32/float64 numpy arrays (bf16 / fp16 cast to float32, exactly)."""
     import torch
 
-    return {k: (v if v.dtype in (torch.float32, torch.float64) else v.float()).detach().cpu().contiguous().numpy()
-            for k, v in state.items()}
+    return {
+        k: (v if v.dtype in (torch.float32, torch.float64) else v.float()).detach().cpu().contiguous().numpy()
+        for k, v in state.items()
+    }
 
 
 def pack(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -44,8 +47,11 @@ def pack(arrays: dict[str, np.ndarray]) -> np.ndarray:
     matrix (240 for SmolLM2) is what keeps a message's transfer in the tens of milliseconds."""
     names = sorted(arrays)
     dtype = np.result_type(*(arrays[n].dtype for n in names)) if names else np.float32
-    return np.concatenate([arrays[n].astype(dtype, copy=False).ravel() for n in names]) if names else \
-        np.zeros(0, np.float32)
+    return (
+        np.concatenate([arrays[n].astype(dtype, copy=False).ravel() for n in names])
+        if names
+        else np.zeros(0, np.float32)
+    )
 
 
 def unpack(flat: np.ndarray, like: dict) -> dict[str, np.ndarray]:
@@ -53,11 +59,13 @@ def unpack(flat: np.ndarray, like: dict) -> dict[str, np.ndarray]:
     names = sorted(like)
     sizes = [int(np.prod(tuple(like[n].shape))) for n in names]
     if flat.ndim != 1 or flat.size != sum(sizes):
-        raise UserError(f"a message's tensors do not match this model's trainable parameters "
-                        f"({flat.size} values, the model has {sum(sizes)})")
+        raise UserError(
+            f"a message's tensors do not match this model's trainable parameters "
+            f"({flat.size} values, the model has {sum(sizes)})"
+        )
     out, offset = {}, 0
     for name, size in zip(names, sizes):
-        out[name] = flat[offset:offset + size].reshape(tuple(like[name].shape))
+        out[name] = flat[offset : offset + size].reshape(tuple(like[name].shape))
         offset += size
     return out
 
@@ -95,13 +103,16 @@ def from_record(record, like: dict) -> dict:
 def _fit(state: dict, like: dict) -> dict:
     if set(state) != set(like):
         missing, extra = sorted(set(like) - set(state)), sorted(set(state) - set(like))
-        raise UserError(f"a message's tensors do not match this model's trainable parameters "
-                        f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        raise UserError(
+            f"a message's tensors do not match this model's trainable parameters "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     out = {}
     for k, ref in like.items():
         if tuple(state[k].shape) != tuple(ref.shape):
-            raise UserError(f"a message's tensor {k} has shape {tuple(state[k].shape)}, this model's "
-                            f"{tuple(ref.shape)}")
+            raise UserError(
+                f"a message's tensor {k} has shape {tuple(state[k].shape)}, this model's {tuple(ref.shape)}"
+            )
         out[k] = state[k].to(dtype=ref.dtype, device=ref.device)
     return out
 
@@ -118,8 +129,9 @@ def check_outgoing(content, num_values: int) -> None:
                 if key not in NODE_METRICS:
                     raise ValueError(f"metric {key!r} is not one a node reports ({', '.join(sorted(NODE_METRICS))})")
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"metric {key!r} is a {type(value).__name__}; only single numbers may "
-                                     "leave a node")
+                    raise ValueError(
+                        f"metric {key!r} is a {type(value).__name__}; only single numbers may leave a node"
+                    )
             continue
         if not isinstance(record, ArrayRecord):
             raise ValueError(f"record {name!r} is a {type(record).__name__}; a node sends only tensors and metrics")
@@ -129,8 +141,10 @@ def check_outgoing(content, num_values: int) -> None:
         if not np.issubdtype(np.dtype(array.dtype), np.floating):
             raise ValueError(f"record {name!r} is {array.dtype}; only float tensors may leave a node")
         if tuple(array.shape) != (num_values,):
-            raise ValueError(f"record {name!r} has shape {tuple(array.shape)}, not the {num_values} values of "
-                             f"the trainable parameters")
+            raise ValueError(
+                f"record {name!r} has shape {tuple(array.shape)}, not the {num_values} values of "
+                f"the trainable parameters"
+            )
 
 
 def describe(message) -> dict:
@@ -143,9 +157,12 @@ def describe(message) -> dict:
     records = {}
     for name, record in message.content.items():
         if isinstance(record, ArrayRecord):
-            records[name] = {"kind": "arrays", "tensors": {k: a.dtype for k, a in record.items()},
-                             "shapes": {k: list(a.shape) for k, a in record.items()},
-                             "bytes": sum(len(a.data) for a in record.values())}
+            records[name] = {
+                "kind": "arrays",
+                "tensors": {k: a.dtype for k, a in record.items()},
+                "shapes": {k: list(a.shape) for k, a in record.items()},
+                "bytes": sum(len(a.data) for a in record.values()),
+            }
         elif isinstance(record, MetricRecord):
             records[name] = {"kind": "metrics", "keys": sorted(record)}
         else:

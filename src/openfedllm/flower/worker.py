@@ -72,9 +72,24 @@ def _start(address: str, key_file: Path, log: Path, handlers: str):
     key_file.chmod(0o600)
     with log.open("ab") as out:
         # Its own session: it outlives this ClientApp process, and watches the SuperExec instead.
-        subprocess.Popen([sys.executable, "-m", "openfedllm.flower.worker", "--socket", address,
-                          "--key-file", str(key_file), "--parent", str(os.getppid()), "--handlers", handlers],
-                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openfedllm.flower.worker",
+                "--socket",
+                address,
+                "--key-file",
+                str(key_file),
+                "--parent",
+                str(os.getppid()),
+                "--handlers",
+                handlers,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         conn = _connect(address, key_file)
