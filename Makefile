@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test quick bench clean
+.PHONY: install demo test test-fast lint quick bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,16 @@ quick: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (real federations, the real model).
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+# The gates CI runs before the tests: lint, formatting, types.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/round_speed.py

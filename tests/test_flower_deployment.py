@@ -24,6 +24,8 @@ from openfedllm.flower import federation  # noqa: E402
 
 from .conftest import tiny_run_args  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real Flower federations: SuperLink, SuperNodes, TLS
+
 NO_BASELINES = ["--baselines.local", "false", "--baselines.centralized", "false"]
 CONN = federation.CONNECTION
 

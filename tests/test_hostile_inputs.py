@@ -23,6 +23,8 @@ from openfedllm.cli import main
 
 from .conftest import tiny_run_args
 
+pytestmark = pytest.mark.slow  # ~45 CLI processes
+
 DEEP = "[" * 100_000 + "]" * 100_000  # nesting past every recursive parser's limit
 
 

@@ -226,7 +226,7 @@ def cmd_federation(argv: list[str]) -> int:
         )
         print(f"--federation {federation.CONNECTION}")
         if home != federation.default_dir() / "flwr":
-            print(f"(with FLWR_HOME={home}; the same for flwr run . {federation.CONNECTION})")
+            print(f"(with FLWR_HOME={home}; the same for flwr run {federation.APP_DIR} {federation.CONNECTION})")
         return 0
     if args.action == "down":
         print(f"stopped {federation.down(folder)} processes")

@@ -142,7 +142,9 @@ def train_local(
     batches = batch_order(len(rows), steps * grad_accum, s.batch_size, s.seed)
     model.train()
     start = time.perf_counter()
-    losses, tokens, metric_sums = [], 0, {}
+    losses: list[float] = []
+    tokens = 0
+    metric_sums: dict[str, float] = {}
     bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for step in bar:
         micro = [[rows[i] for i in batches[step * grad_accum + k]] for k in range(grad_accum)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,9 +333,9 @@ class RunConfig:
             "dpo.loss": (self.dpo.loss, ("sigmoid", "ipo", "hinge")),
             "data.format": (self.data.format, ("auto",) + FORMATS.get(self.train.objective, ())),
         }
-        for key, (value, valid) in choices.items():
-            if value not in valid:
-                raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
+        for key, (choice, valid) in choices.items():
+            if choice not in valid:
+                raise UserError(f"{key}: unknown value {choice!r}; valid: {', '.join(valid)}")
         self._check_benchmarks()
         if not 0 <= self.baselines.local_client < self.fed.num_clients:
             raise UserError(f"baselines.local_client must be a client id in [0, {self.fed.num_clients})")
@@ -500,7 +501,7 @@ def load_yaml(path: str, what: str = "--config") -> dict:
     return data
 
 
-def apply_overrides(raw: dict, overrides: list[tuple[str, str]]) -> dict:
+def apply_overrides(raw: dict, overrides: Sequence[tuple[str, ...]]) -> dict:
     """Set `section.key` values given as strings on the command line (parsed as YAML scalars)."""
     raw = {k: dict(v or {}) for k, v in raw.items()} if raw else {}
     for dotted, text in overrides:

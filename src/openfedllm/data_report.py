@@ -79,7 +79,7 @@ def _plot(rows: list[dict], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    total = Counter()
+    total: Counter[str] = Counter()
     for r in rows:
         total.update(r["labels"])
     named = [label for label, _ in total.most_common(TOP_LABELS)]

@@ -52,7 +52,7 @@ def generate(
             p = prompts[i]
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
-        sampling = (
+        sampling: dict[str, object] = (
             {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
             if temperature > 0
             else {"do_sample": False}
@@ -80,7 +80,8 @@ def cut_at(text: str, stops) -> str:
 
 def accuracy_by_domain(examples: list[Example], responses: list[str]) -> dict[str, float]:
     """Share of correct answers per domain, over the examples that have a checkable answer."""
-    right, seen = defaultdict(int), defaultdict(int)
+    right: defaultdict[str, int] = defaultdict(int)
+    seen: defaultdict[str, int] = defaultdict(int)
     for example, response in zip(examples, responses):
         verdict = is_correct(example, response)
         if verdict is None:

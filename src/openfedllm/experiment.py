@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +59,12 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_grid(path: str, quick: bool = False, overrides: list[tuple[str, str]] = ()) -> Grid:
+def load_grid(path: str, quick: bool = False, overrides: Sequence[tuple[str, str]] = ()) -> Grid:
     """The grid of a YAML file; every cell's config is built (and so checked) before anything runs."""
     return grid_from_dict(read_yaml(path, "experiment") or {}, quick, overrides)
 
 
-def grid_from_dict(raw: dict, quick: bool = False, overrides: list[tuple[str, str]] = ()) -> Grid:
+def grid_from_dict(raw: dict, quick: bool = False, overrides: Sequence[tuple[str, str]] = ()) -> Grid:
     if not isinstance(raw, dict):
         raise UserError("experiment: expected a mapping with methods, seeds, config")
     for key in raw:
@@ -264,11 +265,11 @@ def write_results(rows: list[dict], out_dir: Path, grid: Grid, command: str) -> 
 
 def _stats(values: list[float | None]) -> tuple[float, float] | None:
     """mean and sample standard deviation (0 for one seed) of the values present."""
-    values = [v for v in values if v is not None]
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return float(np.mean(values)), std
+    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+    return float(np.mean(present)), std
 
 
 def _fmt(stats, digits=3) -> str:

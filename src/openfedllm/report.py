@@ -81,8 +81,8 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
     if domains:
         rows.append(["acc mean"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
     benchmarks = {b: headline(m) for r in evaluation.values() for b, m in r.get("benchmarks", {}).items()}
-    for b, key in benchmarks.items():
-        if key:
+    for b, shown in benchmarks.items():
+        if shown:
             rows.append(
                 [f"{b} {key}"]
                 + [

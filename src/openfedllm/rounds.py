@@ -77,7 +77,7 @@ def save_trained(setup: Setup, state: dict[str, torch.Tensor], path: Path) -> No
     """The trained tensors in the model's standard format: a peft adapter, or a full model."""
     models.load_trainable_state(setup.model, state)
     shutil.rmtree(path, ignore_errors=True)
-    setup.model.save_pretrained(path)
+    setup.model.save_pretrained(str(path))
     if not models.is_peft(setup.model):
         setup.tokenizer.save_pretrained(path)
 

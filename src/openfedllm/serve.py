@@ -209,8 +209,8 @@ def serve(lm, model_id: str, port: int, verbose: bool = True, read_timeout: floa
         server = _Server(port, lm, model_id, verbose, read_timeout)
     except OSError as exc:
         raise UserError(f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror})") from None
-    host, bound = server.server_address[:2]
-    print(f"Serving {model_id} on http://{host}:{bound}/v1 (OpenAI chat completions); Ctrl-C stops it", flush=True)
+    bound = server.server_address[1]
+    print(f"Serving {model_id} on http://127.0.0.1:{bound}/v1 (OpenAI chat completions); Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ Flower node prepare through it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,14 +24,19 @@ from .errors import UserError
 from .evaluation import finance
 from .partition import partition
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from .models import Model
+
 
 @dataclass
 class Setup:
     """Everything a run needs, prepared (and validated) before anything is written to disk."""
 
     config: RunConfig
-    model: object
-    tokenizer: object
+    model: Model
+    tokenizer: PreTrainedTokenizerBase
     train_rows: list  # Tokenized examples (sft) or PairRows with their reference log-probs (dpo)
     train_domains: list[str]
     clients: list[list[int]]  # indices into train_rows, per client

@@ -16,7 +16,7 @@ from .fedopt import FIRST_MOMENTS, SECOND_MOMENTS, FedAdagrad, FedAdam, FedYogi
 from .fedprox import FedProx
 from .scaffold import CORRECTIONS, Scaffold
 
-ALGORITHMS = {
+ALGORITHMS: dict[str, type[Algorithm]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
     "scaffold": Scaffold,
@@ -40,7 +40,7 @@ def build_algorithm(fed_config) -> Algorithm:
 
 def describe(name: str) -> str:
     """The algorithm's one-line docstring: its paper and rule."""
-    return ALGORITHMS[name].__doc__.strip().splitlines()[0]
+    return (ALGORITHMS[name].__doc__ or name).strip().splitlines()[0]
 
 
 __all__ = [

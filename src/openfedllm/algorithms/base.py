@@ -41,6 +41,11 @@ class Algorithm:
     """The interface, with the defaults of an algorithm that only changes the server's rule:
     no broadcast beyond x, plain local steps, no client state, no server state."""
 
+    @classmethod
+    def from_config(cls, fed) -> Algorithm:
+        """The algorithm with its hyperparameters from the `fed` config section."""
+        raise NotImplementedError
+
     def start(self, client_sizes: list[int]) -> None:
         """Server side, once before a phase's rounds: every client's number of training examples
         (SCAFFOLD weights c's update by them). A node never calls it: the client side needs none."""

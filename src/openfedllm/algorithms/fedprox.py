@@ -33,7 +33,7 @@ class FedProx(Algorithm):
         def proximal_term() -> torch.Tensor:
             # (mu / 2) * ||w - x||^2; its gradient mu * (w - x) joins the loss's gradient before
             # clipping and the optimizer, exactly as if it were part of the loss.
-            total = sum(((p - anchor[name]) ** 2).sum() for name, p in params.items())
+            total = torch.stack([((p - anchor[name]) ** 2).sum() for name, p in params.items()]).sum()
             return 0.5 * self.mu * total
 
         return StepHooks(extra_loss=proximal_term if self.mu else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from ..errors import UserError
 from .example import Example, is_correct
 from .instructions import Hygiene, columns_for, detect, to_examples, usable_or_error
 from .registry import known
@@ -28,6 +29,8 @@ def source_table(data_config, objective: str):
     entry = known(data_config.name, objective) if data_config.name else None
     if data_config.path:
         return read_table(data_config.path), data_config.path, entry
+    if entry is None:
+        raise UserError("data: give data.path or data.name")
     return load_hub(entry.hub[0], entry.config, entry.split), entry.hub[0], entry
 
 

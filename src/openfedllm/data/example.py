@@ -58,7 +58,11 @@ def _eval_expr(source: str, x: int):
             raise ValueError("non-numeric constant")
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
             exponent = node.right
-            if not (isinstance(exponent, ast.Constant) and abs(exponent.value) <= 8):
+            if not (
+                isinstance(exponent, ast.Constant)
+                and isinstance(exponent.value, (int, float))
+                and abs(exponent.value) <= 8
+            ):
                 raise ValueError("exponent too large")
     return eval(compile(tree, "<answer>", "eval"), {"__builtins__": {}}, {"x": x})  # noqa: S307
 

@@ -204,7 +204,9 @@ def convert_rows(rows: list, fmt: str, path: str) -> tuple[list[Preference], Loa
             raise UserError(f"{path}: row 1 {exc}") from None
     if fmt not in CONVERTERS:
         raise UserError(f"data.format: {fmt!r} is not a preference format; valid: auto, {', '.join(FORMATS)}")
-    out, dropped, first_bad = [], Counter(), None
+    out: list[Preference] = []
+    dropped: Counter[str] = Counter()
+    first_bad: tuple[int, str, str] | None = None
     for number, row in enumerate(rows, start=1):
         try:
             out.append(convert(row, fmt))
@@ -214,7 +216,7 @@ def convert_rows(rows: list, fmt: str, path: str) -> tuple[list[Preference], Loa
                 first_bad = (number, str(exc), json.dumps(row, ensure_ascii=False)[:300])
     report = LoadReport(len(rows), dropped, first_bad)
     if not out:
-        number, why, text = first_bad
+        number, why, text = first_bad or (0, "no rows", "")
         raise UserError(
             f"{path}: no usable preference pair as {fmt} ({report.summary(0)}); first bad row {number} ({why}): {text}"
         )

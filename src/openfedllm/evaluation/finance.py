@@ -109,10 +109,11 @@ def _fpb_rows(data: str | None) -> list[tuple[str, str, str]]:
         if not rows:
             raise UserError(f"fpb: {data}: no rows")
         return rows
-    rows = table_rows("fpb", data, SOURCES["fpb"])
-    need("fpb", rows, ("sentence",), data or "hub", "rows {sentence, label}")
+    table = table_rows("fpb", data, SOURCES["fpb"])
+    need("fpb", table, ("sentence",), data or "hub", "rows {sentence, label}")
     return [
-        (r["sentence"], LABELS[int(r["label"])] if str(r["label"]).isdigit() else str(r["label"]), "news") for r in rows
+        (r["sentence"], LABELS[int(r["label"])] if str(r["label"]).isdigit() else str(r["label"]), "news")
+        for r in table
     ]
 
 

@@ -92,7 +92,8 @@ def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens:
 
 
 def _group_means(groups: list[str], values: list[float]) -> dict[str, float]:
-    total, count = defaultdict(float), defaultdict(int)
+    total: defaultdict[str, float] = defaultdict(float)
+    count: defaultdict[str, int] = defaultdict(int)
     for g, v in zip(groups, values):
         total[g] += v
         count[g] += 1
@@ -152,7 +153,8 @@ def drop_rows(data: str | None) -> list[dict]:
 
 def drop(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens: int = 32) -> dict:
     rows = [r for r in drop_rows(data) if r["answers"]]
-    demos, seen = [], set()
+    demos: list[dict] = []
+    seen: set = set()
     for r in rows:  # demonstrations from different passages, so a prompt holds shots + 1 passages at most
         if len(demos) < shots and r["passage"] not in seen:
             demos.append(r)

@@ -93,7 +93,7 @@ def read_prompts(path: str | None) -> dict[str, dict]:
         return PROMPTS
     from .code import read_jsonl
 
-    prompts = {row.get("name"): row for row in read_jsonl(path)}
+    prompts = {str(row.get("name")): row for row in read_jsonl(path)}
     missing = [n for n in PROMPTS if n not in prompts or "prompt_template" not in prompts[n]]
     if missing:
         raise UserError(f"--judge-prompts {path}: no {', '.join(missing)} (FastChat's judge_prompts.jsonl layout)")
@@ -163,7 +163,7 @@ def grade(
         fields = {"question": turns[0], "answer": answer_turns[0], "question_1": turns[0], "answer_1": answer_turns[0]}
         if len(turns) > 1 and len(answer_turns) > 1:
             fields.update(question_2=turns[1], answer_2=answer_turns[1])
-        if math:
+        if reference is not None:
             fields.update(ref_answer_1=reference[0], ref_answer_2=reference[1] if len(reference) > 1 else "")
         user = prompt["prompt_template"].format(**fields)
         judgment = judge.ask(prompt["system_prompt"], user)

@@ -9,6 +9,7 @@ beyond the context's, so a word is scored as the tokenizer would really split it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,11 +17,16 @@ from ..batching import _split_head, make_batch, packing_works, row_logprobs
 from ..data.templates import IGNORE, Tokenized, dialogue_prompt_ids
 from ..evaluate import generate
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..models import Model
+
 
 @dataclass
 class LM:
-    model: object
-    tokenizer: object
+    model: Model
+    tokenizer: PreTrainedTokenizerBase
     template: str = "chat"  # how chat prompts are written: the model's chat template, or vicuna / alpaca
     batch_size: int = 8
     max_new_tokens: int = 256
@@ -80,16 +86,16 @@ class LM:
                     results[i] = float(logprobs[encoded[i][1][0]])
         rest = sorted((i for i, (_, x) in enumerate(encoded) if len(x) != 1), key=lambda i: sum(map(len, encoded[i])))
         packed = packing_works(self.model)
-        for start in range(0, len(rest), self.batch_size):
-            chunk = rest[start : start + self.batch_size]
+        for first in range(0, len(rest), self.batch_size):
+            batch = rest[first : first + self.batch_size]
             rows = []
-            for i in chunk:
-                context, continuation = encoded[i]
-                ids = (context + continuation)[-self.max_length :]
-                labels = ([IGNORE] * len(context) + continuation)[-self.max_length :]
-                rows.append(Tokenized(ids, labels, len(ids) - len(continuation)))
+            for i in batch:
+                head, tail = encoded[i]
+                ids = (head + tail)[-self.max_length :]
+                labels = ([IGNORE] * len(head) + tail)[-self.max_length :]
+                rows.append(Tokenized(ids, labels, len(ids) - len(tail)))
             logps, _ = row_logprobs(self.model, make_batch(rows, self.tokenizer.pad_token_id, packed), len(rows))
-            for i, value in zip(chunk, logps.tolist()):
+            for i, value in zip(batch, logps.tolist()):
                 results[i] = value
         return results
 

@@ -55,7 +55,7 @@ def medmcqa(data: str | None, limit: int | None, shots: int = 0) -> list[Choice]
         "MedMCQA rows: question, opa, opb, opc, opd, cop",
     )
     # The original release numbers the options 1-4; the hub's copy (and files exported from it) 0-3.
-    original = bool(data) and Path(data).expanduser().suffix.lower() in (".json", ".jsonl")
+    original = data is not None and Path(data).expanduser().suffix.lower() in (".json", ".jsonl")
     base, valid = (1, {"1", "2", "3", "4"}) if original else (0, {"0", "1", "2", "3"})
     for i, r in enumerate(rows, start=1):
         if str(r.get("cop")) not in valid:

@@ -26,7 +26,9 @@ def accuracy(predictions: list, references: list) -> float:
 def f1_scores(predictions: list, references: list) -> dict[str, float]:
     """{"macro", "micro", "weighted"} F1 over the classes that occur in references or predictions."""
     classes = sorted(set(references) | set(predictions), key=str)
-    tp, fp, fn = Counter(), Counter(), Counter()
+    tp: Counter = Counter()
+    fp: Counter = Counter()
+    fn: Counter = Counter()
     for p, r in zip(predictions, references):
         if p == r:
             tp[r] += 1
@@ -150,7 +152,7 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
-_SCORER = []
+_SCORER: list = []  # the one RougeScorer, built on first use
 
 
 def _rouge_scorer():

@@ -78,7 +78,7 @@ def answer(lm, questions: list[dict], max_new_tokens: int) -> list[list[str]]:
     questions of a turn that share a temperature in one batch."""
     conversations: list[list[dict]] = [[] for _ in questions]
     answers: list[list[str]] = [[] for _ in questions]
-    temperature = [TEMPERATURES.get(q.get("category"), DEFAULT_TEMPERATURE) for q in questions]
+    temperature = [TEMPERATURES.get(str(q.get("category")), DEFAULT_TEMPERATURE) for q in questions]
     kept = lm.temperature
     try:
         for turn in range(max(len(q["turns"]) for q in questions)):
@@ -119,7 +119,7 @@ def judged_bench(
 ) -> dict:
     questions, references = read_questions(name, data)
     questions = questions[:limit]
-    prompts = read_prompts(judge_prompts) if judge else None  # a bad prompts file fails before generation
+    prompts = read_prompts(judge_prompts) if judge else {}  # a bad prompts file fails before generation
     answers = answer(get_lm(), questions, max_new_tokens)
     answer_file = out_dir / "model_answer" / f"{model_id}.jsonl"
     write_jsonl(
@@ -141,7 +141,7 @@ def judged_bench(
         return result
     judgments = []
     for q, a in zip(questions, answers):
-        reference = references.get(q["question_id"]) if q.get("category") in NEED_REFERENCE else None
+        reference = (references or {}).get(q["question_id"]) if q.get("category") in NEED_REFERENCE else None
         for row in grade(judge, prompts, q, a, reference):
             row.update(model=model_id, tstamp=time.time())
             judgments.append(row)

@@ -15,11 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from . import choice, crass, finance, generative, medical, mmlu, open_ended
 from .code import code_benchmark
+
+if TYPE_CHECKING:
+    from .lm import LM
 from .judge import Judge
+
+
+def _no_model() -> LM:
+    raise UserError("this benchmark needs a model (--model or --run)")
 
 
 @dataclass
@@ -37,7 +45,7 @@ class Settings:
     model_id: str = "model"
     judge: Judge | None = None
     judge_prompts: str | None = None
-    get_lm: Callable = None  # () -> lm.LM, loaded on first use (a samples file needs no model)
+    get_lm: Callable[[], LM] = _no_model  # loaded on first use (a samples file needs no model)
 
     def path(self, name: str) -> str | None:
         return self.data.get(name) or self.data.get("") or None

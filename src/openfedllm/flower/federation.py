@@ -36,7 +36,7 @@ SPEED_ENV = {  # defaults a setting the user exported overrides
     # SuperExec (which starts each ServerApp / ClientApp process) looks for work every second by default.
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
-APP_DIR = Path(__file__).resolve().parents[3]  # the repo root: the pyproject that declares the Flower App
+APP_DIR = Path(__file__).resolve().parent / "app"  # the Flower App's pyproject, shipped in the package
 
 
 def default_dir() -> Path:
@@ -111,7 +111,7 @@ def make_dev_certificates(folder: Path, hosts: list[str]) -> dict[str, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP384R1())
-    names = []
+    names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -220,11 +220,10 @@ def supernode_command(
 
 
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-    # Its own session, so `down` can stop the process with the children it started (SuperExec, apps).
+    # Its own session, so `down` can stop the process with the children it started (SuperExec, apps);
+    # in the folder `up` was run from, where a run config's relative paths (config-file) point.
     with log.open("ab") as out:
-        return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=str(APP_DIR)
-        )
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def node_config_of(i: int, nodes: int, folder: Path, threads: int, data: str = "") -> str:
@@ -270,11 +269,12 @@ def up(
     env = flwr_env(flwr_home)
     link = start(superlink_command(port, folder, certs, auth), folder / "logs" / "superlink.log", env)
     pids = [link.pid]
+    node_pids: dict[str, int] = {}
     record = {
         "pids": pids,
         "port": port,
         "superlink": link.pid,
-        "nodes": {},
+        "nodes": node_pids,
         "flwr_home": str(flwr_home),
         "tls": tls,
         "auth": auth,
@@ -295,7 +295,7 @@ def up(
             )
             node = start(cmd, folder / "logs" / f"node{i}.log", env)
             pids.append(node.pid)
-            record["nodes"][str(i)] = node.pid
+            node_pids[str(i)] = node.pid
     finally:
         state_file.write_text(json.dumps(record, indent=1))  # what `down` stops, even after a failed start
     return record
@@ -375,7 +375,7 @@ def submit(connection: str, run_config: dict) -> int:
         with subprocess.Popen(
             cmd, env=flwr_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as process:
-            for line in process.stdout:
+            for line in process.stdout or ():
                 sys.stdout.write(line)
                 lines.append(line)
         returncode = process.returncode

@@ -31,10 +31,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..algorithms import Algorithm
+    from ..setup import Setup
 
 TRAIN_STATE = "client-state"
 _SETUPS: dict[str, NodeData] = {}  # one prepared node per (config, node config) in this process
@@ -42,10 +47,10 @@ _SETUPS: dict[str, NodeData] = {}  # one prepared node per (config, node config)
 
 @dataclass
 class NodeData:
-    setup: object  # setup.Setup: the node's model, tokenizer and tokenized rows
+    setup: Setup  # the node's model, tokenizer and tokenized rows
     client_id: int
     rows: list  # this client's training rows
-    algorithm: object  # the configured algorithm; the node calls only its client side
+    algorithm: Algorithm  # the configured algorithm; the node calls only its client side
 
 
 def node_settings(node_config) -> dict:

@@ -6,7 +6,8 @@ round's training goes through `NodeClients`, which sends each sampled client the
 and the round's settings and waits for the replies. A round completes with the clients that
 replied within fed.round_timeout if at least fed.min_clients did; the others are logged as lost.
 
-The run config (`flwr run . CONN --run-config ...`, or what `openfedllm sft --federation` sends):
+The run config (`flwr run src/openfedllm/flower/app CONN --run-config ...`, or what
+`openfedllm sft --federation` sends):
     config-file   a YAML recipe on the server (as `openfedllm sft --config`)
     config-text   the resolved config itself, as YAML (what `openfedllm sft --federation` sends)
     overrides     "section.key=value ..." applied on top
@@ -21,11 +22,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..errors import UserError
-from .transport import check_outgoing, describe, from_record, to_record
+from .transport import check_outgoing, describe, from_record, numbers, to_record
+
+if TYPE_CHECKING:
+    from flwr.app import Message, RecordDict
+
+    from ..algorithms import Algorithm, ClientTask, ClientUpdate
 
 POLL_SECONDS = 0.1  # how often the server asks the SuperLink for replies (Flower's own loop waits 3 s)
 
@@ -50,7 +57,7 @@ class NodeClients:
 
     # --- sending and receiving ---------------------------------------------------------------
 
-    def _exchange(self, contents: dict[int, object], message_type: str, timeout: float) -> dict[int, object]:
+    def _exchange(self, contents: dict[int, RecordDict], message_type: str, timeout: float) -> dict[int, Message]:
         """Send each node its content; the replies that arrive within `timeout` seconds, by node id.
         A node that leaves the federation meanwhile is given up at once."""
         from flwr.app import Message
@@ -61,7 +68,7 @@ class NodeClients:
             sent[node_id] = msg
         ids = dict(zip(self.grid.push_messages(list(sent.values())), sent))  # message id -> node id
         pending = {m for m in ids if m}
-        replies: dict[int, object] = {}
+        replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for reply in self.grid.pull_messages(list(pending)):
@@ -114,7 +121,7 @@ class NodeClients:
             flush=True,
         )
 
-    def _query(self, node_ids) -> None:
+    def _query(self, node_ids: list[int]) -> None:
         from flwr.app import ConfigRecord, RecordDict
         from flwr.common.constant import ErrorCode
 
@@ -126,7 +133,7 @@ class NodeClients:
             if reply.has_error():
                 raise UserError(f"node {node_id} could not start: {error_reason(reply)}")
             self._record(0, None, reply)
-            metrics = reply.content["metrics"]
+            metrics = numbers(reply.content["metrics"])
             client = int(metrics["client-id"])
             if client in self.node_of and self.node_of[client] != node_id and self.node_of[client] in node_ids:
                 raise UserError(f"two nodes say they are client {client} (partition-id must be unique)")
@@ -151,7 +158,9 @@ class NodeClients:
     def checkpoint_state(self) -> dict:
         return {}  # client state lives on the nodes
 
-    def train_round(self, algorithm, round_index: int, sampled: list[int], task) -> list:
+    def train_round(
+        self, algorithm: Algorithm, round_index: int, sampled: list[int], task: ClientTask
+    ) -> list[ClientUpdate]:
         from flwr.app import ConfigRecord, RecordDict
 
         from ..algorithms import ClientUpdate
@@ -162,12 +171,13 @@ class NodeClients:
             self._rediscover()
             online = set(self.grid.get_node_ids())
         # Packed once per round: every sampled client gets the same x (and SCAFFOLD's c).
-        arrays, message = to_record(task.global_state), algorithm.server_message()
-        message = to_record(message) if message else None
-        contents, client_of = {}, {}
+        arrays, broadcast = to_record(task.global_state), algorithm.server_message()
+        message = to_record(broadcast) if broadcast else None
+        contents: dict[int, RecordDict] = {}
+        client_of: dict[int, int] = {}
         for cid in sampled:
             node_id = self.node_of.get(cid)
-            if node_id not in online:
+            if node_id is None or node_id not in online:
                 continue
             records = {
                 "arrays": arrays,
@@ -205,7 +215,7 @@ class NodeClients:
                 continue
             self._record(round_index + 1, cid, reply)
             check_outgoing(reply.content, self.num_values)  # refuse anything but the adapter's tensors and numbers
-            metrics = dict(reply.content["metrics"])
+            metrics = numbers(reply.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             extras = from_record(reply.content["extras"], self.like) if "extras" in reply.content else {}

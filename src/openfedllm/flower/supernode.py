@@ -4,6 +4,9 @@ Flower 1.41's SuperNode sleeps a fixed 3 s whenever it finds no message for it; 
 wait twice (the training message, then nothing else: the next round's message). Everything else
 is the real flower-supernode, with its own arguments. OPENFEDLLM_NODE_POLL sets the wait (seconds,
 default 0.2); a plain `flower-supernode` works with the same ClientApp, only slower per round.
+
+The patch reaches into Flower's loop module, so it runs only on the Flower versions it is tested
+on (TESTED_FLOWER); on another, this command stops with one line (use plain `flower-supernode`).
 """
 
 from __future__ import annotations
@@ -13,18 +16,27 @@ import sys
 import time
 import types
 
+TESTED_FLOWER = ("1.41.0",)
+
 
 def main() -> None:
+    import flwr
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
+
+    if flwr.__version__ not in TESTED_FLOWER or getattr(loop, "time", None) is not time:
+        sys.exit(
+            f"openfedllm.flower.supernode: patches Flower {', '.join(TESTED_FLOWER)}'s node loop; this is "
+            f"Flower {flwr.__version__}: run plain flower-supernode instead"
+        )
 
     poll = float(os.environ.get("OPENFEDLLM_NODE_POLL", "0.2"))
     # The loop module calls time.sleep(3) when idle (and 0.5 s waits while pushing); cap only its own
     # waits, through a copy of the time module that only that module sees.
     shim = types.ModuleType("time")
     shim.__dict__.update(time.__dict__)
-    shim.sleep = lambda seconds: time.sleep(min(seconds, poll))
-    loop.time = shim
+    setattr(shim, "sleep", lambda seconds: time.sleep(min(seconds, poll)))  # noqa: B010 - a module's attribute
+    setattr(loop, "time", shim)  # noqa: B010
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 

@@ -147,6 +147,11 @@ def check_outgoing(content, num_values: int) -> None:
             )
 
 
+def numbers(record) -> dict[str, float]:
+    """A MetricRecord's single-number values (ints stay ints), as check_outgoing allows them."""
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def describe(message) -> dict:
     """What a received message carried, for the run's messages.jsonl: every record's kind, and for
     tensors their names, dtypes and bytes; for metrics their names. Never the values."""
