@@ -321,10 +321,15 @@ def test_a_real_process_prints_no_traceback(tmp_path):
 
 
 def test_recipes_parse_and_the_default_recipe_is_the_default_job():
-    from openfedllm.config import RunConfig, build, load_yaml
+    from openfedllm.config import RunConfig, build, load_yaml, to_dict
 
     configs = Path(__file__).resolve().parent.parent / "configs"
-    assert build(load_yaml(str(configs / "sft_default.yaml"))) == RunConfig()
+    written = load_yaml(str(configs / "sft_default.yaml"))
+    assert build(written) == RunConfig()
+    # "written out": every key, not only values that happen to equal the defaults
+    assert {s: sorted(keys) for s, keys in written.items()} == {
+        s: sorted(keys) for s, keys in to_dict(RunConfig()).items()
+    }
     quick = build(load_yaml(str(configs / "sft_quick.yaml")))
     quick.validate()
     assert quick.fed.split == "iid"  # so that --data.path alone runs it on a user's file

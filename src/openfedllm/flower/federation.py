@@ -362,39 +362,32 @@ def find_flwr_home(connection: str) -> Path:
 
 
 def submit(connection: str, run_config: dict) -> int:
-    """`flwr run` the app on `connection` with `run_config`, printing its log as it comes until the run
-    ends; the exit status is 0 only if the run completed successfully."""
+    """`flwr run` the app on `connection` with `run_config` (its run id read from the JSON `flwr run
+    --format json` prints), then `flwr log --stream` its log as it comes until the run ends; the exit
+    status is 0 only if the run completed successfully."""
     import tomli_w
 
     home = find_flwr_home(connection)
-    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "run_config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
-        cmd = ["flwr", "run", str(APP_DIR), connection, "--run-config", str(overrides), "--stream"]
-        with subprocess.Popen(
-            cmd, env=flwr_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        ) as process:
-            for line in process.stdout or ():
-                sys.stdout.write(line)
-                lines.append(line)
-        returncode = process.returncode
-    run_id = _run_id("".join(lines))
-    if returncode != 0 or run_id is None:
-        return returncode or 1
+        cmd = ["flwr", "run", str(APP_DIR), connection, "--run-config", str(overrides), "--format", "json"]
+        started = subprocess.run(cmd, env=flwr_env(home), capture_output=True, text=True)
+    try:
+        run_id = str(json.loads(started.stdout)["run-id"])
+    except (ValueError, KeyError, TypeError):
+        sys.stderr.write(started.stdout + started.stderr)
+        return started.returncode or 1
+    if not run_id.isdigit():
+        sys.stderr.write(started.stdout + started.stderr)
+        return 1
+    subprocess.run(["flwr", "log", run_id, connection, "--stream"], env=flwr_env(home))
     status, details = run_status(connection, home, run_id)
     if status != "finished:completed":
         why = details.removeprefix("ServerApp failed with exception: ") if details not in ("", "N/A") else status
         print(f"openfedllm: the federated run {run_id} failed: {why}", file=sys.stderr)
         return 1
     return 0
-
-
-def _run_id(log: str) -> str | None:
-    import re
-
-    found = re.search(r"started run (\d+)", log) or re.search(r"run_id\W+(\d+)", log)
-    return found.group(1) if found else None
 
 
 def run_status(connection: str, home: Path, run_id: str) -> tuple[str, str]:
