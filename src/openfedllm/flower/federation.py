@@ -381,7 +381,12 @@ def submit(connection: str, run_config: dict) -> int:
     if not run_id.isdigit():
         sys.stderr.write(started.stdout + started.stderr)
         return 1
-    subprocess.run(["flwr", "log", run_id, connection, "--stream"], env=flwr_env(home))
+    stream = ["flwr", "log", run_id, connection, "--stream"]
+    with subprocess.Popen(
+        stream, env=flwr_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout or ():
+            sys.stdout.write(line)  # through this process's stdout: a caller (or a test) sees the log
     status, details = run_status(connection, home, run_id)
     if status != "finished:completed":
         why = details.removeprefix("ServerApp failed with exception: ") if details not in ("", "N/A") else status
