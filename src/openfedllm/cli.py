@@ -113,9 +113,7 @@ def _train_command(argv: list[str], objective: str) -> int:
             )
     else:
         raw = cfg_mod.load_yaml(args.config) if args.config else {}
-        if objective == "dpo":
-            raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
-        config = cfg_mod.build(cfg_mod.apply_overrides(raw, overrides))
+        config = cfg_mod.build(cfg_mod.apply_overrides(cfg_mod.preset(objective, raw), overrides))
         if config.train.objective != objective:
             raise UserError(
                 f"train.objective: {config.train.objective} in openfedllm {objective}; "
@@ -339,8 +337,7 @@ def cmd_data(argv: list[str]) -> int:
     parser.add_argument("--plot", default="data_inspect.png", help="PNG of client sizes and label mix")
     args, rest = parser.parse_known_args(argv[1:])
     raw = cfg_mod.load_yaml(args.config) if args.config else {}
-    if args.dpo:
-        raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
+    raw = cfg_mod.preset("dpo" if args.dpo else "sft", raw)
     config = cfg_mod.build(cfg_mod.apply_overrides(raw, split_overrides(rest)))
     quiet_libraries()
     from .data_report import inspect

@@ -21,11 +21,32 @@ from .errors import UserError
 from .userfiles import read_yaml
 
 
-def opt(default, help: str):
-    """A config field with its one-line help."""
+def opt(default, help: str, *, above=None, low=None, below=None, high=None):
+    """A config field with its one-line help and its bounds (checked by `check_bounds`):
+    above < value, low <= value, value < below, value <= high. Upper bounds of sizes lie far past
+    any real run: a typo (an extra digit, 1e12 rounds) fails at once, naming its key."""
+    bounds = {k: v for k, v in (("above", above), ("low", low), ("below", below), ("high", high)) if v is not None}
+    metadata = {"help": help, **bounds}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def check_bounds(section: str, values) -> None:
+    """Every field of a config section within the bounds its `opt` declares, or one line naming it."""
+    for f in dataclasses.fields(values):
+        value, meta, key = getattr(values, f.name), f.metadata, f"{section}.{f.name}"
+        above, low, below, high = (meta.get(k) for k in ("above", "low", "below", "high"))
+        outside = (above is not None and value <= above) or (low is not None and value < low)
+        if below is not None and (outside or value >= below):
+            left = f"({above}" if above is not None else f"[{low}"
+            raise UserError(f"{key} must be in {left}, {below}), got {value}")
+        if above is not None and value <= above:
+            raise UserError(f"{key} must be > {above}, got {value}")
+        if low is not None and value < low:
+            raise UserError(f"{key} must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise UserError(f"{key} must be at most {high:,}, got {value:,}")
 
 
 @dataclass
@@ -42,9 +63,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = opt(8, "LoRA rank r; higher: more capacity, more memory and bytes per round")
-    alpha: int = opt(16, "LoRA scaling numerator (update scaled by alpha / rank)")
-    dropout: float = opt(0.05, "dropout on the LoRA input during training")
+    rank: int = opt(8, "LoRA rank r; higher: more capacity, more memory and bytes per round", above=0, high=65_536)
+    alpha: int = opt(16, "LoRA scaling numerator (update scaled by alpha / rank)", above=0)
+    dropout: float = opt(0.05, "dropout on the LoRA input during training", low=0, below=1)
     target_modules: list[str] = opt(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters (Llama names)"
     )
@@ -70,73 +91,87 @@ class DataConfig:
         "category / domain / label / source if present",
     )
     template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
-    max_length: int = opt(256, "tokens per example; longer rows are cut at the end (or dropped: data.over_length)")
+    max_length: int = opt(
+        256,
+        "tokens per example; longer rows are cut at the end (or dropped: data.over_length)",
+        above=0,
+        high=10_000_000,
+    )
     over_length: str = opt(
         "truncate", "training rows longer than data.max_length: truncate (cut at the end) or drop; either way counted"
     )
-    train_per_domain: int = opt(200, "built-in suite: training examples (dpo: pairs) per domain")
-    heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain")
+    train_per_domain: int = opt(
+        200, "built-in suite: training examples (dpo: pairs) per domain", above=0, high=100_000_000
+    )
+    heldout_per_domain: int = opt(20, "built-in suite: held-out examples per domain", above=0, high=100_000_000)
     domains: list[str] = opt(
         [],
         "built-in suite: the domains used, for training and held-out alike (general, "
         "finance, medical, code, math); empty: all five",
     )
-    heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation")
-    max_heldout: int = opt(200, "user file: at most this many held-out rows")
+    heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation", above=0, below=1)
+    max_heldout: int = opt(200, "user file: at most this many held-out rows", above=0, high=100_000_000)
 
 
 @dataclass
 class FedConfig:
     algorithm: str = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
-    num_clients: int = opt(5, "clients the data is partitioned over")
-    clients_per_round: int = opt(5, "clients sampled (without replacement) each round")
-    rounds: int = opt(4, "federated rounds")
+    num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
+    clients_per_round: int = opt(5, "clients sampled (without replacement) each round", above=0)
+    rounds: int = opt(4, "federated rounds", above=0, high=1_000_000)
     split: str = opt(
         "domain",
         "partition: iid, domain (one domain per client), dirichlet (label skew), key (each "
         "value of data.label_column a client), quantity (power-law sizes), shards",
     )
-    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over labels; small: more skewed")
-    key_min_size: int = opt(1, "split key: keys with fewer rows are left out")
-    key_max_size: int = opt(0, "split key: larger keys are subsampled to this many rows; 0: no cap")
-    quantity_exponent: float = opt(1.0, "split quantity: client k's share is proportional to (k + 1)^-exponent")
-    shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client")
-    fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg")
-    scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g")
+    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration over labels; small: more skewed", above=0)
+    key_min_size: int = opt(1, "split key: keys with fewer rows are left out", above=0)
+    key_max_size: int = opt(0, "split key: larger keys are subsampled to this many rows; 0: no cap", low=0)
+    quantity_exponent: float = opt(1.0, "split quantity: client k's share is proportional to (k + 1)^-exponent", low=0)
+    shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client", above=0)
+    fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg", low=0)
+    scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g", above=0)
     scaffold_correction: str = opt(
         "update",
         "SCAFFOLD: where c - c_i enters a local step: update (after the "
         "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)",
     )
-    fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s")
-    fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg")
+    fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s", above=0)
+    fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg", low=0, below=1)
     fedavgm_damped: bool = opt(
         False,
         "FedAvgM: v <- beta*v + (1-beta)*Delta, v = Delta in round 1 (the OpenFedLLM "
         "reference); false: v <- beta*v + Delta (Hsu et al., Flower)",
     )
-    fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta")
+    fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta", above=0)
     fedopt_beta1: float = opt(
         0.9,
         "FedAdagrad/FedYogi/FedAdam: decay of the first moment m (Reddi et al.; "
         "the reference and Flower use 0 for FedAdagrad)",
+        low=0,
+        below=1,
     )
     fedopt_first_moment: str = opt(
         "zero",
         "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
         "delta (m = Delta in round 1, as the OpenFedLLM reference)",
     )
-    fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v")
-    fedopt_tau: float = opt(1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM")
+    fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v", low=0, below=1)
+    fedopt_tau: float = opt(
+        1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM", above=0
+    )
     min_clients: int = opt(
         1,
         "deployment: a round completes if at least this many sampled clients reply "
         "within fed.round_timeout; fewer stop the run (resumable)",
+        above=0,
     )
     round_timeout: float = opt(
         3600.0,
         "deployment: seconds the server waits for a round's replies (and for "
         "fed.num_clients nodes to connect at the start)",
+        above=0,
+        high=10_000_000.0,
     )
     fedopt_second_moment: str = opt(
         "delta",
@@ -152,14 +187,14 @@ class TrainConfig:
         "what local steps minimise: sft (next-token loss on responses) or dpo "
         "(preference pairs; what `openfedllm dpo` sets)",
     )
-    local_steps: int = opt(4, "optimizer steps per client per round")
+    local_steps: int = opt(4, "optimizer steps per client per round", above=0, high=10_000_000)
     optimizer: str = opt("adamw", "local optimizer: adamw, or sgd (plain SGD, the optimizer the FL papers analyse)")
-    batch_size: int = opt(8, "examples per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(1e-3, "peak learning rate (AdamW), at the first round")
-    min_lr: float = opt(1e-4, "learning rate reached by the cosine schedule at the last round")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off")
+    batch_size: int = opt(8, "examples per micro-batch", above=0, high=100_000)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", above=0, high=100_000)
+    lr: float = opt(1e-3, "peak learning rate (AdamW), at the first round", above=0)
+    min_lr: float = opt(1e-4, "learning rate reached by the cosine schedule at the last round", low=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", low=0)
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 turns clipping off", low=0)
     packing: bool = opt(
         True, "pack each batch's rows into as few sequences as fit: same examples and loss, less padding computed"
     )
@@ -167,18 +202,20 @@ class TrainConfig:
         640,
         "forward/backward at most this many tokens at once (same gradient); "
         "bounds activation memory; 0: the whole batch",
+        low=0,
+        high=100_000_000,
     )
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
-    threads: int = opt(0, "torch CPU threads; 0 keeps torch's default")
+    threads: int = opt(0, "torch CPU threads; 0 keeps torch's default", low=0)
 
 
 @dataclass
 class DPOConfig:
-    beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference; larger: stay closer")
+    beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference; larger: stay closer", above=0)
     loss: str = opt("sigmoid", "preference loss: sigmoid (DPO), ipo, or hinge (SLiC)")
-    rpo_alpha: float = opt(0.0, "add alpha x the chosen response's mean token NLL (RPO); 0: pure DPO")
+    rpo_alpha: float = opt(0.0, "add alpha x the chosen response's mean token NLL (RPO); 0: pure DPO", low=0)
     max_prompt_length: int = opt(
-        192, "prompt tokens kept (the end of an over-long prompt); the response fills data.max_length"
+        192, "prompt tokens kept (the end of an over-long prompt); the response fills data.max_length", above=0
     )
     disable_dropout: bool = opt(
         True, "no dropout in DPO's forward passes, as trl's DPOConfig by default; false: keep lora.dropout"
@@ -187,18 +224,20 @@ class DPOConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = opt(1, "evaluate the global model every N rounds (and always after the last)")
-    max_new_tokens: int = opt(12, "tokens generated per held-out answer")
-    batch_size: int = opt(50, "held-out examples per generation batch")
+    every: int = opt(1, "evaluate the global model every N rounds (and always after the last)", above=0)
+    max_new_tokens: int = opt(12, "tokens generated per held-out answer", above=0, high=1_000_000)
+    batch_size: int = opt(50, "held-out examples per generation batch", above=0)
     benchmarks: list[str] = opt(
         [],
         "benchmarks run on the global model (NAME or NAME=PATH, as `openfedllm eval` "
         "names them), logged in metrics.jsonl and plotted",
     )
     benchmark_every: int = opt(
-        1, "run eval.benchmarks at every N-th evaluation round (and always before training and after the last round)"
+        1,
+        "run eval.benchmarks at every N-th evaluation round (and always before training and after the last round)",
+        above=0,
     )
-    benchmark_limit: int = opt(20, "questions per benchmark (per subject/task for mmlu and bbh)")
+    benchmark_limit: int = opt(20, "questions per benchmark (per subject/task for mmlu and bbh)", above=0)
     benchmark_mode: str = opt("loglik", "multiple choice during training: loglik, generate or both")
 
 
@@ -238,58 +277,8 @@ class RunConfig:
         from .algorithms import CORRECTIONS, FIRST_MOMENTS, SECOND_MOMENTS, check_algorithm
 
         check_algorithm(self.fed.algorithm)
-        positive = {
-            "lora.rank": self.lora.rank,
-            "lora.alpha": self.lora.alpha,
-            "data.max_length": self.data.max_length,
-            "fed.num_clients": self.fed.num_clients,
-            "fed.clients_per_round": self.fed.clients_per_round,
-            "fed.rounds": self.fed.rounds,
-            "train.local_steps": self.train.local_steps,
-            "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "train.lr": self.train.lr,
-            "eval.every": self.eval.every,
-            "eval.max_new_tokens": self.eval.max_new_tokens,
-            "eval.batch_size": self.eval.batch_size,
-            "data.train_per_domain": self.data.train_per_domain,
-            "eval.benchmark_every": self.eval.benchmark_every,
-            "eval.benchmark_limit": self.eval.benchmark_limit,
-            "data.heldout_per_domain": self.data.heldout_per_domain,
-            "fed.dirichlet_alpha": self.fed.dirichlet_alpha,
-            "data.max_heldout": self.data.max_heldout,
-            "fed.scaffold_server_lr": self.fed.scaffold_server_lr,
-            "fed.fedavgm_server_lr": self.fed.fedavgm_server_lr,
-            "fed.fedopt_server_lr": self.fed.fedopt_server_lr,
-            "fed.fedopt_tau": self.fed.fedopt_tau,
-            "dpo.beta": self.dpo.beta,
-            "dpo.max_prompt_length": self.dpo.max_prompt_length,
-            "fed.key_min_size": self.fed.key_min_size,
-            "fed.min_clients": self.fed.min_clients,
-            "fed.round_timeout": self.fed.round_timeout,
-            "fed.shards_per_client": self.fed.shards_per_client,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise UserError(f"{key} must be > 0, got {value}")
-        for key, most in SANITY_BOUNDS.items():
-            section, name = key.split(".")
-            if getattr(getattr(self, section), name) > most:
-                raise UserError(f"{key} must be at most {most:,}, got {getattr(getattr(self, section), name):,}")
-        nonneg = {
-            "train.min_lr": self.train.min_lr,
-            "train.weight_decay": self.train.weight_decay,
-            "train.max_grad_norm": self.train.max_grad_norm,
-            "train.threads": self.train.threads,
-            "train.max_tokens_per_pass": self.train.max_tokens_per_pass,
-            "fed.fedprox_mu": self.fed.fedprox_mu,
-            "dpo.rpo_alpha": self.dpo.rpo_alpha,
-            "fed.key_max_size": self.fed.key_max_size,
-            "fed.quantity_exponent": self.fed.quantity_exponent,
-        }
-        for key, value in nonneg.items():
-            if value < 0:
-                raise UserError(f"{key} must be >= 0, got {value}")
+        for section in dataclasses.fields(self):
+            check_bounds(section.name, getattr(self, section.name))
         if self.fed.clients_per_round > self.fed.num_clients:
             raise UserError(
                 f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
@@ -300,17 +289,6 @@ class RunConfig:
                 f"fed.min_clients ({self.fed.min_clients}) is more than fed.clients_per_round "
                 f"({self.fed.clients_per_round})"
             )
-        for key, value in {
-            "fed.fedavgm_momentum": self.fed.fedavgm_momentum,
-            "fed.fedopt_beta1": self.fed.fedopt_beta1,
-            "fed.fedopt_beta2": self.fed.fedopt_beta2,
-        }.items():
-            if not 0 <= value < 1:
-                raise UserError(f"{key} must be in [0, 1), got {value}")
-        if not 0 <= self.lora.dropout < 1:
-            raise UserError(f"lora.dropout must be in [0, 1), got {self.lora.dropout}")
-        if not 0 < self.data.heldout_fraction < 1:
-            raise UserError(f"data.heldout_fraction must be in (0, 1), got {self.data.heldout_fraction}")
         from .data.suite import DOMAINS
 
         unknown = [d for d in self.data.domains if d not in DOMAINS]
@@ -366,24 +344,6 @@ def phases_of(config: RunConfig) -> list[str]:
     return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
 
 
-# Upper bounds far past any real run: a typo (an extra digit run, 1e12 rounds) fails at once
-# with its key instead of allocating for hours or overflowing later.
-SANITY_BOUNDS = {
-    "fed.rounds": 1_000_000,
-    "fed.num_clients": 10_000_000,
-    "train.local_steps": 10_000_000,
-    "train.batch_size": 100_000,
-    "train.grad_accum": 100_000,
-    "data.max_length": 10_000_000,
-    "lora.rank": 65_536,
-    "eval.max_new_tokens": 1_000_000,
-    "train.max_tokens_per_pass": 100_000_000,
-    "data.train_per_domain": 100_000_000,
-    "data.heldout_per_domain": 100_000_000,
-    "data.max_heldout": 100_000_000,
-    "fed.round_timeout": 10_000_000.0,
-}
-
 OBJECTIVES = ("sft", "dpo")
 FORMATS = {
     "sft": ("alpaca", "sharegpt", "messages", "prompt_response"),
@@ -400,6 +360,13 @@ DPO_DEFAULTS = {
     "train": {"objective": "dpo", "local_steps": 3, "batch_size": 4, "lr": 2e-3, "min_lr": 2e-4},
     "dpo": {"rpo_alpha": 1.0},
 }
+
+
+def preset(objective: str, raw: dict) -> dict:
+    """`raw` (a recipe, with any overrides) over the defaults `openfedllm OBJECTIVE` starts from:
+    DPO_DEFAULTS for dpo, the dataclass defaults for sft. The one place the DPO preset is applied
+    (the CLI, `data inspect --dpo` and the Flower server all call this)."""
+    return merge(DPO_DEFAULTS, raw) if objective == "dpo" else raw
 
 
 def merge(base: dict, raw: dict) -> dict:

@@ -275,9 +275,7 @@ def server_config(run_config) -> tuple:
     if any(len(o) != 2 for o in overrides):
         raise UserError("overrides: expected section.key=value items separated by spaces")
     raw = cfg_mod.apply_overrides(raw or {}, overrides)
-    if (raw.get("train") or {}).get("objective") == "dpo":
-        raw = cfg_mod.merge(cfg_mod.DPO_DEFAULTS, raw)
-    config = cfg_mod.build(raw)
+    config = cfg_mod.build(cfg_mod.preset(str((raw.get("train") or {}).get("objective", "sft")), raw))
     run_dir = Path(output_dir or time.strftime(f"runs/{config.train.objective}-%Y%m%d-%H%M%S"))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"output-dir {run_dir} already holds files; pick another, or resume it")
