@@ -34,7 +34,16 @@ from .evaluation.heldout import benchmark_overlap, evaluate
 from .partition import client_table
 from .plots import plot_run
 from .report import eval_text, summarize
-from .rundir import MetricsLog, benchmark_dir, disk_errors, final_dir, load_checkpoint, save_checkpoint, save_config
+from .rundir import (
+    Checkpoint,
+    MetricsLog,
+    benchmark_dir,
+    disk_errors,
+    final_dir,
+    load_checkpoint,
+    save_checkpoint,
+    save_config,
+)
 from .setup import Setup
 
 
@@ -180,7 +189,7 @@ def run_phase(
     state=None,
     server_state=None,
     client_states=None,
-    clients=None,
+    clients: Clients | None = None,
 ) -> dict:
     """The rounds of one phase. `clients` trains the sampled clients of a round: the simulation's
     LocalClients by default, or a deployment's nodes (flower.server.NodeClients)."""
@@ -246,7 +255,13 @@ def run_phase(
 
 
 def resume_phase(
-    setup: Setup, phase: str, run_dir: Path, log: MetricsLog, done: list[str], checkpoint, clients=None
+    setup: Setup,
+    phase: str,
+    run_dir: Path,
+    log: MetricsLog,
+    done: list[str],
+    checkpoint: Checkpoint,
+    clients: Clients | None = None,
 ) -> dict:
     """Continue a phase from its checkpoint: global state, server state and every client's state."""
     return run_phase(
@@ -279,7 +294,7 @@ def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsL
         raise UserError(f"{where}: {lines!r} metrics lines, but metrics.jsonl has {written} readable ones")
 
 
-def run(setup: Setup, run_dir: Path, resume: bool = False, clients=None) -> dict:
+def run(setup: Setup, run_dir: Path, resume: bool = False, clients: Clients | None = None) -> dict:
     """Run (or continue) every phase; returns the summary written to summary.json. `clients` trains
     the federated phase's rounds (a deployment's nodes); by default the simulation's LocalClients."""
     cfg = setup.config
