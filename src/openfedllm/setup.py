@@ -51,8 +51,12 @@ class Setup:
     train_texts: set[str] = field(default_factory=set)  # sft with a finance eval.benchmark: rows' texts, normalised
 
 
-def prepare(config: RunConfig) -> Setup:
-    """Read the data, load the model, tokenize once, split over clients. Writes no run files."""
+def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setup:
+    """Read the data, load the model, tokenize once, split over clients. Writes no run files.
+
+    Each role prepares only what it uses: a deployment's server (`train=False`) evaluates and never
+    trains, so it tokenizes no training rows; a node (`heldout=False`) trains and never evaluates,
+    so it tokenizes no held-out rows and computes no held-out DPO references."""
     config.validate()
     faults.interrupt("prepare")
     if config.train.threads:
@@ -61,8 +65,8 @@ def prepare(config: RunConfig) -> Setup:
     tokenizer = models.load_tokenizer(model_path)
     check_template(config.data.template, tokenizer)
     dpo = config.train.objective == "dpo"
-    data = preference_data(config, tokenizer) if dpo else instruction_data(config, tokenizer)
-    clients = split_clients(data["train_domains"], config)
+    data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout)
+    clients = split_clients(data["train_domains"], config) if train else [[] for _ in range(config.fed.num_clients)]
     model = load_model(config, model_path)
     setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
     if dpo:
@@ -125,12 +129,15 @@ def load_model(config: RunConfig, model_path: str):
     return model
 
 
-def instruction_data(config: RunConfig, tokenizer) -> dict:
-    """SFT rows: each example tokenized once for the whole run, not per round."""
+def instruction_data(config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True) -> dict:
+    """SFT rows: each example tokenized once for the whole run, not per round (the training rows
+    only with `train_rows`, the held-out ones only with `heldout_rows`)."""
     train, heldout = load_examples(config.data, config.train.seed)
+    if not heldout_rows:
+        heldout = []
     limit = config.data.max_length
     rows, domains, dropped, over = [], [], 0, 0
-    for example in train:
+    for example in train if train_rows else ():
         row = tokenize(example, config.data.template, tokenizer, 0)
         if row is not None and len(row.input_ids) > limit:
             over += 1
@@ -142,7 +149,7 @@ def instruction_data(config: RunConfig, tokenizer) -> dict:
             continue
         rows.append(row)
         domains.append(example.domain)
-    if not rows:
+    if train_rows and not rows:
         raise UserError(
             f"data: no training example keeps a response within data.max_length={config.data.max_length} tokens"
         )
@@ -164,8 +171,9 @@ def instruction_data(config: RunConfig, tokenizer) -> dict:
     }
 
 
-def preference_data(config: RunConfig, tokenizer) -> dict:
-    """DPO pairs of the built-in preference set or a user's file, tokenized once."""
+def preference_data(config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True) -> dict:
+    """DPO pairs of the built-in preference set or a user's file, tokenized once (the training pairs
+    only with `train_rows`, the held-out ones and tasks only with `heldout_rows`)."""
     data = config.data
     tasks: list[Example] = []
     if data.path or data.name:
@@ -182,8 +190,10 @@ def preference_data(config: RunConfig, tokenizer) -> dict:
         ]
         return [p for p, row in tokenized if row is not None], [row for _, row in tokenized if row is not None]
 
-    train_kept, train_rows = pairs(train)
-    if not train_rows:
+    if not heldout_rows:
+        held, tasks = [], []
+    train_kept, kept_rows = pairs(train if train_rows else [])
+    if train_rows and not kept_rows:
         raise UserError(
             f"data: no preference pair keeps both responses within data.max_length={data.max_length} "
             f"tokens (prompts cut to dpo.max_prompt_length={config.dpo.max_prompt_length})"
@@ -195,11 +205,11 @@ def preference_data(config: RunConfig, tokenizer) -> dict:
         if p.domain == SAFETY
     ]
     return {
-        "train_rows": train_rows,
+        "train_rows": kept_rows,
         "train_domains": [p.domain for p in train_kept],
         "heldout": tasks,
         "heldout_rows": held_rows,
         "heldout_prompts": [prompt_ids(e, data.template, tokenizer, data.max_length) for e in tasks],
         "harmful_prompts": harmful,
-        "dropped": len(train) - len(train_rows),
+        "dropped": len(train) - len(kept_rows) if train_rows else 0,
     }

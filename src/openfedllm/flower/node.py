@@ -104,7 +104,7 @@ def node_data(config_text: str, node_config) -> NodeData:
         client_id = int(node["partition-id"])
         if "data-path" not in node and not 0 <= client_id < config.fed.num_clients:
             raise UserError(f"node config: partition-id={client_id} is not in [0, {config.fed.num_clients})")
-        setup = prepare(config)
+        setup = prepare(config, heldout=False)  # a node trains; the server evaluates
         part = setup.clients[0 if "data-path" in node else client_id]
         rows = [setup.train_rows[i] for i in part]
         if not rows:

@@ -304,7 +304,7 @@ def serve_run(grid, run_config) -> dict:
     # Baselines pool data or train one client alone on the server: neither exists in a deployment.
     config.baselines.local = config.baselines.centralized = False
     config.validate()
-    setup = prepare(config)
+    setup = prepare(config, train=False)  # the server evaluates; the nodes train on their own rows
     created = not run_dir.exists()
     try:
         clients = NodeClients(grid, setup, run_dir, run_id_of(run_dir))
