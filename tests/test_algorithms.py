@@ -88,6 +88,14 @@ def test_every_algorithm_is_registered_with_its_paper():
         assert "et al." in describe(name)
 
 
+def test_the_config_choice_is_the_registry():
+    from typing import get_args
+
+    from openfedllm.algorithms import AlgorithmName
+
+    assert get_args(AlgorithmName) == tuple(ALGORITHMS)
+
+
 def test_config_values_reach_the_algorithms():
     fed = FedConfig(
         fedprox_mu=0.5,

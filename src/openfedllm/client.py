@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -94,6 +94,10 @@ def cosine_lr(round_index: int, rounds: int, lr: float, min_lr: float) -> float:
     if rounds <= 1:
         return lr
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * round_index / rounds))
+
+
+Optimizer = Literal["adamw", "sgd"]
+OPTIMIZERS = get_args(Optimizer)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

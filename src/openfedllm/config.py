@@ -14,11 +14,23 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
+from .algorithms import AlgorithmName
+from .algorithms.fedopt import FirstMoment, SecondMoment
+from .algorithms.scaffold import Correction
+from .client import Optimizer
+from .data.templates import OverLength, Template
+from .dpo import Loss
 from .errors import UserError
+from .evaluation.choice import Mode
+from .models import Dtype, Finetune
+from .partition import Split
 from .userfiles import read_yaml
+
+Objective = Literal["sft", "dpo"]  # what local steps minimise
 
 
 def opt(default, help: str, *, above=None, low=None, below=None, high=None):
@@ -52,8 +64,8 @@ def check_bounds(section: str, values) -> None:
 @dataclass
 class ModelConfig:
     name: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or the embedded default")
-    dtype: str = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
-    finetune: str = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
+    dtype: Dtype = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
+    finetune: Finetune = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
     adapter: str = opt(
         "",
         "LoRA adapter to start from: an sft run directory or adapter folder (its rank and "
@@ -90,14 +102,14 @@ class DataConfig:
         "column whose values label rows, for dirichlet and key splits; empty: "
         "category / domain / label / source if present",
     )
-    template: str = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
+    template: Template = opt("chat", "prompt template: alpaca, vicuna, or chat (the model's own)")
     max_length: int = opt(
         256,
         "tokens per example; longer rows are cut at the end (or dropped: data.over_length)",
         above=0,
         high=10_000_000,
     )
-    over_length: str = opt(
+    over_length: OverLength = opt(
         "truncate", "training rows longer than data.max_length: truncate (cut at the end) or drop; either way counted"
     )
     train_per_domain: int = opt(
@@ -115,11 +127,11 @@ class DataConfig:
 
 @dataclass
 class FedConfig:
-    algorithm: str = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
+    algorithm: AlgorithmName = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
     num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
     clients_per_round: int = opt(5, "clients sampled (without replacement) each round", above=0)
     rounds: int = opt(4, "federated rounds", above=0, high=1_000_000)
-    split: str = opt(
+    split: Split = opt(
         "domain",
         "partition: iid, domain (one domain per client), dirichlet (label skew), key (each "
         "value of data.label_column a client), quantity (power-law sizes), shards",
@@ -131,7 +143,7 @@ class FedConfig:
     shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client", above=0)
     fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg", low=0)
     scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g", above=0)
-    scaffold_correction: str = opt(
+    scaffold_correction: Correction = opt(
         "update",
         "SCAFFOLD: where c - c_i enters a local step: update (after the "
         "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)",
@@ -151,7 +163,7 @@ class FedConfig:
         low=0,
         below=1,
     )
-    fedopt_first_moment: str = opt(
+    fedopt_first_moment: FirstMoment = opt(
         "zero",
         "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
         "delta (m = Delta in round 1, as the OpenFedLLM reference)",
@@ -173,7 +185,7 @@ class FedConfig:
         above=0,
         high=10_000_000.0,
     )
-    fedopt_second_moment: str = opt(
+    fedopt_second_moment: SecondMoment = opt(
         "delta",
         "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
         "paper) or m (momentum, as the OpenFedLLM reference code does)",
@@ -182,13 +194,15 @@ class FedConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = opt(
+    objective: Objective = opt(
         "sft",
         "what local steps minimise: sft (next-token loss on responses) or dpo "
         "(preference pairs; what `openfedllm dpo` sets)",
     )
     local_steps: int = opt(4, "optimizer steps per client per round", above=0, high=10_000_000)
-    optimizer: str = opt("adamw", "local optimizer: adamw, or sgd (plain SGD, the optimizer the FL papers analyse)")
+    optimizer: Optimizer = opt(
+        "adamw", "local optimizer: adamw, or sgd (plain SGD, the optimizer the FL papers analyse)"
+    )
     batch_size: int = opt(8, "examples per micro-batch", above=0, high=100_000)
     grad_accum: int = opt(1, "micro-batches per optimizer step", above=0, high=100_000)
     lr: float = opt(1e-3, "peak learning rate (AdamW), at the first round", above=0)
@@ -212,7 +226,7 @@ class TrainConfig:
 @dataclass
 class DPOConfig:
     beta: float = opt(0.1, "DPO beta: strength of the pull towards the reference; larger: stay closer", above=0)
-    loss: str = opt("sigmoid", "preference loss: sigmoid (DPO), ipo, or hinge (SLiC)")
+    loss: Loss = opt("sigmoid", "preference loss: sigmoid (DPO), ipo, or hinge (SLiC)")
     rpo_alpha: float = opt(0.0, "add alpha x the chosen response's mean token NLL (RPO); 0: pure DPO", low=0)
     max_prompt_length: int = opt(
         192, "prompt tokens kept (the end of an over-long prompt); the response fills data.max_length", above=0
@@ -238,7 +252,7 @@ class EvalConfig:
         above=0,
     )
     benchmark_limit: int = opt(20, "questions per benchmark (per subject/task for mmlu and bbh)", above=0)
-    benchmark_mode: str = opt("loglik", "multiple choice during training: loglik, generate or both")
+    benchmark_mode: Mode = opt("loglik", "multiple choice during training: loglik, generate or both")
 
 
 @dataclass
@@ -274,7 +288,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Impossible settings, named by their key."""
-        from .algorithms import CORRECTIONS, FIRST_MOMENTS, SECOND_MOMENTS, check_algorithm
+        from .algorithms import check_algorithm
 
         check_algorithm(self.fed.algorithm)
         for section in dataclasses.fields(self):
@@ -296,24 +310,17 @@ class RunConfig:
             raise UserError(f"data.domains: unknown domain {unknown[0]!r}; valid: {', '.join(DOMAINS)}")
         if not self.lora.target_modules:
             raise UserError("lora.target_modules must name at least one module")
-        choices = {
-            "model.dtype": (self.model.dtype, ("float32", "bfloat16", "float16")),
-            "model.finetune": (self.model.finetune, ("lora", "full")),
-            "data.template": (self.data.template, ("alpaca", "vicuna", "chat")),
-            "data.over_length": (self.data.over_length, ("truncate", "drop")),
-            "fed.split": (self.fed.split, ("iid", "domain", "dirichlet", "key", "quantity", "shards")),
-            "fed.scaffold_correction": (self.fed.scaffold_correction, CORRECTIONS),
-            "fed.fedopt_second_moment": (self.fed.fedopt_second_moment, SECOND_MOMENTS),
-            "fed.fedopt_first_moment": (self.fed.fedopt_first_moment, FIRST_MOMENTS),
-            "train.optimizer": (self.train.optimizer, ("adamw", "sgd")),
-            "eval.benchmark_mode": (self.eval.benchmark_mode, ("loglik", "generate", "both")),
-            "train.objective": (self.train.objective, OBJECTIVES),
-            "dpo.loss": (self.dpo.loss, ("sigmoid", "ipo", "hinge")),
-            "data.format": (self.data.format, ("auto",) + FORMATS.get(self.train.objective, ())),
-        }
-        for key, (choice, valid) in choices.items():
-            if choice not in valid:
-                raise UserError(f"{key}: unknown value {choice!r}; valid: {', '.join(valid)}")
+        for section in dataclasses.fields(self):  # choices: a RunConfig built in Python skips build's check
+            values = getattr(self, section.name)
+            for name, hint in field_types(type(values)).items():
+                if typing.get_origin(hint) is Literal and getattr(values, name) not in typing.get_args(hint):
+                    valid = typing.get_args(hint)
+                    raise UserError(
+                        f"{section.name}.{name}: unknown value {getattr(values, name)!r}; valid: {', '.join(valid)}"
+                    )
+        formats = ("auto",) + FORMATS.get(self.train.objective, ())
+        if self.data.format not in formats:  # the valid formats depend on the objective
+            raise UserError(f"data.format: unknown value {self.data.format!r}; valid: {', '.join(formats)}")
         self._check_benchmarks()
         if not 0 <= self.baselines.local_client < self.fed.num_clients:
             raise UserError(f"baselines.local_client must be a client id in [0, {self.fed.num_clients})")
@@ -344,7 +351,7 @@ def phases_of(config: RunConfig) -> list[str]:
     return [p for p in PHASES if p == "federated" or getattr(config.baselines, p)]
 
 
-OBJECTIVES = ("sft", "dpo")
+OBJECTIVES = typing.get_args(Objective)
 FORMATS = {
     "sft": ("alpaca", "sharegpt", "messages", "prompt_response"),
     "dpo": ("hh", "ultrafeedback", "sharegpt", "plain"),
@@ -394,6 +401,11 @@ def _check_type(key: str, value, hint):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UserError(f"{key}: expected a list of names, got {value!r}")
+        return value
+    if typing.get_origin(hint) is Literal:  # a choice: the owning module's names
+        valid = typing.get_args(hint)
+        if value not in valid:
+            raise UserError(f"{key}: unknown value {value!r}; valid: {', '.join(valid)}")
         return value
     if hint is bool:
         if isinstance(value, bool):
@@ -496,6 +508,8 @@ def help_lines(objective: str = "sft") -> list[str]:
         cls = _section_class(section)
         for f in dataclasses.fields(cls):
             default = getattr(getattr(defaults, section), f.name)
-            type_name = getattr(field_types(cls)[f.name], "__name__", "list")
+            hint = field_types(cls)[f.name]
+            literal = typing.get_origin(hint) is Literal
+            type_name = "|".join(typing.get_args(hint)) if literal else getattr(hint, "__name__", "list")
             lines.append(f"  --{section}.{f.name} ({type_name}, default {default!r})\n      {f.metadata['help']}")
     return lines

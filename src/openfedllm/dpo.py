@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ from .client import Batching, StepStats
 from .data.preference import PairRow
 from .data.templates import IGNORE
 
-LOSSES = ("sigmoid", "ipo", "hinge")
+Loss = Literal["sigmoid", "ipo", "hinge"]
+LOSSES = get_args(Loss)
 
 
 def preference_loss(

@@ -23,13 +23,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
 from . import models
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, AlgorithmName
 from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError
 from .evaluation.heldout import evaluate
@@ -110,7 +111,7 @@ def cell_config(grid: Grid, method: str, seed: int, local_client: int = 0) -> Ru
     config.train = dataclasses.replace(config.train, seed=seed)
     config.baselines = dataclasses.replace(config.baselines, local=False, centralized=False, local_client=local_client)
     if method in ALGORITHMS:
-        config.fed = dataclasses.replace(config.fed, algorithm=method)
+        config.fed = dataclasses.replace(config.fed, algorithm=cast(AlgorithmName, method))
     return config
 
 

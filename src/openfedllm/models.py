@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 StateDict = dict[str, torch.Tensor]
+Dtype = Literal["float32", "bfloat16", "float16"]  # the base weights' dtype
+Finetune = Literal["lora", "full"]  # LoRA adapters, or every weight
 # What trains: a transformers causal LM, with a peft LoRA adapter on it unless every weight trains.
 Model = Union["PreTrainedModel", "PeftModel"]
 

@@ -19,13 +19,15 @@ a silently smaller federation.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal, get_args
 
 import numpy as np
 
 from .errors import UserError
 from .textfmt import text_table
 
-SPLITS = ("iid", "domain", "dirichlet", "key", "quantity", "shards")
+Split = Literal["iid", "domain", "dirichlet", "key", "quantity", "shards"]
+SPLITS = get_args(Split)
 
 
 def partition(

@@ -22,13 +22,16 @@ The reference and Flower also run FedAdagrad without momentum: `fed.fedopt_beta1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
 from .base import Algorithm, ClientUpdate, StateDict, apply_step, mean_delta, to_float64
 
-SECOND_MOMENTS = ("delta", "momentum")
-FIRST_MOMENTS = ("zero", "delta")
+SecondMoment = Literal["delta", "momentum"]
+FirstMoment = Literal["zero", "delta"]
+SECOND_MOMENTS = get_args(SecondMoment)
+FIRST_MOMENTS = get_args(FirstMoment)
 
 
 @dataclass

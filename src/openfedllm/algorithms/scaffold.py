@@ -26,13 +26,15 @@ the optimizer, literally as written, whatever the optimizer does with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
 from ..client import StepHooks
 from .base import Algorithm, ClientTask, ClientUpdate, StateDict, apply_step, mean_delta, to_float64
 
-CORRECTIONS = ("update", "gradient")
+Correction = Literal["update", "gradient"]
+CORRECTIONS = get_args(Correction)
 
 
 @dataclass

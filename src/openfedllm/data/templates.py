@@ -9,11 +9,14 @@ when the tokenizer merges across the boundary).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from ..errors import UserError
 from .example import Example
 
-TEMPLATES = ("alpaca", "vicuna", "chat")
+Template = Literal["alpaca", "vicuna", "chat"]
+TEMPLATES = get_args(Template)
+OverLength = Literal["truncate", "drop"]  # what happens to a training row longer than data.max_length
 
 _ALPACA_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "

@@ -16,9 +16,11 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from .metrics import accuracy, choice_letter, f1_scores
 
+Mode = Literal["loglik", "generate", "both"]  # a setting: one scoring mode, or both
 MODES = ("loglik", "generate")
 
 
