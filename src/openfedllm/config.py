@@ -18,7 +18,7 @@ from typing import Literal
 
 import yaml
 
-from .algorithms import AlgorithmName
+from .algorithms import AlgorithmName, FedAdam, FedAvgM, FedProx, Scaffold
 from .algorithms.fedopt import FirstMoment, SecondMoment
 from .algorithms.scaffold import Correction
 from .client import Optimizer
@@ -127,6 +127,9 @@ class DataConfig:
 
 @dataclass
 class FedConfig:
+    """The federation. Each algorithm's hyperparameters default to its own class's defaults
+    (algorithms/): one place for a default; these flat keys only name them for the YAML and CLI."""
+
     algorithm: AlgorithmName = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
     num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
     clients_per_round: int = opt(5, "clients sampled (without replacement) each round", above=0)
@@ -141,36 +144,40 @@ class FedConfig:
     key_max_size: int = opt(0, "split key: larger keys are subsampled to this many rows; 0: no cap", low=0)
     quantity_exponent: float = opt(1.0, "split quantity: client k's share is proportional to (k + 1)^-exponent", low=0)
     shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client", above=0)
-    fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg", low=0)
-    scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g", above=0)
+    fedprox_mu: float = opt(
+        FedProx.mu, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg", low=0
+    )
+    scaffold_server_lr: float = opt(Scaffold.server_lr, "SCAFFOLD: global step size eta_g", above=0)
     scaffold_correction: Correction = opt(
-        "update",
+        Scaffold.correction,
         "SCAFFOLD: where c - c_i enters a local step: update (after the "
         "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)",
     )
-    fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s", above=0)
-    fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg", low=0, below=1)
+    fedavgm_server_lr: float = opt(FedAvgM.server_lr, "FedAvgM: server learning rate eta_s", above=0)
+    fedavgm_momentum: float = opt(
+        FedAvgM.momentum, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg", low=0, below=1
+    )
     fedavgm_damped: bool = opt(
-        False,
+        FedAvgM.damped,
         "FedAvgM: v <- beta*v + (1-beta)*Delta, v = Delta in round 1 (the OpenFedLLM "
         "reference); false: v <- beta*v + Delta (Hsu et al., Flower)",
     )
-    fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta", above=0)
+    fedopt_server_lr: float = opt(FedAdam.server_lr, "FedAdagrad/FedYogi/FedAdam: server learning rate eta", above=0)
     fedopt_beta1: float = opt(
-        0.9,
+        FedAdam.beta1,
         "FedAdagrad/FedYogi/FedAdam: decay of the first moment m (Reddi et al.; "
         "the reference and Flower use 0 for FedAdagrad)",
         low=0,
         below=1,
     )
     fedopt_first_moment: FirstMoment = opt(
-        "zero",
+        FedAdam.first_moment,
         "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
         "delta (m = Delta in round 1, as the OpenFedLLM reference)",
     )
-    fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v", low=0, below=1)
+    fedopt_beta2: float = opt(FedAdam.beta2, "FedYogi/FedAdam: decay of the second moment v", low=0, below=1)
     fedopt_tau: float = opt(
-        1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM", above=0
+        FedAdam.tau, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM", above=0
     )
     min_clients: int = opt(
         1,
@@ -186,7 +193,7 @@ class FedConfig:
         high=10_000_000.0,
     )
     fedopt_second_moment: SecondMoment = opt(
-        "delta",
+        FedAdam.second_moment,
         "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
         "paper) or m (momentum, as the OpenFedLLM reference code does)",
     )

@@ -40,8 +40,8 @@ class _FedOpt(Algorithm):
     beta1: float = 0.9  # decay of the first moment m
     beta2: float = 0.99  # decay of the second moment v (not used by FedAdagrad)
     tau: float = 1e-3  # adaptivity: larger tau behaves more like FedAvgM
-    second_moment: str = "delta"  # what is squared in the v update: delta (the paper) or momentum
-    first_moment: str = "zero"  # m before the first round: zero (the paper) or delta (m = Delta in round 1)
+    second_moment: SecondMoment = "delta"  # what is squared in the v update: delta (the paper) or momentum
+    first_moment: FirstMoment = "zero"  # m before the first round: zero (the paper) or delta (m = Delta in round 1)
     m: StateDict = field(default_factory=dict, repr=False)  # server state, checkpointed (float64)
     v: StateDict = field(default_factory=dict, repr=False)
 

@@ -42,7 +42,7 @@ class Scaffold(Algorithm):
     """SCAFFOLD (Karimireddy et al. 2020, option II): control variates correct client drift."""
 
     server_lr: float = 1.0  # eta_g, the global step size
-    correction: str = "update"  # where c - c_i enters the local step: update or gradient (see above)
+    correction: Correction = "update"  # where c - c_i enters the local step: update or gradient (see above)
     total_examples: int = 0  # n: training examples of all N clients (the weights of c's update), set by start
     control: StateDict = field(default_factory=dict, repr=False)  # c, checkpointed (float64)
 
