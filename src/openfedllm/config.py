@@ -26,7 +26,7 @@ from .data.templates import OverLength, Template
 from .dpo import Loss
 from .errors import UserError
 from .evaluation.choice import Mode
-from .models import Dtype, Finetune
+from .models import Dtype, Finetune, Quantization
 from .partition import Split
 from .userfiles import read_yaml
 
@@ -66,6 +66,11 @@ class ModelConfig:
     name: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or the embedded default")
     dtype: Dtype = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
     finetune: Finetune = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
+    quantization: Quantization = opt(
+        "none",
+        "the frozen base weights: none, 8bit, or 4bit (NF4, double quantization: QLoRA); needs bitsandbytes "
+        "and finetune: lora; the adapter then loads on the unquantized base too",
+    )
     adapter: str = opt(
         "",
         "LoRA adapter to start from: an sft run directory or adapter folder (its rank and "
@@ -337,6 +342,11 @@ class RunConfig:
             from .data.registry import known
 
             known(self.data.name, self.train.objective)
+        if self.model.quantization != "none" and self.model.finetune != "lora":
+            raise UserError(
+                f"model.quantization: {self.model.quantization} needs model.finetune: lora (quantized "
+                "weights are frozen; only adapters train on them)"
+            )
         if self.model.adapter:
             if self.model.finetune != "lora":
                 raise UserError("model.adapter needs model.finetune: lora")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 StateDict = dict[str, torch.Tensor]
 Dtype = Literal["float32", "bfloat16", "float16"]  # the base weights' dtype
 Finetune = Literal["lora", "full"]  # LoRA adapters, or every weight
+Quantization = Literal["none", "8bit", "4bit"]  # the frozen base weights: as they are, int8, or NF4 (QLoRA)
 # What trains: a transformers causal LM, with a peft LoRA adapter on it unless every weight trains.
 Model = Union["PreTrainedModel", "PeftModel"]
 
@@ -128,13 +129,50 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_base_model(path: str, dtype: str = "float32"):
+def load_base_model(path: str, dtype: str = "float32", quantization: str = "none"):
+    """The causal LM in `dtype`; with `quantization` its linear layers' weights are stored in int8 or
+    4-bit NF4 (double quantization, computing in `dtype`) through bitsandbytes, as QLoRA
+    (Dettmers et al. 2023) trains: the LoRA adapters on top stay in float32."""
     from transformers import AutoModelForCausalLM
 
+    extra = {}
+    if quantization != "none":
+        try:
+            import bitsandbytes  # noqa: F401 - only to fail here, naming the setting, when it is missing
+        except ImportError:
+            raise UserError(
+                f"model.quantization: {quantization} needs bitsandbytes (pip install bitsandbytes)"
+            ) from None
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = (
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=getattr(torch, dtype),
+            )
+            if quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **extra)
     except OSError as exc:
         raise UserError(f"model.name: cannot load a causal LM from {path}: {exc}") from None
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and the output layer in float32, inputs that carry gradients into the adapters; no
+        # gradient checkpointing (the CPU default: it trades time for memory this model does not need).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference on every forward
+        # without gradients (evaluation) and unpacks it on every state_dict() (each trainable_state),
+        # and the round trip rewrites the quantization constants: a run's adapter would then depend
+        # on how often it was evaluated, and a resumed run would not equal an uninterrupted one.
+        # Keep the weights in the one layout training uses.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.config.use_cache = False  # training never reuses the KV cache
     return model
 

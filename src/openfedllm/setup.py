@@ -110,7 +110,7 @@ def split_clients(labels: list[str], config: RunConfig) -> list[list[int]]:
 
 
 def load_model(config: RunConfig, model_path: str):
-    model = models.load_base_model(model_path, config.model.dtype)
+    model = models.load_base_model(model_path, config.model.dtype, config.model.quantization)
     if config.model.adapter:
         found = models.adapter_config(config.model.adapter)
         # The adapter's own shape wins; the saved config.yaml then says what was trained.
