@@ -300,9 +300,6 @@ class RunConfig:
 
     def validate(self) -> None:
         """Impossible settings, named by their key."""
-        from .algorithms import check_algorithm
-
-        check_algorithm(self.fed.algorithm)
         for section in dataclasses.fields(self):
             check_bounds(section.name, getattr(self, section.name))
         if self.fed.clients_per_round > self.fed.num_clients:

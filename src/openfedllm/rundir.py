@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from . import faults
 from .errors import UserError
 from .userfiles import check_safetensors, read_json
 
@@ -115,8 +116,6 @@ def save_checkpoint(
         with disk_errors(run_dir, f"the checkpoint of round {progress.get('round')}"):
             tmp.mkdir()
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "trainable.safetensors"))
-            from . import faults
-
             faults.fail_write("checkpoint", progress.get("round"))
             torch.save(server_state, tmp / "server_state.pt")
             torch.save(client_states or {}, tmp / "client_states.pt")

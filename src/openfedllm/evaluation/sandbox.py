@@ -117,7 +117,9 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, audit
             os.close(read_end)
             if write_end >= 0:
                 os.close(write_end)
-    if proc.returncode == 3 and lines and lines[-1].startswith("sandbox: the kernel confinement failed"):
+    from .confine import EXIT_UNCONFINED
+
+    if proc.returncode == EXIT_UNCONFINED and lines and lines[-1].startswith("sandbox: the kernel confinement failed"):
         raise UserError(lines[-1])
     if proc.returncode == 0 and result == b"passed\n":
         return Outcome(True, "passed")
