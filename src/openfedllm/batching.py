@@ -102,6 +102,12 @@ def split_passes(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[s
     return [{k: v[i : i + per_pass] for k, v in batch.items()} for i in range(0, rows, per_pass)]
 
 
+def on_model(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch on the model's device (batches are built on the CPU; a no-op there)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "position_ids" in batch:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
@@ -135,7 +141,7 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk):
-        losses = torch.empty(hidden.shape[0], dtype=torch.float32)
+        losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk]
@@ -143,7 +149,7 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
             logp = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)  # (chunk, vocab)
             losses[start : start + chunk] = -logp.gather(1, t[:, None])[:, 0]
             probs = logp.exp_()  # softmax, in place
-            probs[torch.arange(len(t)), t] -= 1.0  # d CE / d logits
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d CE / d logits
             grad[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
         return losses
@@ -172,7 +178,7 @@ def linear_cross_entropy(
                 F.cross_entropy(head(hidden[s : s + chunk]).float(), targets[s : s + chunk], reduction="none")
                 for s in range(0, hidden.shape[0], chunk)
             ]
-            or [torch.zeros(0)]
+            or [torch.zeros(0, device=hidden.device)]
         )
     # A trainable or adapted output layer (full fine-tuning, LoRA on lm_head): plain autograd.
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
@@ -185,7 +191,7 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     positions (the prompt, the padding) carry no loss: so the logits are computed only at the
     positions whose next token is a label, which gives exactly the loss of the full computation.
     """
-    per_token, where = _loss_tokens(model, batch)
+    per_token, where = _loss_tokens(model, on_model(model, batch))
     return per_token.sum(), int(where.sum())
 
 
@@ -208,10 +214,11 @@ def row_logprobs(model, batch: dict[str, torch.Tensor], num_rows: int) -> tuple[
     The log-likelihood of a whole response, which DPO compares between two responses; rows may
     be padded or packed (`row_ids` says which row each token belongs to).
     """
+    batch = on_model(model, batch)
     per_token, where = _loss_tokens(model, batch)
     owner = batch["row_ids"][:, 1:][where]  # the row of each predicted token
-    logps = torch.zeros(num_rows, dtype=per_token.dtype).index_add(0, owner, -per_token)
-    counts = torch.zeros(num_rows, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
+    logps = torch.zeros(num_rows, dtype=per_token.dtype, device=owner.device).index_add(0, owner, -per_token)
+    counts = torch.zeros(num_rows, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
     return logps, counts
 
 
@@ -238,8 +245,8 @@ def packing_works(model) -> bool:
         was_training = model.training
         model.eval()
         try:
-            padded = run(**_inputs(collate(rows, 0)))
-            packed = run(**_inputs(pack(rows, 0)))
+            padded = run(**_inputs(on_model(model, collate(rows, 0))))
+            packed = run(**_inputs(on_model(model, pack(rows, 0))))
             key_out = "last_hidden_state" if split else "logits"
             a, b = padded[key_out], packed[key_out]
             # Relative to the outputs' scale: float32 noise over a deep model's hidden states (|h| ~ 50

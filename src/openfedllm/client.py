@@ -34,11 +34,30 @@ class StepHooks:
 
 @dataclass
 class Batching:
-    """How rows become tensors: padding id, packing, and the activation budget of one pass."""
+    """How rows become tensors and gradients: padding id, packing, the activation budget of one pass,
+    and the loss scaler of a float16 model."""
 
     pad_id: int
     packed: bool
     max_tokens_per_pass: int
+    scaler: torch.amp.GradScaler | None = None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of `loss`, scaled up first when the model computes in float16 (so small
+        gradients do not underflow in half precision; the scaler divides them back before the step)."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+
+def loss_scaler(model, params: list[torch.nn.Parameter]) -> torch.amp.GradScaler | None:
+    """A GradScaler when the base model computes in float16 (bfloat16 and float32 need none)."""
+    if not any(p.dtype == torch.float16 for p in model.parameters()):
+        return None
+    if any(p.dtype != torch.float32 for p in params):
+        raise UserError(
+            "model.dtype: float16 weights cannot be trained directly (finetune: full); "
+            "use bfloat16 or float32, or LoRA adapters (kept in float32)"
+        )
+    return torch.amp.GradScaler(next(model.parameters()).device.type)
 
 
 @dataclass
@@ -64,7 +83,7 @@ def next_token_loss(model, micro: list[list[Tokenized]], batching: Batching) -> 
     for batch in batches:
         for part in split_passes(batch, batching.max_tokens_per_pass):
             loss_sum, _ = token_losses(model, part)
-            (loss_sum / max(step_tokens, 1)).backward()
+            batching.backward(loss_sum / max(step_tokens, 1))
             step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
     return StepStats(step_loss, step_tokens)
 
@@ -137,8 +156,10 @@ def train_local(
     s = settings
     steps, grad_accum, max_grad_norm = s.steps, s.grad_accum, s.max_grad_norm
     hooks = hooks or StepHooks()
-    batching = Batching(s.pad_id, s.packing and packing_works(model), s.max_tokens_per_pass)
     params = [p for p in model.parameters() if p.requires_grad]
+    # A fresh scaler each round, like the optimizer: a round's steps never depend on an earlier round's.
+    scaler = loss_scaler(model, params)
+    batching = Batching(s.pad_id, s.packing and packing_works(model), s.max_tokens_per_pass, scaler)
     # A fresh optimizer each round, as every client starts from the new global model; the
     # moments of an earlier round belong to weights that no longer exist.
     optim = make_optimizer(s.optimizer, params, s.lr, s.weight_decay)
@@ -155,18 +176,24 @@ def train_local(
         if hooks.extra_loss is not None:
             term = hooks.extra_loss()  # e.g. a proximal term: its gradient joins the objective's
             if term.requires_grad:
-                term.backward()
+                batching.backward(term)
         stats = objective(model, micro, batching)
         if not math.isfinite(stats.loss):
             raise UserError(
                 f"{desc}: the training loss is {stats.loss} at local step {step + 1}; the run stops "
                 "here, its checkpoints stay as they were (try a smaller train.lr)"
             )
+        if scaler is not None:
+            scaler.unscale_(optim)  # true gradients for the hooks and clipping
         if hooks.after_backward is not None:
             hooks.after_backward()
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optim.step()
+        if scaler is not None:
+            scaler.step(optim)  # skipped when a gradient overflowed; the scale then shrinks
+            scaler.update()
+        else:
+            optim.step()
         optim.zero_grad(set_to_none=True)
         if hooks.after_step is not None:
             hooks.after_step()

@@ -64,7 +64,14 @@ def check_bounds(section: str, values) -> None:
 @dataclass
 class ModelConfig:
     name: str = opt("smollm2-135m-instruct", "hub id, local folder, .gguf file, or the embedded default")
-    dtype: Dtype = opt("float32", "weight dtype: float32 or bfloat16 (bf16 is fast only on GPUs)")
+    device: str = opt(
+        "auto", "where the model computes: auto (a CUDA GPU, then Apple MPS, then the CPU), cpu, cuda, cuda:N, mps"
+    )
+    dtype: Dtype = opt(
+        "auto",
+        "base weight dtype: auto (bfloat16 on GPUs that have it, else float16 with a loss scaler; float32 on "
+        "CPU and MPS), float32, bfloat16, float16; adapters and optimizer state stay float32",
+    )
     finetune: Finetune = opt("lora", "lora: train LoRA adapters; full: train every weight (small models only)")
     quantization: Quantization = opt(
         "none",
@@ -84,7 +91,9 @@ class LoraConfig:
     alpha: int = opt(16, "LoRA scaling numerator (update scaled by alpha / rank)", above=0)
     dropout: float = opt(0.05, "dropout on the LoRA input during training", low=0, below=1)
     target_modules: list[str] = opt(
-        ["q_proj", "k_proj", "v_proj", "o_proj"], "module names that get adapters (Llama names)"
+        [],
+        "module names that get adapters; empty: every linear layer of the attention blocks "
+        "(q/k/v/o_proj on Llama-family models; the names used are written to the run's config.yaml)",
     )
 
 
@@ -233,6 +242,9 @@ class TrainConfig:
     )
     seed: int = opt(42, "seed of the data, the split, client sampling and dropout")
     threads: int = opt(0, "torch CPU threads; 0 keeps torch's default", low=0)
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass: less memory, ~30% more time (7B recipes turn it on)"
+    )
 
 
 @dataclass
@@ -317,8 +329,9 @@ class RunConfig:
         unknown = [d for d in self.data.domains if d not in DOMAINS]
         if unknown:
             raise UserError(f"data.domains: unknown domain {unknown[0]!r}; valid: {', '.join(DOMAINS)}")
-        if not self.lora.target_modules:
-            raise UserError("lora.target_modules must name at least one module")
+        from .models import parse_device
+
+        parse_device(self.model.device)  # its form; whether it is present is checked where the model loads
         for section in dataclasses.fields(self):  # choices: a RunConfig built in Python skips build's check
             values = getattr(self, section.name)
             for name, hint in field_types(type(values)).items():

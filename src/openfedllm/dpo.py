@@ -167,7 +167,7 @@ class DPOLoss:
         for pairs in micro:
             for group in pair_groups(pairs, batching.max_tokens_per_pass):
                 losses, chosen_r, rejected_r, n_tokens = self.pair_losses(model, group, batching)
-                (losses.sum() / n_pairs).backward()
+                batching.backward(losses.sum() / n_pairs)
                 loss_total += float(losses.detach().sum()) / n_pairs
                 right += float(ranked_right(chosen_r, rejected_r).sum())
                 margin += float((chosen_r - rejected_r).sum())
@@ -180,7 +180,7 @@ class DPOLoss:
         nll = -pc / nc
         if self.loss_type == "ipo":
             pc, pr = pc / nc, pr / nr
-        ref_c, ref_r = _normalised(pairs, self.loss_type)
+        ref_c, ref_r = (r.to(pc.device) for r in _normalised(pairs, self.loss_type))
         losses, chosen_r, rejected_r = preference_loss(pc, pr, ref_c, ref_r, self.beta, self.loss_type)
         if self.rpo_alpha:
             losses = losses + self.rpo_alpha * nll

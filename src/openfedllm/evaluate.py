@@ -59,9 +59,10 @@ def generate(
         )
         if stop:  # each row stops at its own stop string instead of running to max_new_tokens
             sampling.update(stop_strings=list(stop), tokenizer=tokenizer)
+        device = next(model.parameters()).device
         out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,

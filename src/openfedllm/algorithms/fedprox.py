@@ -28,7 +28,7 @@ class FedProx(Algorithm):
     def client_hooks(
         self, params: dict[str, torch.nn.Parameter], task: ClientTask, client_state: StateDict
     ) -> StepHooks:
-        anchor = {name: task.global_state[name].to(p.dtype) for name, p in params.items()}
+        anchor = {name: task.global_state[name].to(device=p.device, dtype=p.dtype) for name, p in params.items()}
 
         def proximal_term() -> torch.Tensor:
             # (mu / 2) * ||w - x||^2; its gradient mu * (w - x) joins the loss's gradient before

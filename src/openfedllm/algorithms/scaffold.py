@@ -66,7 +66,7 @@ class Scaffold(Algorithm):
             if c is None and c_i is None:
                 continue
             value = (c if c is not None else 0) - (c_i if c_i is not None else 0)
-            correction[name] = torch.as_tensor(value).to(p.dtype)
+            correction[name] = torch.as_tensor(value).to(device=p.device, dtype=p.dtype)
         if not any(bool(t.any()) for t in correction.values()):
             return StepHooks()  # c = c_i = 0: plain local steps (the first round)
 

@@ -108,6 +108,8 @@ class LM:
             ids[row, width - len(c) :] = torch.tensor(c)
             mask[row, width - len(c) :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = next(self.model.parameters()).device
+        ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
         self.model.eval()
         split = _split_head(self.model)
         if split is None:
@@ -116,7 +118,7 @@ class LM:
             decoder, head = split
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
             logits = head(hidden[:, -1])
-        return torch.log_softmax(logits.float(), dim=-1)
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 def default_template(tokenizer) -> str:

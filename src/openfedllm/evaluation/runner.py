@@ -179,8 +179,9 @@ def run_benchmarks(names: list[str], settings: Settings) -> dict[str, dict]:
     return results
 
 
-def load_model(model: str | None, run: str | None):
-    """(model, tokenizer, template, description): the default model, a model id/folder, or a run's adapter."""
+def load_model(model: str | None, run: str | None, device: str = "auto"):
+    """(model, tokenizer, template, description): the default model, a model id/folder, or a run's adapter,
+    on `device` (a `model.device` value) in float32 on the CPU and the GPU's half precision on a GPU."""
     from .. import models
     from ..config import build
     from ..rundir import read_config
@@ -195,7 +196,8 @@ def load_model(model: str | None, run: str | None):
     model = model or models.DEFAULT_MODEL
     path = models.resolve_model(model)
     tokenizer = models.load_tokenizer(path)
-    loaded = models.load_base_model(path)
+    where = models.resolve_device(device)
+    loaded = models.load_base_model(path, "auto", device=where)
     if adapter:
         loaded = models.load_adapter(loaded, adapter)
     # config.use_cache stays off: generate() asks for the cache itself, and a forward that builds
@@ -203,7 +205,9 @@ def load_model(model: str | None, run: str | None):
     return loaded.eval(), tokenizer, template or default_template(tokenizer), {"model": model, "adapter": adapter}
 
 
-def lm_loader(model: str | None, run: str | None, batch_size: int, temperature: float, seed: int = 0):
+def lm_loader(
+    model: str | None, run: str | None, batch_size: int, temperature: float, seed: int = 0, device: str = "auto"
+):
     """() -> LM, loading the model on the first call only."""
     from .lm import LM
 
@@ -214,7 +218,7 @@ def lm_loader(model: str | None, run: str | None, batch_size: int, temperature: 
             import torch
 
             torch.manual_seed(seed)  # sampled answers (temperature > 0) repeat run to run
-            loaded, tokenizer, template, _ = load_model(model, run)
+            loaded, tokenizer, template, _ = load_model(model, run, device)
             cache["lm"] = LM(loaded, tokenizer, template, batch_size=batch_size, temperature=temperature)
         return cache["lm"]
 
