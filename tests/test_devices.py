@@ -232,3 +232,15 @@ def test_a_gpu_run_shares_cpu_tensors_and_resumes_on_the_cpu(tiny_model_dir, tmp
     on_cpu = models.add_lora(models.load_base_model(str(tiny_model_dir)), 4, 8, 0.0, [])
     models.load_trainable_state(on_cpu, state)
     assert all(torch.equal(state[k], v) for k, v in models.trainable_state(on_cpu).items())
+
+
+@no_cuda
+def test_the_gpu_check_skips_in_one_line_on_a_cpu_machine():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert proc.stdout.strip().startswith("gpu_check: no CUDA GPU here") and "\n" not in proc.stdout.strip()
