@@ -199,6 +199,7 @@ def family_dirs(tiny_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_gets_its_attention_layers_and_trains(family_dirs, family):
     base = models.load_base_model(str(family_dirs[family]))
+    assert base.config._attn_implementation == "sdpa"  # transformers' default where the family has it
     assert models.attention_modules(base) == FAMILIES[family]
     model = models.add_lora(base, 4, 8, 0.0, [])
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A" in n}

@@ -75,8 +75,9 @@ def _train_parser(objective: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--federation",
         metavar="CONN",
-        help="run on a Flower federation instead of simulating: the connection name that "
-        "`openfedllm federation up` prints (or one in $FLWR_HOME/config.toml)",
+        help="run on a Flower federation instead of simulating in this process: the connection name that "
+        "`openfedllm federation up` prints (or one in $FLWR_HOME/config.toml); local-simulation: Flower's "
+        "Simulation Engine here (Ray; fed.num_clients virtual nodes, fed.client_cpus / client_gpus each)",
     )
     return parser
 
@@ -164,7 +165,11 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
         config.eval.benchmarks = [_absolute_benchmark(entry) for entry in config.eval.benchmarks]
         run_config["config-text"] = yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False)
     # The run directory is on the SuperLink's machine; Flower's own status says how the run ended.
-    status = federation.submit(connection, run_config)
+    if connection == federation.SIMULATION:
+        fed = config.fed
+        status = federation.simulate(run_config, fed.num_clients, fed.client_cpus, fed.client_gpus)
+    else:
+        status = federation.submit(connection, run_config)
     if status == 0:
         return 0
     if (run_dir / "checkpoints").exists():

@@ -41,6 +41,12 @@ class Batching:
     packed: bool
     max_tokens_per_pass: int
     scaler: torch.amp.GradScaler | None = None
+    rank: int = 0  # this process's place among the data-parallel processes training one client
+    world: int = 1  # how many processes share each micro-batch (1: this process alone)
+
+    def shards(self, rows: list) -> list[list]:
+        """The micro-batch's rows as every process takes them: process r takes rows r, r + world, ..."""
+        return [rows[r :: self.world] for r in range(self.world)]
 
     def backward(self, loss: torch.Tensor) -> None:
         """Gradients of `loss`, scaled up first when the model computes in float16 (so small
@@ -74,18 +80,23 @@ class Objective(Protocol):
 
 
 def next_token_loss(model, micro: list[list[Tokenized]], batching: Batching) -> StepStats:
-    """SFT: mean cross-entropy over the response tokens of all of the step's micro-batches."""
-    batches = [make_batch(rows, batching.pad_id, batching.packed) for rows in micro]
-    # Normalise by the loss tokens of the whole accumulated step, so that accumulation gives
-    # the same gradient as one large batch.
-    step_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-    step_loss = 0.0
-    for batch in batches:
+    """SFT: mean cross-entropy over the response tokens of all of the step's micro-batches (of this
+    process's share of them, when several processes train the client: see `data_parallel`)."""
+    shards = [
+        [make_batch(part, batching.pad_id, batching.packed) for part in batching.shards(rows) if part] for rows in micro
+    ]
+    # Normalise by the loss tokens of the whole accumulated step (every process's share), so that
+    # accumulation and data parallelism give the same gradient as one large batch.
+    step_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for batches in shards for b in batches)
+    mine = [batches[batching.rank] for batches in shards if len(batches) > batching.rank]
+    step_loss, own_tokens = 0.0, 0
+    for batch in mine:
         for part in split_passes(batch, batching.max_tokens_per_pass):
-            loss_sum, _ = token_losses(model, part)
+            loss_sum, tokens = token_losses(model, part)
             batching.backward(loss_sum / max(step_tokens, 1))
             step_loss += float(loss_sum.detach()) / max(step_tokens, 1)
-    return StepStats(step_loss, step_tokens)
+            own_tokens += tokens
+    return StepStats(step_loss, own_tokens)
 
 
 @dataclass
@@ -96,6 +107,36 @@ class LocalResult:
     tokens: int  # tokens that carried loss
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # the objective's metrics, mean over steps
+
+
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group this process trains in, (0, 1) alone.
+
+    Under `torchrun` (or any initialised process group) each process of a client takes its share of
+    every micro-batch, and the adapter's gradients are summed across the processes before the step,
+    as torch's DistributedDataParallel does: every process then takes the same step. The DDP wrapper
+    itself is not used, because the loss runs the decoder directly (logits only where labels are),
+    which would bypass the wrapper's forward and its gradient hooks."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_across_processes(params: list[torch.nn.Parameter], stats: StepStats) -> StepStats:
+    """The gradients and the step's statistics summed over the data-parallel processes."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    keys = sorted(stats.metrics)
+    numbers = torch.tensor([stats.loss, float(stats.tokens), *(stats.metrics[k] for k in keys)], dtype=torch.float64)
+    dist.all_reduce(numbers)
+    values = numbers.tolist()
+    return StepStats(values[0], int(values[1]), dict(zip(keys, values[2:])))
 
 
 def batch_order(num_rows: int, num_batches: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -159,7 +200,8 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     # A fresh scaler each round, like the optimizer: a round's steps never depend on an earlier round's.
     scaler = loss_scaler(model, params)
-    batching = Batching(s.pad_id, s.packing and packing_works(model), s.max_tokens_per_pass, scaler)
+    rank, world = data_parallel()
+    batching = Batching(s.pad_id, s.packing and packing_works(model), s.max_tokens_per_pass, scaler, rank, world)
     # A fresh optimizer each round, as every client starts from the new global model; the
     # moments of an earlier round belong to weights that no longer exist.
     optim = make_optimizer(s.optimizer, params, s.lr, s.weight_decay)
@@ -175,9 +217,11 @@ def train_local(
         micro = [[rows[i] for i in batches[step * grad_accum + k]] for k in range(grad_accum)]
         if hooks.extra_loss is not None:
             term = hooks.extra_loss()  # e.g. a proximal term: its gradient joins the objective's
-            if term.requires_grad:
-                batching.backward(term)
+            if term.requires_grad:  # every process adds it; the sum across processes counts it once
+                batching.backward(term / world)
         stats = objective(model, micro, batching)
+        if world > 1:
+            stats = _sum_across_processes(params, stats)
         if not math.isfinite(stats.loss):
             raise UserError(
                 f"{desc}: the training loss is {stats.loss} at local step {step + 1}; the run stops "

@@ -206,6 +206,15 @@ class FedConfig:
         above=0,
         high=10_000_000.0,
     )
+    client_cpus: float = opt(
+        1.0,
+        "--federation local-simulation: CPU cores per virtual client (Ray runs cores / this clients at once)",
+        above=0,
+        high=100_000.0,
+    )
+    client_gpus: float = opt(
+        0.0, "--federation local-simulation: GPU share per virtual client (0.5: two clients per GPU)", low=0, high=1.0
+    )
     fedopt_second_moment: SecondMoment = opt(
         FedAdam.second_moment,
         "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "

@@ -162,10 +162,11 @@ class DPOLoss:
     def __call__(self, model, micro: list[list[PairRow]], batching: Batching) -> StepStats:
         if self.reference is not None:
             self.reference.ensure([p for pairs in micro for p in pairs])
-        n_pairs = sum(len(pairs) for pairs in micro)
+        n_pairs = sum(len(pairs) for pairs in micro)  # of the whole step, every process's share
         loss_total, right, margin, tokens = 0.0, 0.0, 0.0, 0
         for pairs in micro:
-            for group in pair_groups(pairs, batching.max_tokens_per_pass):
+            mine = batching.shards(pairs)[batching.rank]
+            for group in pair_groups(mine, batching.max_tokens_per_pass) if mine else ():
                 losses, chosen_r, rejected_r, n_tokens = self.pair_losses(model, group, batching)
                 batching.backward(losses.sum() / n_pairs)
                 loss_total += float(losses.detach().sum()) / n_pairs

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,10 +74,10 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen, log: Pat
     raise UserError(f"the SuperLink did not open port {port} within {timeout:g} s; see {log}")
 
 
-def write_connection(flwr_home: Path, address: str, root_certificates: Path | None) -> None:
-    """A flwr config.toml holding one connection, CONNECTION, made the default."""
+def write_connection(flwr_home: Path, address: str, root_certificates: Path | None, name: str = CONNECTION) -> None:
+    """A flwr config.toml holding one connection, `name`, made the default."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
     lines.append(f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true")
     (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
@@ -361,18 +362,54 @@ def find_flwr_home(connection: str) -> Path:
     )
 
 
-def submit(connection: str, run_config: dict) -> int:
+SIMULATION = "local-simulation"  # the connection name that runs Flower's Simulation Engine here
+
+
+def simulate(run_config: dict, num_clients: int, cpus: float, gpus: float) -> int:
+    """The run on Flower's Simulation Engine on this machine: a SuperLink in simulation mode (started
+    here, stopped at the end) runs the same ServerApp, and Ray runs the ClientApp for `num_clients`
+    virtual SuperNodes (node i holds partition i), as many at once as `cpus` and `gpus` per client
+    allow. No SuperLink or SuperNode to set up by hand."""
+    try:
+        import ray  # noqa: F401 - only to fail here, naming the extra, when it is missing
+    except ImportError:
+        raise UserError(
+            "--federation local-simulation needs Flower's simulation extra: pip install 'flwr[simulation]==1.41.0'"
+        ) from None
+    folder = Path(tempfile.mkdtemp(prefix="openfedllm-simulation-"))
+    port = free_port()
+    home = folder / "flwr"
+    write_connection(home, f"127.0.0.1:{port}", None, SIMULATION)
+    cmd = superlink_command(port, folder, None, False) + ["--simulation", "--isolation", "subprocess"]
+    cmd += ["--fleet-api-address", f"127.0.0.1:{free_port()}", "--control-api-address", f"127.0.0.1:{free_port()}"]
+    link = start(cmd, folder / "superlink.log", flwr_env(home))
+    try:
+        wait_for_port(port, 60, link, folder / "superlink.log")
+        resources = (
+            f"num-supernodes={num_clients} client-resources-num-cpus={cpus:g} client-resources-num-gpus={gpus:g}"
+        )
+        status = submit(SIMULATION, {**run_config, "simulation": True}, home, ["--federation-config", resources])
+    finally:
+        stop_group(link.pid)
+    if status == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        print(f"openfedllm: the simulation's SuperLink log is in {folder / 'superlink.log'}", file=sys.stderr)
+    return status
+
+
+def submit(connection: str, run_config: dict, home: Path | None = None, extra: list[str] | None = None) -> int:
     """`flwr run` the app on `connection` with `run_config` (its run id read from the JSON `flwr run
     --format json` prints), then `flwr log --stream` its log as it comes until the run ends; the exit
     status is 0 only if the run completed successfully."""
     import tomli_w
 
-    home = find_flwr_home(connection)
+    home = home or find_flwr_home(connection)
     with tempfile.TemporaryDirectory() as tmp:
         overrides = Path(tmp) / "run_config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
         cmd = ["flwr", "run", str(APP_DIR), connection, "--run-config", str(overrides), "--format", "json"]
-        started = subprocess.run(cmd, env=flwr_env(home), capture_output=True, text=True)
+        started = subprocess.run(cmd + list(extra or []), env=flwr_env(home), capture_output=True, text=True)
     try:
         run_id = str(json.loads(started.stdout)["run-id"])
     except (ValueError, KeyError, TypeError):

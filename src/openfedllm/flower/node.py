@@ -93,25 +93,32 @@ def node_run_config(config_text: str, node: dict):
 
 
 def node_data(config_text: str, node_config) -> NodeData:
-    """The node's prepared model and rows, built once per process for the same run config."""
+    """The node's prepared model and rows, built once per process for the same run config.
+
+    Nodes that hold partitions of the same data share one prepared model: a Ray actor of the
+    Simulation Engine serves whichever virtual node is sampled, and loads the model only once."""
     node = node_settings(node_config)
-    key = hashlib.sha256((config_text + repr(sorted(node.items()))).encode()).hexdigest()
+    client_id = int(node["partition-id"])
+    shared = {k: v for k, v in node.items() if k != "partition-id" or "data-path" in node}
+    key = hashlib.sha256((config_text + repr(sorted(shared.items()))).encode()).hexdigest()
     if key not in _SETUPS:
         from ..algorithms import build_algorithm
+        from ..logs import quiet_libraries
         from ..setup import prepare
 
+        quiet_libraries()  # a Ray actor (Simulation Engine) has not been through the CLI
         config = node_run_config(config_text, node)
-        client_id = int(node["partition-id"])
-        if "data-path" not in node and not 0 <= client_id < config.fed.num_clients:
-            raise UserError(f"node config: partition-id={client_id} is not in [0, {config.fed.num_clients})")
         setup = prepare(config, heldout=False)  # a node trains; the server evaluates
-        part = setup.clients[0 if "data-path" in node else client_id]
-        rows = [setup.train_rows[i] for i in part]
-        if not rows:
-            raise UserError(f"node {client_id}: no training rows in its data")
         _SETUPS.clear()  # one run per process: let the previous model go
-        _SETUPS[key] = NodeData(setup, client_id, rows, build_algorithm(config.fed))
-    return _SETUPS[key]
+        _SETUPS[key] = NodeData(setup, client_id, [], build_algorithm(config.fed))
+    prepared = _SETUPS[key]
+    if "data-path" not in node and not 0 <= client_id < prepared.setup.config.fed.num_clients:
+        raise UserError(f"node config: partition-id={client_id} is not in [0, {prepared.setup.config.fed.num_clients})")
+    setup = prepared.setup
+    rows = [setup.train_rows[i] for i in setup.clients[0 if "data-path" in node else client_id]]
+    if not rows:
+        raise UserError(f"node {client_id}: no training rows in its data")
+    return NodeData(setup, client_id, rows, prepared.algorithm)
 
 
 def state_dir(node_config, run_uid: str) -> Path:
@@ -215,7 +222,13 @@ def _handle(kind: str):
 
         content = plain(msg.content)
         request = {"kind": kind, "content": content, "node_config": dict(context.node_config)}
-        if str(context.node_config.get("warm", "true")).lower() in ("0", "false", "no"):
+        # Under the Simulation Engine each ClientApp lives in a long-lived Ray actor: already warm.
+        in_process = context.run_config.get("simulation") or str(context.node_config.get("warm", "true")).lower() in (
+            "0",
+            "false",
+            "no",
+        )
+        if in_process:
             reply = HANDLERS[kind](content, request["node_config"])
         else:
             reply = call(request, handlers="openfedllm.flower.node:HANDLERS")

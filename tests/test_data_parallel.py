@@ -1,0 +1,88 @@
+"""One client's local training across processes (torch.distributed, gloo on CPU): with 2 processes
+each taking half of every micro-batch and the adapter's gradients summed before the step, the adapter
+equals one process's on the same global batch. LoRA dropout is off: with it on, the masks are drawn
+per process and the two runs differ by the dropout noise, not by an error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from openfedllm import models
+from openfedllm.client import LocalSteps, StepHooks, data_parallel, train_local
+from openfedllm.data.preference import tokenize_pair
+from openfedllm.data.preference_suite import builtin_preferences
+from openfedllm.dpo import DPOLoss, compute_reference
+
+# float32 gradients summed in another order, then 3 AdamW steps: agreement to about 1e-6 of the values
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}
+
+
+def _model(model_dir):
+    torch.manual_seed(0)
+    return models.add_lora(models.load_base_model(str(model_dir)), 4, 8, 0.0, [])
+
+
+def _sft_rows(model_dir):
+    from openfedllm.data.suite import train_and_heldout
+    from openfedllm.data.templates import tokenize
+
+    tokenizer = models.load_tokenizer(str(model_dir))
+    train, _ = train_and_heldout(4, 1, seed=0)
+    return [r for r in (tokenize(e, "chat", tokenizer, 128) for e in train) if r], tokenizer.pad_token_id
+
+
+def _train(model_dir, objective: str, mu: float) -> dict:
+    """3 local steps of 2 micro-batches of 5 rows (or pairs), FedProx's term on: the adapter after."""
+    model = _model(model_dir)
+    anchor = {k: v.clone() for k, v in models.trainable_parameters(model).items()}
+    params = models.trainable_parameters(model)
+
+    def proximal():
+        return 0.5 * mu * torch.stack([((p - anchor[k]) ** 2).sum() for k, p in params.items()]).sum()
+
+    hooks = StepHooks(extra_loss=proximal if mu else None)
+    if objective == "sft":
+        rows, pad = _sft_rows(model_dir)
+        loss = None
+    else:
+        tokenizer = models.load_tokenizer(str(model_dir))
+        train, _, _ = builtin_preferences(2, 1, seed=0)
+        rows, pad = [tokenize_pair(p, "chat", tokenizer, 160, 96) for p in train[:10]], tokenizer.pad_token_id
+        compute_reference(model, rows, pad, 4, True, adapter_disabled=True)
+        loss = DPOLoss(beta=0.1)
+    settings = LocalSteps(steps=3, batch_size=5, lr=5e-3, seed=1, pad_id=pad, grad_accum=2, max_tokens_per_pass=300)
+    result = train_local(model, rows, settings, hooks, **({"objective": loss} if loss else {}))
+    return {"state": models.trainable_state(model), "losses": result.losses, "tokens": result.tokens}
+
+
+def _worker(rank: int, world: int, init: str, model_dir: str, objective: str, mu: float, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        assert data_parallel() == (rank, world)
+        result = _train(model_dir, objective, mu)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("objective,mu", [("sft", 0.0), ("sft", 0.5), ("dpo", 0.0)])
+def test_two_processes_equal_one_on_the_same_global_batch(tiny_model_dir, tmp_path, objective, mu):
+    alone = _train(tiny_model_dir, objective, mu)
+    out = tmp_path / "rank0.pt"
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_worker, args=(2, init, str(tiny_model_dir), objective, mu, str(out)), nprocs=2, join=True)
+    shared = torch.load(out)
+    assert shared["tokens"] == alone["tokens"]  # each process counted its share; the sum is the batch's
+    assert shared["losses"] == pytest.approx(alone["losses"], rel=1e-5)
+    assert set(shared["state"]) == set(alone["state"])
+    start = models.trainable_state(_model(tiny_model_dir))
+    moved = max(float((alone["state"][k] - v).abs().max()) for k, v in start.items())
+    assert moved > 1e-4  # the steps did move the adapter: equality below is not of two untouched adapters
+    for name, tensor in shared["state"].items():
+        torch.testing.assert_close(tensor, alone["state"][name], **TOLERANCE)
