@@ -86,3 +86,32 @@ def test_two_processes_equal_one_on_the_same_global_batch(tiny_model_dir, tmp_pa
     assert moved > 1e-4  # the steps did move the adapter: equality below is not of two untouched adapters
     for name, tensor in shared["state"].items():
         torch.testing.assert_close(tensor, alone["state"][name], **TOLERANCE)
+
+
+def test_a_whole_run_under_torchrun_equals_one_process(tiny_model_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 -m openfedllm.cli sft ...`: rank 0 writes the run, and its adapter
+    is the single process's; the other rank wrote only into its own temporary folder."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from openfedllm.cli import main
+
+    from .conftest import tiny_run_args
+
+    settings = ["--lora.dropout", "0", "--fed.rounds", "2", "--baselines.local", "false"]
+    assert main(tiny_run_args(tiny_model_dir, tmp_path / "one", *settings)) == 0
+    args = tiny_run_args(tiny_model_dir, tmp_path / "two", *settings)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run([*cmd, "-m", "openfedllm.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "data-parallel over 2 processes" in done.stdout
+    assert done.stdout.count("Federated instruction tuning finished") == 1  # rank 1 printed nothing
+    a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], **TOLERANCE)
+    assert not list(tmp_path.glob("openfedllm-rank1-*"))  # the follower's folder is gone

@@ -133,15 +133,21 @@ def _train_command(argv: list[str], objective: str) -> int:
         return _submit(args.federation, config, run_dir, bool(args.resume))
 
     quiet_libraries()
+    from .distributed import rank_run_dir, silence_followers, start
     from .rounds import run
     from .setup import prepare
 
+    rank, world = start()  # under torchrun: this process's place; every rank trains its share of each batch
+    silence_followers(rank)
+    if world > 1:
+        print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes the run")
     setup = prepare(config)  # every check on data and model happens here, before any file is written
     created = not run_dir.exists()
     try:
-        run(setup, run_dir, resume=bool(args.resume))
+        with rank_run_dir(run_dir, bool(args.resume), rank) as own_dir:
+            run(setup, own_dir, resume=bool(args.resume))
     except UserError:
-        if created and not (run_dir / "checkpoints").exists():
+        if rank == 0 and created and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
         raise
     except KeyboardInterrupt:
