@@ -176,7 +176,7 @@ def family_dirs(tiny_model_dir, tmp_path_factory):
     """Tiny random models of each family, with the test tokenizer, saved as ordinary folders."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the special ids for the configs
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     special = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     dirs = {}
@@ -191,7 +191,10 @@ def family_dirs(tiny_model_dir, tmp_path_factory):
         torch.manual_seed(0)
         path = tmp_path_factory.mktemp(family)
         AutoModelForCausalLM.from_config(config).save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        own = AutoTokenizer.from_pretrained(tiny_model_dir)
+        if family == "gpt2":
+            own.chat_template = None  # a base model: no chat template, as GPT-2's own tokenizer
+        own.save_pretrained(path)
         dirs[family] = path
     return dirs
 
@@ -213,6 +216,21 @@ def test_each_family_gets_its_attention_layers_and_trains(family_dirs, family):
     assert memory.estimate(config, str(family_dirs[family]), torch.device("cpu")).trainable_parameters == sum(
         p.numel() for p in model.parameters() if p.requires_grad
     )
+
+
+def test_the_chat_template_comes_from_the_tokenizer_and_a_base_model_without_one_is_one_line(
+    family_dirs, tmp_path, capsys
+):
+    from openfedllm.evaluation.lm import default_template
+
+    assert default_template(models.load_tokenizer(str(family_dirs["qwen2"]))) == "chat"
+    assert default_template(models.load_tokenizer(str(family_dirs["gpt2"]))) == "alpaca"
+    out = tmp_path / "run"
+    assert main(tiny_run_args(family_dirs["gpt2"], out)) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("data.template=chat: this model has no chat template; use alpaca or vicuna") and "\n" not in err
+    assert not out.exists()
+    assert main(tiny_run_args(family_dirs["gpt2"], out, "--data.template", "alpaca", "--fed.rounds", "1")) == 0
 
 
 def test_a_run_records_the_target_modules_it_used(family_dirs, tmp_path):
