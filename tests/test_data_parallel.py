@@ -71,7 +71,7 @@ def _worker(rank: int, world: int, init: str, model_dir: str, objective: str, mu
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("objective,mu", [("sft", 0.0), ("sft", 0.5), ("dpo", 0.0)])
+@pytest.mark.parametrize("objective,mu", [("sft", 0.5), ("dpo", 0.0)])  # SFT with FedProx's term; DPO
 def test_two_processes_equal_one_on_the_same_global_batch(tiny_model_dir, tmp_path, objective, mu):
     alone = _train(tiny_model_dir, objective, mu)
     out = tmp_path / "rank0.pt"

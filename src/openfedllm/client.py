@@ -133,7 +133,8 @@ def _sum_across_processes(params: list[torch.nn.Parameter], stats: StepStats) ->
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
     keys = sorted(stats.metrics)
-    numbers = torch.tensor([stats.loss, float(stats.tokens), *(stats.metrics[k] for k in keys)], dtype=torch.float64)
+    values = [stats.loss, float(stats.tokens), *(stats.metrics[k] for k in keys)]
+    numbers = torch.tensor(values, dtype=torch.float64, device=params[0].device)  # NCCL reduces GPU tensors only
     dist.all_reduce(numbers)
     values = numbers.tolist()
     return StepStats(values[0], int(values[1]), dict(zip(keys, values[2:])))

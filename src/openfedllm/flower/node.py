@@ -99,6 +99,9 @@ def node_data(config_text: str, node_config) -> NodeData:
     Simulation Engine serves whichever virtual node is sampled, and loads the model only once."""
     node = node_settings(node_config)
     client_id = int(node["partition-id"])
+    config = node_run_config(config_text, node)
+    if "data-path" not in node and not 0 <= client_id < config.fed.num_clients:
+        raise UserError(f"node config: partition-id={client_id} is not in [0, {config.fed.num_clients})")
     shared = {k: v for k, v in node.items() if k != "partition-id" or "data-path" in node}
     key = hashlib.sha256((config_text + repr(sorted(shared.items()))).encode()).hexdigest()
     if key not in _SETUPS:
@@ -107,13 +110,10 @@ def node_data(config_text: str, node_config) -> NodeData:
         from ..setup import prepare
 
         quiet_libraries()  # a Ray actor (Simulation Engine) has not been through the CLI
-        config = node_run_config(config_text, node)
         setup = prepare(config, heldout=False)  # a node trains; the server evaluates
         _SETUPS.clear()  # one run per process: let the previous model go
         _SETUPS[key] = NodeData(setup, client_id, [], build_algorithm(config.fed))
     prepared = _SETUPS[key]
-    if "data-path" not in node and not 0 <= client_id < prepared.setup.config.fed.num_clients:
-        raise UserError(f"node config: partition-id={client_id} is not in [0, {prepared.setup.config.fed.num_clients})")
     setup = prepared.setup
     rows = [setup.train_rows[i] for i in setup.clients[0 if "data-path" in node else client_id]]
     if not rows:
@@ -222,13 +222,9 @@ def _handle(kind: str):
 
         content = plain(msg.content)
         request = {"kind": kind, "content": content, "node_config": dict(context.node_config)}
+        warm_worker = str(context.node_config.get("warm", "true")).lower() not in ("0", "false", "no")
         # Under the Simulation Engine each ClientApp lives in a long-lived Ray actor: already warm.
-        in_process = context.run_config.get("simulation") or str(context.node_config.get("warm", "true")).lower() in (
-            "0",
-            "false",
-            "no",
-        )
-        if in_process:
+        if context.run_config.get("simulation") or not warm_worker:
             reply = HANDLERS[kind](content, request["node_config"])
         else:
             reply = call(request, handlers="openfedllm.flower.node:HANDLERS")
