@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUND = re.compile(r"\[federated\] round (\d+)/\d+ .*\(([\d.]+) s\)")
+# "(round 6.5 s, eval 1.2 s, ETA ...)": a round's span is its training plus its evaluation
+ROUND = re.compile(r"\[federated\] round (\d+)/\d+ .*\(round ([\d.]+) s(?:, eval ([\d.]+) s)?")
 
 
 def run_cli(args: list[str], env: dict) -> tuple[dict[int, float], float, str]:
@@ -40,7 +41,7 @@ def run_cli(args: list[str], env: dict) -> tuple[dict[int, float], float, str]:
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"openfedllm {' '.join(args[:2])} failed:\n{output[-3000:]}")
-    return {int(r): float(s) for r, s in ROUND.findall(output)}, wall, output
+    return {int(r): float(t) + float(e or 0) for r, t, e in ROUND.findall(output)}, wall, output
 
 
 def phases(run_dir: Path) -> dict[int, tuple[float, float]]:

@@ -14,7 +14,9 @@ A user error (bad key, value, file or row) prints one line and exits with status
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import shutil
 import sys
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .invocation import COMMAND
 from .logs import quiet_libraries
 
 USAGE_ERROR = 2
@@ -68,7 +71,11 @@ def _train_parser(objective: str) -> argparse.ArgumentParser:
         epilog="config keys (each settable in the YAML file or as --section.key VALUE):\n"
         + "\n".join(help_lines(objective)),
     )
-    parser.add_argument("--config", help="YAML recipe (see configs/); defaults apply to keys it leaves out")
+    parser.add_argument(
+        "--config",
+        help="YAML recipe: a file, or a shipped recipe's name (`quick`; see openfedllm recipes); "
+        "defaults apply to keys it leaves out",
+    )
     parser.add_argument("--output-dir", help=f"run directory (default: runs/{objective}-DATE-TIME); must not exist")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -113,7 +120,7 @@ def _train_command(argv: list[str], objective: str) -> int:
                 f"continue it with openfedllm {config.train.objective} --resume {run_dir}"
             )
     else:
-        raw = cfg_mod.load_yaml(args.config) if args.config else {}
+        raw = cfg_mod.load_yaml(_recipe_path(args.config, objective)) if args.config else {}
         config = cfg_mod.build(cfg_mod.apply_overrides(cfg_mod.preset(objective, raw), overrides))
         if config.train.objective != objective:
             raise UserError(
@@ -121,6 +128,7 @@ def _train_command(argv: list[str], objective: str) -> int:
                 f"use openfedllm {config.train.objective}"
             )
         run_dir = Path(args.output_dir or time.strftime(f"runs/{objective}-%Y%m%d-%H%M%S"))
+        _absolute_paths(config)
     config.validate()
     if args.print_config:
         print(yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False), end="")
@@ -135,17 +143,19 @@ def _train_command(argv: list[str], objective: str) -> int:
     quiet_libraries()
     from .distributed import rank_run_dir, silence_followers, start
     from .rounds import run
+    from .rundir import console_log
     from .setup import prepare
 
     rank, world = start()  # under torchrun: this process's place; every rank trains its share of each batch
     silence_followers(rank)
-    if world > 1:
-        print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes the run")
-    setup = prepare(config)  # every check on data and model happens here, before any file is written
     created = not run_dir.exists()
     try:
-        with rank_run_dir(run_dir, bool(args.resume), rank) as own_dir:
-            run(setup, own_dir, resume=bool(args.resume))
+        with console_log(run_dir) if rank == 0 else contextlib.nullcontext():
+            if world > 1:
+                print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes")
+            setup = prepare(config)  # every check on data and model happens here, before any file is written
+            with rank_run_dir(run_dir, bool(args.resume), rank) as own_dir:
+                run(setup, own_dir, resume=bool(args.resume))
     except UserError:
         if rank == 0 and created and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
@@ -163,12 +173,6 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
 
     run_config = {"output-dir": str(run_dir.resolve()), "resume": resume}
     if not resume:
-        # The ServerApp runs in the SuperLink's folder: paths that exist here are sent absolute.
-        for section, key in (("model", "name"), ("model", "adapter"), ("data", "path")):
-            value = getattr(getattr(config, section), key)
-            if value and Path(value).expanduser().exists():
-                setattr(getattr(config, section), key, str(Path(value).expanduser().resolve()))
-        config.eval.benchmarks = [_absolute_benchmark(entry) for entry in config.eval.benchmarks]
         run_config["config-text"] = yaml.safe_dump(cfg_mod.to_dict(config), sort_keys=False)
     # The run directory is on the SuperLink's machine; Flower's own status says how the run ended.
     if connection == federation.SIMULATION:
@@ -187,6 +191,48 @@ def _submit(connection: str, config, run_dir: Path, resume: bool) -> int:
     return status or 1
 
 
+def _recipe_path(given: str, objective: str | None = None) -> str:
+    """A --config value: a file, or the name of a shipped recipe (`quick`, `paper/sft_llama2_7b`)."""
+    if Path(given).expanduser().exists():
+        return given
+    from .recipe_files import find
+
+    found = find(given, objective)
+    return str(found) if found else given  # not a recipe either: load_yaml names the missing file
+
+
+def cmd_recipes(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="openfedllm recipes",
+        description="The recipes shipped with openfedllm: list them, or copy one to edit "
+        "(use one directly with --config NAME, e.g. openfedllm sft --config quick).",
+    )
+    parser.add_argument("action", nargs="?", choices=("ls", "cp"), default="ls")
+    parser.add_argument("name", nargs="?", help="cp: the recipe (e.g. paper/sft_llama2_7b)")
+    parser.add_argument("dest", nargs="?", help="cp: file or folder to copy it to")
+    args = parser.parse_args(argv)
+    from .recipe_files import RECIPES, about, copy, names
+
+    if args.action == "cp":
+        if not args.name or not args.dest:
+            raise UserError("usage: openfedllm recipes cp NAME DEST")
+        print(f"wrote {copy(args.name, Path(args.dest))}")
+        return 0
+    for name in names():
+        print(f"{name:28s} {about(RECIPES / f'{name}.yaml')}")
+    return 0
+
+
+def _absolute_paths(config) -> None:
+    """Paths that exist here, made absolute: config.yaml then names the files wherever the run is
+    resumed from, and a Flower ServerApp (running in the SuperLink's folder) finds them."""
+    for section, key in (("model", "name"), ("model", "adapter"), ("data", "path")):
+        value = getattr(getattr(config, section), key)
+        if value and Path(value).expanduser().exists():
+            setattr(getattr(config, section), key, str(Path(value).expanduser().resolve()))
+    config.eval.benchmarks = [_absolute_benchmark(entry) for entry in config.eval.benchmarks]
+
+
 def _absolute_benchmark(entry: str) -> str:
     name, sep, path = entry.partition("=")
     return f"{name}={Path(path).expanduser().resolve()}" if sep and path else entry
@@ -200,6 +246,7 @@ def cmd_federation(argv: list[str]) -> int:
         description="A Flower federation on 127.0.0.1 for development: `up` starts a SuperLink and N SuperNodes "
         "(node i trains partition i of the run's data), `down` stops exactly those; `certs` makes a "
         "development CA and server certificate; `key` a node key pair for authentication.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("action", choices=("up", "down", "certs", "key"))
     parser.add_argument("--nodes", type=int, default=2, help="up: SuperNodes to start (= fed.num_clients of runs)")
@@ -278,7 +325,7 @@ def cmd_experiment(argv: list[str]) -> int:
     else:
         if not args.grid:
             raise UserError("name an experiment file (e.g. configs/experiments/fl_vs_local.yaml) or --resume DIR")
-        grid = experiment.load_grid(args.grid, args.quick, overrides)
+        grid = experiment.load_grid(_recipe_path(args.grid), args.quick, overrides)
         out_dir = Path(args.output_dir or time.strftime("runs/experiment-%Y%m%d-%H%M%S"))
         if out_dir.exists() and any(out_dir.iterdir()):
             raise UserError(f"--output-dir {out_dir} already holds files; pick another, or --resume it")
@@ -329,19 +376,30 @@ def cmd_data(argv: list[str]) -> int:
     """`data list`: the known datasets; `data inspect`: the client split a config trains on."""
     from . import config as cfg_mod
 
+    usage = (
+        "usage: openfedllm data list | openfedllm data inspect [--config FILE] [--dpo] "
+        "[--section.key VALUE ...] [--plot FILE.png]"
+    )
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage + "\n\n  list     the datasets data.name knows\n  inspect  the client split a config trains on")
+        return 0
     if not argv or argv[0] not in ("list", "inspect"):
-        raise UserError(
-            "usage: openfedllm data list | openfedllm data inspect [--config FILE] "
-            "[--section.key VALUE ...] [--plot FILE.png]"
-        )
+        raise UserError(usage)
     if argv[0] == "list":
+        argparse.ArgumentParser(prog="openfedllm data list", description="The datasets data.name knows.").parse_args(
+            argv[1:]
+        )
         from .data.registry import DATASETS
 
         for name, entry in DATASETS.items():
             print(f"{name:22s} {entry.objective}  {entry.format:15s} {', '.join(entry.hub)}  ({entry.about})")
         return 0
     parser = argparse.ArgumentParser(
-        prog="openfedllm data inspect", description="Print the client split a config would train on, and plot it."
+        prog="openfedllm data inspect",
+        description="Print the client split a config would train on, and plot it.",
+        epilog="Any --section.key VALUE of openfedllm sft applies "
+        "(e.g. --fed.split dirichlet --fed.dirichlet_alpha 0.3).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="YAML recipe, as for sft / dpo")
     parser.add_argument("--dpo", action="store_true", help="start from the DPO defaults, as openfedllm dpo does")
@@ -361,7 +419,9 @@ def cmd_eval(argv: list[str]) -> int:
     from .evaluation.names import BENCHMARK_NAMES as BENCHMARKS
 
     parser = argparse.ArgumentParser(
-        prog="openfedllm eval", description="Measure a model, a run's adapter, or a samples file on benchmarks."
+        prog="openfedllm eval",
+        description="Measure a model, a run's adapter, or a samples file on benchmarks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--benchmark", action="append", required=True, help=f"benchmark name (repeatable): {', '.join(BENCHMARKS)}"
@@ -458,6 +518,7 @@ def cmd_serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="openfedllm serve",
         description="Serve a model (base + adapter) as an OpenAI-compatible chat-completions endpoint on 127.0.0.1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", help="model id or folder (default: the embedded default model)")
     parser.add_argument("--run", help="a run directory: its base model with its adapter")
@@ -491,6 +552,7 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def cmd_algorithms(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="openfedllm algorithms", description="List the FL algorithms.").parse_args(argv)
     from .algorithms import ALGORITHMS, describe
 
     for name in ALGORITHMS:
@@ -508,16 +570,32 @@ COMMANDS = {
     "serve": cmd_serve,
     "federation": cmd_federation,
     "algorithms": cmd_algorithms,
+    "recipes": cmd_recipes,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader stopped reading (`openfedllm --help | head`): not our error
+        with contextlib.suppress(OSError, AttributeError, ValueError):  # nothing more to flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a process killed by SIGPIPE reports
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    COMMAND[:] = ["openfedllm", *argv]
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they happen
+    if argv and argv[0] == "--version":
+        from . import __version__
+
+        print(f"openfedllm {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: openfedllm {sft,dpo,experiment,export,data,eval,serve,algorithms} ...\n\n"
+            f"usage: openfedllm {{{','.join(COMMANDS)}}} ... | --version\n\n"
             "  sft         federated instruction tuning (simulation) with baselines\n"
             "  dpo         federated value alignment with DPO (simulation) with baselines\n"
             "  experiment  compare methods over seeds: results.csv, results.md, a bar chart\n"
@@ -526,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             "  eval        measure a model, a run or a samples file on benchmarks (mmlu, bbh, ...)\n"
             "  serve       a model or run as an OpenAI-compatible chat endpoint on 127.0.0.1\n"
             "  federation  a Flower federation on 127.0.0.1 (up / down), dev certificates and node keys\n"
-            "  algorithms  list the FL algorithms\n\n"
+            "  algorithms  list the FL algorithms\n"
+            "  recipes     list the shipped recipes (--config NAME) or copy one to edit\n\n"
             "openfedllm sft --help (or dpo --help) lists every config key."
         )
         return 0 if argv else USAGE_ERROR

@@ -10,6 +10,7 @@ for DPO), so every algorithm's hooks act on every objective through the one loop
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +108,7 @@ class LocalResult:
     tokens: int  # tokens that carried loss
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # the objective's metrics, mean over steps
+    step_seconds: list[float] = field(default_factory=list)  # from the first step's start to each step's end
 
 
 def data_parallel() -> tuple[int, int]:
@@ -211,9 +213,12 @@ def train_local(
     model.train()
     start = time.perf_counter()
     losses: list[float] = []
+    step_seconds: list[float] = []
     tokens = 0
     metric_sums: dict[str, float] = {}
     bar = tqdm(range(steps), desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    # Without a terminal (nohup, SLURM, CI) there is no bar: a line at a steady pace instead of silence.
+    report_every, last_report = float(os.environ.get("OPENFEDLLM_PROGRESS_SECONDS", "60")), start
     for step in bar:
         micro = [[rows[i] for i in batches[step * grad_accum + k]] for k in range(grad_accum)]
         if hooks.extra_loss is not None:
@@ -243,10 +248,14 @@ def train_local(
         if hooks.after_step is not None:
             hooks.after_step()
         losses.append(stats.loss)
+        step_seconds.append(time.perf_counter() - start)
         tokens += stats.tokens
         for key, value in stats.metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{stats.loss:.3f}")
+        if bar.disable and time.perf_counter() - last_report >= report_every:
+            last_report = time.perf_counter()
+            print(f"  {desc}: step {step + 1}/{steps}, loss {stats.loss:.3f}, {last_report - start:.0f} s", flush=True)
     if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite last loss can still step to inf
         raise UserError(
             f"{desc}: the weights are not finite after {steps} local steps; the run stops here, its "
@@ -256,6 +265,7 @@ def train_local(
         loss=sum(losses) / max(len(losses), 1),
         losses=losses,
         steps=steps,
+        step_seconds=step_seconds,
         tokens=tokens,
         seconds=time.perf_counter() - start,
         metrics={key: total / max(steps, 1) for key, total in metric_sums.items()},

@@ -146,7 +146,7 @@ class FedConfig:
 
     algorithm: AlgorithmName = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
     num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
-    clients_per_round: int = opt(5, "clients sampled (without replacement) each round", above=0)
+    clients_per_round: int = opt(0, "clients sampled (without replacement) each round; 0: all of them", low=0)
     rounds: int = opt(4, "federated rounds", above=0, high=1_000_000)
     split: Split = opt(
         "domain",
@@ -200,9 +200,11 @@ class FedConfig:
         above=0,
     )
     round_timeout: float = opt(
-        3600.0,
-        "deployment: seconds the server waits for a round's replies (and for "
-        "fed.num_clients nodes to connect at the start)",
+        3600.0, "deployment: seconds the server waits for a round's replies", above=0, high=10_000_000.0
+    )
+    connect_timeout: float = opt(
+        600.0,
+        "deployment: seconds the server waits at the start for fed.num_clients nodes (it says which are missing)",
         above=0,
         high=10_000_000.0,
     )
@@ -220,6 +222,10 @@ class FedConfig:
         "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
         "paper) or m (momentum, as the OpenFedLLM reference code does)",
     )
+
+    def sampled(self) -> int:
+        """Clients sampled each round: `clients_per_round`, or all clients when it is 0."""
+        return self.clients_per_round or self.num_clients
 
 
 @dataclass
@@ -323,15 +329,15 @@ class RunConfig:
         """Impossible settings, named by their key."""
         for section in dataclasses.fields(self):
             check_bounds(section.name, getattr(self, section.name))
-        if self.fed.clients_per_round > self.fed.num_clients:
+        if self.fed.sampled() > self.fed.num_clients:
             raise UserError(
                 f"fed.clients_per_round ({self.fed.clients_per_round}) is more than "
                 f"fed.num_clients ({self.fed.num_clients})"
             )
-        if self.fed.min_clients > self.fed.clients_per_round:
+        if self.fed.min_clients > self.fed.sampled():
             raise UserError(
-                f"fed.min_clients ({self.fed.min_clients}) is more than fed.clients_per_round "
-                f"({self.fed.clients_per_round})"
+                f"fed.min_clients ({self.fed.min_clients}) is more than the clients sampled per round "
+                f"({self.fed.sampled()})"
             )
         from .data.suite import DOMAINS
 
@@ -475,6 +481,14 @@ def field_types(section_cls) -> dict[str, typing.Any]:
     return typing.get_type_hints(section_cls)
 
 
+def did_you_mean(name: str, valid, prefix: str = "") -> str:
+    """ " (did you mean X?)" for the closest valid name to a misspelled one, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
 def build(raw: dict | None) -> RunConfig:
     """A RunConfig from nested dicts; unknown sections or keys fail with the valid names."""
     raw = raw or {}
@@ -483,7 +497,9 @@ def build(raw: dict | None) -> RunConfig:
     sections = {}
     for name in raw:
         if name not in SECTIONS:
-            raise UserError(f"unknown config section {name!r}; valid: {', '.join(SECTIONS)}")
+            raise UserError(
+                f"unknown config section {name!r}{did_you_mean(str(name), SECTIONS)}; valid: {', '.join(SECTIONS)}"
+            )
     for name in SECTIONS:
         cls = _section_class(name)
         values = raw.get(name) or {}
@@ -493,7 +509,10 @@ def build(raw: dict | None) -> RunConfig:
         kwargs = {}
         for key, value in values.items():
             if key not in types_:
-                raise UserError(f"unknown config key {name}.{key}; valid keys in {name}: {', '.join(types_)}")
+                raise UserError(
+                    f"unknown config key {name}.{key}{did_you_mean(key, types_, name + '.')}; "
+                    f"valid keys in {name}: {', '.join(types_)}"
+                )
             kwargs[key] = _check_type(f"{name}.{key}", value, types_[key])
         sections[name] = cls(**kwargs)
     return RunConfig(**sections)
@@ -524,7 +543,9 @@ def apply_overrides(raw: dict, overrides: Sequence[tuple[str, ...]]) -> dict:
             raise UserError(f"--{dotted}: expected --section.key (e.g. --fed.rounds 3)")
         section, key = dotted.split(".")
         if section not in SECTIONS:
-            raise UserError(f"unknown config section in --{dotted}; valid: {', '.join(SECTIONS)}")
+            raise UserError(
+                f"unknown config section in --{dotted}{did_you_mean(section, SECTIONS)}; valid: {', '.join(SECTIONS)}"
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from . import models
+from .card import readable
 from .config import build
 from .errors import UserError
 from .rundir import read_config
@@ -15,7 +16,7 @@ from .userfiles import check_output_dir, check_safetensors
 def export(run_dir: Path, out: Path, merge: bool) -> Path:
     if not run_dir.is_dir():
         raise UserError(f"export: no such run directory: {run_dir}")
-    config = build(read_config(run_dir))
+    config = build(read_config(run_dir, "export"))
     check_output_dir(out)
     base_path = models.resolve_model(config.model.name)
     tokenizer = models.load_tokenizer(base_path)
@@ -42,6 +43,7 @@ def export(run_dir: Path, out: Path, merge: bool) -> Path:
     else:
         shutil.copytree(adapter, tmp)
     tokenizer.save_pretrained(tmp)
+    readable(tmp)  # for whoever the model is exported to (safetensors writes 0600)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

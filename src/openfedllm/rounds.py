@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import faults, models
+from . import card, faults, models
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import LocalSteps, cosine_lr, train_local
 from .config import phases_of, to_dict
@@ -33,7 +33,7 @@ from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
 from .partition import client_table
 from .plots import plot_run
-from .report import eval_text, summarize
+from .report import banner, duration, eval_text, summarize
 from .rundir import (
     Checkpoint,
     MetricsLog,
@@ -70,11 +70,11 @@ def phase_clients(setup: Setup, phase: str) -> tuple[list[list[int]], int, int]:
     """(client partitions, clients per round, local steps) of a phase."""
     fed, train = setup.config.fed, setup.config.train
     if phase == "federated":
-        return setup.clients, fed.clients_per_round, train.local_steps
+        return setup.clients, fed.sampled(), train.local_steps
     if phase == "local":
         return [setup.clients[setup.config.baselines.local_client]], 1, train.local_steps
     # Centralized: all data pooled, and as many steps per round as the whole federation takes.
-    return [sorted(i for c in setup.clients for i in c)], 1, train.local_steps * fed.clients_per_round
+    return [sorted(i for c in setup.clients for i in c)], 1, train.local_steps * fed.sampled()
 
 
 def sample_clients(seed: int, phase: str, round_index: int, num_clients: int, per_round: int) -> list[int]:
@@ -89,6 +89,7 @@ def save_trained(setup: Setup, state: dict[str, torch.Tensor], path: Path) -> No
     setup.model.save_pretrained(str(path))
     if not models.is_peft(setup.model):
         setup.tokenizer.save_pretrained(path)
+    card.finish(path, setup.config)  # the summary adds the results when the run ends
 
 
 def train_client(
@@ -129,6 +130,8 @@ def train_client(
         "steps": result.steps,
         "tokens": result.tokens,
         "seconds": round(result.seconds, 3),
+        "step_losses": [float(x) for x in result.losses],
+        "step_seconds": [round(x, 3) for x in result.step_seconds],
         **result.metrics,
     }
     return ClientUpdate(client_id, weights, len(rows), metrics=metrics, extras=extras), own_state
@@ -161,22 +164,32 @@ class LocalClients:
         return self.client_states
 
 
-def client_record(phase: str, round_index: int, update: ClientUpdate, lr: float) -> dict:
-    """The metrics.jsonl line of one client's round."""
+def client_records(phase: str, round_index: int, update: ClientUpdate, lr: float) -> list[dict]:
+    """The metrics.jsonl lines of one client's round: one per local step (its loss; `global_step`
+    counts the phase's steps, `elapsed` the seconds since the client's first step began), then the
+    round's (see docs/metrics.md for every field)."""
     m = dict(update.metrics)
-    return {
-        "type": "client",
-        "phase": phase,
-        "round": round_index + 1,
-        "client": update.client_id,
-        "loss": m.pop("loss"),
-        "examples": update.num_examples,
-        "steps": m.pop("steps"),
-        "tokens": m.pop("tokens"),
-        "seconds": m.pop("seconds"),
-        "lr": lr,
-        **m,
-    }
+    losses, elapsed = m.pop("step_losses", []), m.pop("step_seconds", [])
+    steps = m.pop("steps")
+    where = {"phase": phase, "round": round_index + 1, "client": update.client_id}
+    records = [
+        {"type": "step", **where, "step": k + 1, "global_step": round_index * steps + k + 1, "loss": loss, "elapsed": t}
+        for k, (loss, t) in enumerate(zip(losses, elapsed))
+    ]
+    records.append(
+        {
+            "type": "client",
+            **where,
+            "loss": m.pop("loss"),
+            "examples": update.num_examples,
+            "steps": steps,
+            "tokens": m.pop("tokens"),
+            "seconds": m.pop("seconds"),
+            "lr": lr,
+            **m,
+        }
+    )
+    return records
 
 
 def run_phase(
@@ -212,6 +225,7 @@ def run_phase(
         dynamic_ncols=True,
         disable=None,
     )
+    phase_start, timed = time.perf_counter(), 0
     for r in bar:
         round_start = time.perf_counter()
         task = ClientTask(
@@ -224,7 +238,8 @@ def run_phase(
         updates = clients.train_round(algorithm, r, sampled, task)
         faults.point("replies", r + 1)
         for update in updates:
-            log.write(client_record(phase, r, update, task.lr))
+            for record in client_records(phase, r, update, task.lr):
+                log.write(record)
         losses = [u.metrics["loss"] for u in updates]
         state = algorithm.aggregate(state, updates)
         models.load_trainable_state(setup.model, state)
@@ -232,12 +247,18 @@ def run_phase(
         message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
         # Baselines are evaluated once, at their end; the federation every eval.every rounds.
         due = r + 1 == rounds or (phase == "federated" and (r + 1) % cfg.eval.every == 0)
+        timing = f"round {time.perf_counter() - round_start:.1f} s"
         if due:
+            eval_start = time.perf_counter()
             bench_due = r + 1 == rounds or (r + 1) % (cfg.eval.every * cfg.eval.benchmark_every) == 0
             last_eval = evaluate(setup, benchmark_dir(run_dir, phase, r + 1) if bench_due else None)
             log.write({"type": "eval", "phase": phase, "round": r + 1, **last_eval})
             message += "  " + eval_text(last_eval, per_domain=False)
-        tqdm.write(message + f"  ({time.perf_counter() - round_start:.1f} s)")
+            timing += f", eval {time.perf_counter() - eval_start:.1f} s"
+        timed += 1
+        if r + 1 < rounds:  # the rounds left at this phase's mean pace so far
+            timing += f", ETA {duration((time.perf_counter() - phase_start) / timed * (rounds - r - 1))}"
+        tqdm.write(f"{message}  ({timing})")
         if r + 1 == rounds:
             with disk_errors(run_dir, f"the trained {phase} model"):
                 save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
@@ -301,6 +322,7 @@ def run(setup: Setup, run_dir: Path, resume: bool = False, clients: Clients | No
     log = MetricsLog(run_dir / "metrics.jsonl")
     checkpoint = load_checkpoint(run_dir) if resume else None
     done: list[str] = []
+    print(banner(setup, run_dir, checkpoint is not None), flush=True)
     if checkpoint is None:
         if resume:
             log.truncate(0)  # interrupted before the first checkpoint: start over

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +60,10 @@ class MetricsLog:
         self.path.write_bytes(b"".join(kept))
 
     def write(self, record: dict) -> None:
+        """Append one record, stamped with the time it was written (`time`, Unix seconds)."""
         with disk_errors(self.path.parent, "metrics.jsonl"):
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
     def records(self) -> list[dict]:
         if not self.path.exists():
@@ -65,17 +71,107 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+PROVENANCE = "run"  # config.yaml's section about the run itself, not a setting: dropped when read back
+
+
+def provenance(config_dict: dict) -> dict:
+    """What makes a run citable besides its settings: the tool's version, its git commit when it runs
+    from a checkout, the command line, and a SHA-256 of each data file read."""
+    from . import __version__
+
+    out: dict = {"openfedllm": __version__}
+    source = Path(__file__).resolve().parent
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if done.returncode == 0:
+            out["git_commit"] = done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass  # no git here: the version alone
+    from .invocation import COMMAND
+
+    if COMMAND:
+        out["command"] = " ".join(shlex.quote(a) for a in COMMAND)
+    data = config_dict.get("data", {})
+    sums = {key: sha256_of(Path(data[key])) for key in ("path", "eval_path") if data.get(key)}
+    if sums:
+        out["data_sha256"] = sums
+    return out
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class _Tee:
+    """stdout that also goes to run_dir/run.log once the run directory exists (what was printed before,
+    e.g. the data summary and the memory estimate, is kept and written first)."""
+
+    def __init__(self, stream, run_dir: Path):
+        self.stream, self.run_dir = stream, run_dir
+        self.pending: list[str] = []
+        self.file = None
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        if self.file is None and self.run_dir.is_dir():
+            self.file = (self.run_dir / "run.log").open("a")
+            self.file.write("".join(self.pending))
+            self.pending.clear()
+        if self.file is not None:
+            self.file.write(text)
+            self.file.flush()
+        else:
+            self.pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the terminal's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def console_log(run_dir: Path):
+    """Everything printed to stdout while inside, saved in run_dir/run.log as well (appended on resume)."""
+    tee = _Tee(sys.stdout, run_dir)
+    sys.stdout = tee  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout = tee.stream
+        if tee.file is not None:
+            tee.file.close()
+
+
 def save_config(run_dir: Path, config_dict: dict) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+    """config.yaml: the resolved settings, then the run's provenance (section `run`)."""
+    text = yaml.safe_dump(config_dict, sort_keys=False)
+    text += yaml.safe_dump({PROVENANCE: provenance(config_dict)}, sort_keys=False)
+    (run_dir / "config.yaml").write_text(text)
 
 
-def read_config(run_dir: Path) -> dict:
+def read_config(run_dir: Path, what: str = "--resume") -> dict:
+    """The run's settings from its config.yaml; `what` names the argument that gave the run directory."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise UserError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
+        raise UserError(f"{what} {run_dir}: no config.yaml there (not a run directory)")
     from .config import load_yaml
 
-    return load_yaml(str(path), "--resume")
+    raw = load_yaml(str(path), what)
+    raw.pop(PROVENANCE, None)
+    return raw
 
 
 def benchmark_dir(run_dir: Path, phase: str, round_index: int) -> Path:

@@ -139,7 +139,7 @@ def load_model(config: RunConfig, model_path: str, device: torch.device):
 def instruction_data(config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True) -> dict:
     """SFT rows: each example tokenized once for the whole run, not per round (the training rows
     only with `train_rows`, the held-out ones only with `heldout_rows`)."""
-    train, heldout = load_examples(config.data, config.train.seed)
+    train, heldout = load_examples(config.data, config.train.seed, config.fed.split)
     if not heldout_rows:
         heldout = []
     limit = config.data.max_length

@@ -6,21 +6,40 @@ import random
 
 from ..errors import UserError
 from .example import Example, is_correct
-from .instructions import Hygiene, columns_for, detect, to_examples, usable_or_error
+from .instructions import LABEL_COLUMNS, Hygiene, columns_for, detect, to_examples, usable_or_error
 from .registry import known
 from .sources import load_hub, read_table
 from .suite import DOMAINS, train_and_heldout
 
+# Splits that mean nothing without labels (the domain split of unlabelled rows is an even, iid split)
+LABEL_SPLITS = ("dirichlet", "key", "shards")
+FEW_HELDOUT = 20  # below this, an accuracy moves in steps of 5 points or more: say so
 
-def load_examples(data_config, seed: int) -> tuple[list[Example], list[Example]]:
-    """(training examples, held-out examples) for a run."""
+
+def load_examples(data_config, seed: int, split: str = "iid") -> tuple[list[Example], list[Example]]:
+    """(training examples, held-out examples) for a run; `split` (fed.split) says whether rows need labels."""
     if not data_config.path and not data_config.name:
         return train_and_heldout(
             data_config.train_per_domain, data_config.heldout_per_domain, seed, tuple(data_config.domains) or DOMAINS
         )
     examples, hygiene, where = load_instruction_data(data_config)
-    print(f"Data {where}: {hygiene.summary(len(examples))}")
-    return split_heldout(examples, data_config, seed)
+    labels = f"labels from column {hygiene.label!r}" if hygiene.label else "no label column"
+    print(f"Data {where}: {hygiene.summary(len(examples))}; {labels}")
+    if split == "domain" and not hygiene.label:
+        print("(no label column: the domain split deals the rows out evenly, as iid does)")
+    if split in LABEL_SPLITS and not hygiene.label:
+        raise UserError(
+            f"fed.split {split} deals rows out by label, but {where} has no label column: set data.label_column, "
+            f"or give the rows one of the columns {', '.join(LABEL_COLUMNS)} (or use fed.split iid or quantity)"
+        )
+    train, held = split_heldout(examples, data_config, seed)
+    print(
+        f"Held out {len(held)} of {len(examples)} rows for evaluation (data.heldout_fraction "
+        f"{data_config.heldout_fraction:g}, at most data.max_heldout {data_config.max_heldout})"
+    )
+    if 0 < len(held) < FEW_HELDOUT:
+        print(f"warning: {len(held)} held-out rows: each moves an accuracy by {100 / len(held):.0f} points")
+    return train, held
 
 
 def source_table(data_config, objective: str):

@@ -60,6 +60,7 @@ class Hygiene:
     rows: int = 0
     dropped: Counter = field(default_factory=Counter)  # rule -> rows
     first_bad: tuple[int, str, str] | None = None  # (row number, rule, the row as text)
+    label: str | None = None  # the column that labels rows (for label-based splits), if any
 
     def drop(self, number: int, rule: str, row) -> None:
         self.dropped[rule] += 1
@@ -117,7 +118,7 @@ def to_examples(table, fmt: str, cols: Columns, label_column: str, where: str) -
         )
     label = _label_column(label_column, names, where)
     labels = _column(table, label) if label else None
-    hygiene = Hygiene(rows=len(table))
+    hygiene = Hygiene(rows=len(table), label=label)
     seen: set = set()
     out: list[Example] = []
     if cols.conversation:

@@ -97,7 +97,16 @@ DATASETS = {
 def known(name: str, objective: str | None = None) -> KnownDataset:
     """The registry entry of `name`; with `objective`, it must hold that kind of data."""
     if name not in DATASETS:
-        raise UserError(f"data.name: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        # A hub id: the registry's entry when it lists that id, else the hub dataset as it is, its
+        # layout detected from its columns (or given by data.format).
+        entry_of_id = next((e for e in DATASETS.values() if name in e.hub), None)
+        if entry_of_id is not None:
+            return known(next(k for k, e in DATASETS.items() if e is entry_of_id), objective)
+        if "/" not in name:
+            raise UserError(
+                f"data.name: unknown dataset {name!r}; known: {', '.join(DATASETS)}, or any hub id (owner/name)"
+            )
+        return KnownDataset(hub=(name,), objective=objective or "sft", format="auto", about="a hub dataset")
     entry = DATASETS[name]
     if objective is not None and entry.objective != objective:
         raise UserError(

@@ -191,7 +191,7 @@ def load_model(model: str | None, run: str | None, device: str = "auto"):
     if run:
         if not (Path(run) / "adapter").is_dir():
             raise UserError(f"--run {run}: no adapter/ folder (is it an openfedllm run directory?)")
-        config = build(read_config(Path(run)))
+        config = build(read_config(Path(run), "--run"))
         model, adapter, template = model or config.model.name, str(Path(run) / "adapter"), config.data.template
     model = model or models.DEFAULT_MODEL
     path = models.resolve_model(model)

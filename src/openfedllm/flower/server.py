@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 POLL_SECONDS = 0.1  # how often the server asks the SuperLink for replies (Flower's own loop waits 3 s)
 
 
+WAITING_EVERY = 10.0  # seconds between "waiting for nodes" lines at the start
+
+
 class NodeClients:
     """The clients of a deployment: one SuperNode each, found and counted when the run starts."""
 
@@ -103,16 +106,26 @@ class NodeClients:
         """Wait until a node answers for every client 0 .. fed.num_clients-1, asking each new node
         which client it is and how much it holds."""
         fed = self.config.fed
-        deadline = time.monotonic() + fed.round_timeout
+        start = time.monotonic()
+        said = -WAITING_EVERY  # say what it waits for at once, then every WAITING_EVERY seconds
         while True:
             self._rediscover()
             missing = [c for c in range(fed.num_clients) if c not in self.node_of]
             if not missing:
                 break
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if waited > fed.connect_timeout:
                 raise UserError(
                     f"only {len(self.node_of)} of fed.num_clients={fed.num_clients} nodes connected "
-                    f"within fed.round_timeout={fed.round_timeout:g} s (missing: client {missing[0]})"
+                    f"within fed.connect_timeout={fed.connect_timeout:g} s (missing: client {missing[0]})"
+                )
+            if waited - said >= WAITING_EVERY:
+                said = waited
+                print(
+                    f"Waiting for nodes: {len(self.node_of)} of {fed.num_clients} connected (missing client "
+                    f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}); "
+                    f"{waited:.0f} of up to {fed.connect_timeout:g} s (fed.connect_timeout)",
+                    flush=True,
                 )
             time.sleep(0.5)
         print(
@@ -297,6 +310,7 @@ def serve_run(grid, run_config) -> dict:
     """The whole federated run, on the nodes of `grid`."""
     from ..logs import quiet_libraries
     from ..rounds import run
+    from ..rundir import console_log
     from ..setup import prepare
 
     quiet_libraries()
@@ -304,12 +318,13 @@ def serve_run(grid, run_config) -> dict:
     # Baselines pool data or train one client alone on the server: neither exists in a deployment.
     config.baselines.local = config.baselines.centralized = False
     config.validate()
-    setup = prepare(config, train=False)  # the server evaluates; the nodes train on their own rows
     created = not run_dir.exists()
     try:
-        clients = NodeClients(grid, setup, run_dir, run_id_of(run_dir))
-        clients.connect()
-        return run(setup, run_dir, resume=resume, clients=clients)
+        with console_log(run_dir):
+            setup = prepare(config, train=False)  # the server evaluates; the nodes train on their own rows
+            clients = NodeClients(grid, setup, run_dir, run_id_of(run_dir))
+            clients.connect()
+            return run(setup, run_dir, resume=resume, clients=clients)
     except BaseException:
         if created and not (run_dir / "checkpoints").exists():
             import shutil

@@ -29,6 +29,9 @@ PACKED = "trainable"  # the one array of a record: every tensor, flattened, in s
 NODE_METRICS = frozenset(
     {"loss", "steps", "tokens", "seconds", "reward_accuracy", "reward_margin", "num-examples", "client-id"}
 )
+# Per-step series a node reports: one float per local step (the step's loss, seconds since the first
+# step began); floats only, as many as the steps it took, so no list of token ids fits.
+NODE_SERIES = frozenset({"step_losses", "step_seconds"})
 
 
 def to_numpy(state: dict) -> dict[str, np.ndarray]:
@@ -126,8 +129,14 @@ def check_outgoing(content, num_values: int) -> None:
     for name, record in content.items():
         if isinstance(record, MetricRecord):
             for key, value in record.items():
+                if key in NODE_SERIES:
+                    steps = record.get("steps")
+                    if not isinstance(value, list) or not all(type(v) is float for v in value) or len(value) != steps:
+                        raise ValueError(f"metric {key!r} is not one float per local step ({steps})")
+                    continue
                 if key not in NODE_METRICS:
-                    raise ValueError(f"metric {key!r} is not one a node reports ({', '.join(sorted(NODE_METRICS))})")
+                    known = ", ".join(sorted(NODE_METRICS | NODE_SERIES))
+                    raise ValueError(f"metric {key!r} is not one a node reports ({known})")
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(
                         f"metric {key!r} is a {type(value).__name__}; only single numbers may leave a node"
@@ -147,9 +156,14 @@ def check_outgoing(content, num_values: int) -> None:
             )
 
 
-def numbers(record) -> dict[str, float]:
-    """A MetricRecord's single-number values (ints stay ints), as check_outgoing allows them."""
-    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def numbers(record) -> dict:
+    """A MetricRecord's single-number values (ints stay ints) and per-step series, as check_outgoing
+    allows them."""
+    return {
+        k: list(v) if k in NODE_SERIES else v
+        for k, v in record.items()
+        if k in NODE_SERIES or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    }
 
 
 def describe(message) -> dict:

@@ -1,0 +1,259 @@
+"""A new user's first hour, through the real CLI on the tiny model: runs that say what they do and keep
+what they printed, adapters that name their base model and carry a card, configs that cite their
+run, data choices that explain themselves, recipes by name, and the small things of the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from openfedllm import card
+from openfedllm.cli import main
+
+from .conftest import tiny_run_args
+
+CLI = [sys.executable, "-m", "openfedllm.cli"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    """A finished run of 3 clients, all sampled each round (fed.clients_per_round left at its default)."""
+    out = tmp_path_factory.mktemp("first-hour") / "run"
+    args = tiny_run_args(tiny_model_dir, out, "--baselines.centralized", "false")
+    at = args.index("--fed.clients_per_round")
+    del args[at : at + 2]
+    assert main(args) == 0
+    return out
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- runs you can follow ---------------------------------------------------------------------------
+
+
+def test_every_client_trains_each_round_when_only_num_clients_is_given(run):
+    clients = [r for r in _records(run) if r["type"] == "client" and r["phase"] == "federated"]
+    assert {r["round"]: 0 for r in clients} and all(
+        sorted(r["client"] for r in clients if r["round"] == k) == [0, 1, 2] for k in (1, 2, 3)
+    )
+
+
+def test_the_console_is_saved_in_run_log_with_the_banner_and_labelled_round_timings(run):
+    log = (run / "run.log").read_text()
+    assert f"Run {run}" in log
+    for label in ("model ", "computes   on cpu, float32", "trains ", "clients    3, 3 per round", "per round "):
+        assert label in log, label
+    assert "[federated] round 1/3" in log and "(round " in log and ", eval " in log and "ETA" in log
+    assert "Federated instruction tuning finished" in log
+
+
+def test_each_local_step_is_a_record_with_a_global_step_and_a_time(run):
+    records = _records(run)
+    steps = [r for r in records if r["type"] == "step" and r["phase"] == "federated" and r["client"] == 1]
+    assert [r["global_step"] for r in steps] == [1, 2, 3, 4, 5, 6]  # 3 rounds x 2 local steps
+    assert [r["step"] for r in steps] == [1, 2] * 3
+    assert all(r["elapsed"] >= 0 and r["time"] > 1.7e9 for r in steps)
+    client = next(r for r in records if r["type"] == "client" and r["round"] == 1 and r["client"] == 1)
+    mine = [r["loss"] for r in steps if r["round"] == 1]
+    assert client["loss"] == pytest.approx(sum(mine) / len(mine))  # the round's loss is its steps' mean
+    assert all("time" in r for r in records)
+
+
+def test_without_a_terminal_a_progress_line_replaces_the_bar(tiny_model_dir, tmp_path):
+    env = dict(os.environ, OPENFEDLLM_PROGRESS_SECONDS="0")
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, "--fed.rounds", "1", "--baselines.local", "false")
+    done = subprocess.run([*CLI, *args, "--baselines.centralized", "false"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "round 1 client" in done.stdout and ": step 2/2, loss " in done.stdout
+
+
+# --- runs you can move and cite ---------------------------------------------------------------------
+
+
+def test_the_adapter_names_a_loadable_base_carries_a_card_and_is_readable(run, tiny_model_dir):
+    adapter = run / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(Path(tiny_model_dir).resolve())
+    readme = (adapter / "README.md").read_text()
+    assert "More Information Needed" not in readme  # not peft's empty template
+    assert "| algorithm | fedavg |" in readme and "| clients (per round) | 3 (3) |" in readme
+    assert "## Held-out results" in readme and "acc mean" in readme
+    mask = os.umask(0)
+    os.umask(mask)
+    for file in adapter.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~mask, file.name
+
+
+def test_the_default_model_is_named_by_its_hub_id_and_its_origin_is_stated():
+    from openfedllm.config import RunConfig
+
+    assert card.base_model_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    text = card.model_card(RunConfig())
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in text and "Q4_1 GGUF" in text
+
+
+def test_config_yaml_cites_the_run_and_still_reads_back(run):
+    from openfedllm.config import build
+    from openfedllm.rundir import read_config
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    provenance = saved["run"]
+    assert provenance["openfedllm"] and provenance["command"].startswith("openfedllm sft --output-dir")
+    assert len(provenance.get("git_commit", "0" * 40)) == 40
+    build(read_config(run))  # the provenance section is not a setting
+
+
+def test_a_run_from_relative_paths_resumes_from_anywhere(tiny_model_dir, tmp_path, monkeypatch):
+    data = tmp_path / "here" / "rows.json"
+    data.parent.mkdir()
+    data.write_text(json.dumps([{"instruction": f"Say {i}.", "output": str(i)} for i in range(30)]))
+    monkeypatch.chdir(data.parent)
+    args = ["sft", "--output-dir", "run", "--model.name", str(tiny_model_dir), "--data.path", "rows.json"]
+    args += ["--fed.num_clients", "2", "--fed.rounds", "2", "--fed.split", "iid", "--train.local_steps", "1"]
+    args += ["--train.batch_size", "2", "--eval.max_new_tokens", "2", "--baselines.local", "false"]
+    args += ["--baselines.centralized", "false"]
+    assert main(args) == 0
+    saved = yaml.safe_load((data.parent / "run" / "config.yaml").read_text())
+    assert saved["data"]["path"] == str(data) and saved["run"]["data_sha256"]["path"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (data.parent / "run" / "summary.json").unlink()
+    assert main(["sft", "--resume", str(data.parent / "run")]) == 0  # a finished run: summary again
+    assert (data.parent / "run" / "summary.json").is_file()
+
+
+# --- data that behaves as expected ------------------------------------------------------------------
+
+
+def _rows(path: Path, labelled: bool) -> Path:
+    rows = [{"instruction": f"Add {i} and 1.", "output": str(i + 1)} for i in range(40)]
+    if labelled:
+        for i, row in enumerate(rows):
+            row["category"] = "even" if i % 2 == 0 else "odd"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_a_dirichlet_split_without_labels_names_the_columns_it_looked_for(tiny_model_dir, tmp_path, capsys):
+    data = _rows(tmp_path / "plain.json", labelled=False)
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, "--data.path", str(data), "--fed.split", "dirichlet")
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert "fed.split dirichlet deals rows out by label" in err and "category, domain, label, source" in err
+    assert "\n" not in err and not out.exists()
+
+
+def test_the_label_column_used_and_the_held_out_rows_are_said(tiny_model_dir, tmp_path, capsys):
+    data = _rows(tmp_path / "labelled.json", labelled=True)
+    args = tiny_run_args(tiny_model_dir, tmp_path / "run", "--data.path", str(data), "--fed.split", "dirichlet")
+    assert main([*args, "--fed.rounds", "1", "--baselines.local", "false", "--baselines.centralized", "false"]) == 0
+    said = capsys.readouterr().out
+    assert "labels from column 'category'" in said
+    assert "Held out 2 of 40 rows for evaluation" in said and "each moves an accuracy by 50 points" in said
+
+
+def test_any_hub_dataset_id_loads_through_the_hub_loader(tiny_model_dir, tmp_path, monkeypatch):
+    import datasets
+
+    from openfedllm.data import sources
+
+    asked = []
+
+    def hub(name, config, split):  # the hub itself is out of reach here: its answer, as datasets gives it
+        asked.append(name)
+        return datasets.Dataset.from_list([{"prompt": f"Name {i}.", "completion": f"{i}"} for i in range(24)])
+
+    monkeypatch.setattr(sources, "load_hub", hub)
+    monkeypatch.setattr("openfedllm.data.load_hub", hub)
+    args = tiny_run_args(tiny_model_dir, tmp_path / "run", "--data.name", "someone/their-rows")
+    assert main([*args, "--fed.rounds", "1", "--baselines.local", "false", "--baselines.centralized", "false"]) == 0
+    assert asked == ["someone/their-rows"]
+
+
+def test_a_registry_hub_id_means_its_entry_and_an_unknown_name_lists_the_forms():
+    from openfedllm.data.registry import known
+    from openfedllm.errors import UserError
+
+    assert known("vicgalle/alpaca-gpt4", "sft") is known("alpaca-gpt4", "sft")
+    with pytest.raises(UserError, match="or any hub id"):
+        known("alpacca", "sft")
+
+
+# --- recipes by name --------------------------------------------------------------------------------
+
+
+def test_recipes_are_listed_copied_and_used_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert "sft_quick" in listing and "paper/sft_llama2_7b" in listing and "flowertune/medical" in listing
+    assert main(["recipes", "cp", "paper/sft_llama2_7b", "mine.yaml"]) == 0
+    assert (tmp_path / "mine.yaml").read_text().startswith("# The paper's federated instruction tuning")
+    assert main(["sft", "--config", "quick", "--print-config"]) == 0
+    assert "train_per_domain: 40" in capsys.readouterr().out  # sft_quick's own value
+    assert main(["dpo", "--config", "quick", "--print-config"]) == 0
+    assert "objective: dpo" in capsys.readouterr().out
+
+
+# --- the small things -------------------------------------------------------------------------------
+
+
+def test_version_usage_and_help_of_every_command(capsys):
+    from openfedllm import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"openfedllm {__version__}"
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: openfedllm {") and "federation" in usage.splitlines()[0]
+    assert main(["data", "--help"]) == 0 and "inspect" in capsys.readouterr().out
+    for argv in (["data", "list", "--help"], ["algorithms", "--help"], ["recipes", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: openfedllm") and "fedavg " not in out and "alpaca-gpt4 " not in out
+    for argv in (["eval", "--help"], ["serve", "--help"], ["data", "inspect", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "(default: " in out, argv
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", "--help"])
+    assert "--section.key VALUE" in capsys.readouterr().out
+
+
+def test_a_misspelled_key_or_section_gets_a_suggestion(tmp_path, capsys):
+    assert main(["sft", "--fed.num_client", "3", "--print-config"]) != 0
+    assert "(did you mean fed.num_clients?)" in capsys.readouterr().err
+    assert main(["sft", "--feed.rounds", "3", "--print-config"]) != 0
+    assert "(did you mean fed?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,status", [(["--help"], 141), (["sft", "--help"], 0)])  # argparse drops EPIPE itself
+def test_help_into_a_closed_pipe_is_not_a_traceback(argv, status):
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone, as `| head` is after its lines
+    done = subprocess.run([*CLI, *argv], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+    assert done.returncode == status
+
+
+def test_export_errors_name_export(tmp_path, capsys):
+    (tmp_path / "not-a-run").mkdir()
+    assert main(["export", str(tmp_path / "not-a-run"), "--output-dir", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "export " in err and "no config.yaml" in err and "--resume" not in err
