@@ -57,7 +57,7 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
         "metrics": str(run_dir / "metrics.jsonl"),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    adapter = Path(summary["adapter"])
+    adapter = Path(str(summary["adapter"]))
     if adapter.is_dir():
         card.finish(adapter, cfg, summary_table(summary, cfg))
     print(format_summary(summary, cfg))

@@ -169,7 +169,8 @@ def client_records(phase: str, round_index: int, update: ClientUpdate, lr: float
     counts the phase's steps, `elapsed` the seconds since the client's first step began), then the
     round's (see docs/metrics.md for every field)."""
     m = dict(update.metrics)
-    losses, elapsed = m.pop("step_losses", []), m.pop("step_seconds", [])
+    losses: list[float] = m.pop("step_losses", [])
+    elapsed: list[float] = m.pop("step_seconds", [])
     steps = m.pop("steps")
     where = {"phase": phase, "round": round_index + 1, "client": update.client_id}
     records = [

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 import yaml
@@ -120,7 +121,7 @@ class _Tee:
     def __init__(self, stream, run_dir: Path):
         self.stream, self.run_dir = stream, run_dir
         self.pending: list[str] = []
-        self.file = None
+        self.file: TextIO | None = None
 
     def write(self, text: str) -> int:
         self.stream.write(text)
@@ -146,7 +147,7 @@ class _Tee:
 def console_log(run_dir: Path):
     """Everything printed to stdout while inside, saved in run_dir/run.log as well (appended on resume)."""
     tee = _Tee(sys.stdout, run_dir)
-    sys.stdout = tee  # type: ignore[assignment]
+    sys.stdout = tee
     try:
         yield
     finally:

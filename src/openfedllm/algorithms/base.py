@@ -10,6 +10,7 @@ in every algorithm here (`example_weighted_mean`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ class ClientUpdate:
     client_id: int
     weights: StateDict  # y_i: the client's trainable tensors after its local steps
     num_examples: int  # n_i: size of the client's training partition (the aggregation weight)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # numbers, and per-step series (lists of floats)
     extras: StateDict = field(default_factory=dict)  # algorithm-specific tensors (SCAFFOLD: c_i+ - c_i)
 
 
