@@ -257,3 +257,15 @@ def test_export_errors_name_export(tmp_path, capsys):
     assert main(["export", str(tmp_path / "not-a-run"), "--output-dir", str(tmp_path / "out")]) != 0
     err = capsys.readouterr().err
     assert "export " in err and "no config.yaml" in err and "--resume" not in err
+
+
+def test_eval_takes_home_tool_spellings_and_prints_without_an_output_file(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    fixtures = Path(__file__).parent / "fixtures" / "benchmarks"
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--model", str(tiny_model_dir), "--benchmark", "fiqa_sa", "--limit", "2"]
+    assert main([*args, "--data", f"fiqa_sa={fixtures / 'finance' / 'fiqa-2018-test.jsonl'}"]) == 0
+    table = capsys.readouterr().out
+    assert "| fiqa-sa |" in table  # our name for lm-eval's fiqa_sa
+    assert not list(tmp_path.iterdir())  # no --output: nothing written

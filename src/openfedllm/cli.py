@@ -417,6 +417,7 @@ def cmd_data(argv: list[str]) -> int:
 
 def cmd_eval(argv: list[str]) -> int:
     from .evaluation.names import BENCHMARK_NAMES as BENCHMARKS
+    from .evaluation.names import canonical
 
     parser = argparse.ArgumentParser(
         prog="openfedllm eval",
@@ -456,7 +457,7 @@ def cmd_eval(argv: list[str]) -> int:
     )
     parser.add_argument("--judge-prompts", help="FastChat's judge_prompts.jsonl (default: its single-answer prompts)")
     parser.add_argument("--model-id", help="name in answer files (default: the run's or the model's folder name)")
-    parser.add_argument("--output", required=True, help="OUT.json: metrics and metadata")
+    parser.add_argument("--output", help="OUT.json: metrics and metadata (without it: the table is printed only)")
     args = parser.parse_args(argv)
     if args.model and args.run:
         raise UserError("give --model or --run, not both")
@@ -470,15 +471,18 @@ def cmd_eval(argv: list[str]) -> int:
         raise UserError(f"--k: each k must be at least 1, got {args.k!r}")
     from .userfiles import check_output_file
 
-    check_output_file(Path(args.output), "--output")  # before any sample runs
+    if args.output:
+        check_output_file(Path(args.output), "--output")  # before any sample runs
     from .evaluation import choice
     from .evaluation.judge import Judge
     from .evaluation.runner import Settings, check_names, evaluate_all, lm_loader
 
+    args.benchmark = [canonical(name) for name in args.benchmark]  # mt_bench, vicuna_bench, lm-eval's names
     check_names(args.benchmark)
     data = {}
     for entry in args.data:
         name, sep, path = entry.partition("=")
+        name = canonical(name)
         if sep and name in BENCHMARKS:
             data[name] = path
         else:
@@ -510,7 +514,7 @@ def cmd_eval(argv: list[str]) -> int:
         "model_id": model_id,
         "judge": settings.judge.model if settings.judge else None,
     }
-    evaluate_all(args.benchmark, Path(args.output), settings, meta)
+    evaluate_all(args.benchmark, Path(args.output) if args.output else None, settings, meta)
     return 0
 
 

@@ -316,8 +316,11 @@ class RunConfig:
         """eval.benchmarks names known benchmarks and files that exist, before a run writes anything."""
         if not self.eval.benchmarks:
             return
-        from .evaluation.names import BENCHMARK_NAMES
+        from .evaluation.names import BENCHMARK_NAMES, canonical
 
+        self.eval.benchmarks = [
+            canonical(e.partition("=")[0]) + e[len(e.partition("=")[0]) :] for e in self.eval.benchmarks
+        ]
         for entry in self.eval.benchmarks:
             name, _, path = entry.partition("=")
             if name not in BENCHMARK_NAMES:

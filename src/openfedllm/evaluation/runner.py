@@ -235,13 +235,16 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_all(benchmarks: list[str], output: Path, settings: Settings, meta: dict) -> dict:
-    settings.out_prefix = output.with_suffix("") if output.suffix == ".json" else output
+def evaluate_all(benchmarks: list[str], output: Path | None, settings: Settings, meta: dict) -> dict:
+    """Run the benchmarks, print the table, and write OUT.json (atomically) when `output` is given."""
+    if output is not None:
+        settings.out_prefix = output.with_suffix("") if output.suffix == ".json" else output
     results = run_benchmarks(benchmarks, settings)
     report = {"benchmarks": results, "meta": {**meta, "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(output)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(output)
     print(markdown(results))
     return report
