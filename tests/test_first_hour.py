@@ -269,3 +269,28 @@ def test_eval_takes_home_tool_spellings_and_prints_without_an_output_file(
     table = capsys.readouterr().out
     assert "| fiqa-sa |" in table  # our name for lm-eval's fiqa_sa
     assert not list(tmp_path.iterdir())  # no --output: nothing written
+
+
+def test_a_finished_run_extends_to_more_rounds_and_its_baselines_follow(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, "--fed.rounds", "2", "--baselines.centralized", "false")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["sft", "--resume", str(out), "--fed.rounds", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "Extending" in said and "follows the cosine over 3 rounds (rounds 1..2 kept theirs)" in said
+    records = _records(out)
+    federated = [r for r in records if r["type"] == "client" and r["phase"] == "federated"]
+    assert sorted({r["round"] for r in federated}) == [1, 2, 3] and len(federated) == 3 * 2  # no duplicates
+    lrs = {r["round"]: r["lr"] for r in federated}
+    # rounds 1-2 from the 2-round cosine (1e-3, then its middle); round 3 from the 3-round one
+    assert lrs[1] == pytest.approx(1e-3) and lrs[2] == pytest.approx(1e-4 + 9e-4 * 0.5)
+    assert lrs[3] == pytest.approx(1e-4 + 9e-4 * 0.25)
+    local = [r for r in records if r["type"] == "client" and r["phase"] == "local"]
+    assert [r["round"] for r in local] == [1, 2, 3]  # the baseline ran again, for the new length
+    assert yaml.safe_load((out / "config.yaml").read_text())["fed"]["rounds"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    final = [r for r in records if r["type"] == "eval" and r["phase"] == "federated"][-1]
+    assert final["round"] == 3 and summary["evaluation"]["federated"]["loss"] == final["loss"]
+    assert main(["sft", "--resume", str(out), "--fed.rounds", "2"]) != 0
+    assert "has trained 3 federated rounds; give more" in capsys.readouterr().err

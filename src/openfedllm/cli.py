@@ -102,18 +102,24 @@ def _train_command(argv: list[str], objective: str) -> int:
 
     args, rest = _train_parser(objective).parse_known_args(argv)
     overrides = split_overrides(rest)
+    extend = False
     if args.resume:
-        if args.config or overrides or args.output_dir:
+        # --fed.rounds N alone may change: it extends the run (every other setting is the run's own)
+        if args.config or args.output_dir or any(key != "fed.rounds" for key, _ in overrides):
             raise UserError(
-                "--resume takes the config of the run directory; drop --config, "
-                "--output-dir and --section.key overrides"
+                "--resume takes the config of the run directory; drop --config, --output-dir and "
+                "--section.key overrides (only --fed.rounds N, to extend the run, may be given)"
             )
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
             raise UserError(f"--resume: no such run directory: {run_dir}")
         from .rundir import read_config
 
-        config = cfg_mod.build(read_config(run_dir))
+        saved = read_config(run_dir)
+        config = cfg_mod.build(cfg_mod.apply_overrides(saved, overrides))
+        extend = bool(overrides) and config.fed.rounds != cfg_mod.build(saved).fed.rounds
+        if extend and args.federation:
+            raise UserError("--fed.rounds with --resume extends simulated runs; a deployed run resumes as it was")
         if config.train.objective != objective:
             raise UserError(
                 f"--resume {run_dir}: that is a {config.train.objective} run; "
@@ -155,7 +161,7 @@ def _train_command(argv: list[str], objective: str) -> int:
                 print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes")
             setup = prepare(config)  # every check on data and model happens here, before any file is written
             with rank_run_dir(run_dir, bool(args.resume), rank) as own_dir:
-                run(setup, own_dir, resume=bool(args.resume))
+                run(setup, own_dir, resume=bool(args.resume), extend=extend)
     except UserError:
         if rank == 0 and created and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping

@@ -35,11 +35,13 @@ from .partition import client_table
 from .plots import plot_run
 from .report import banner, duration, eval_text, summarize
 from .rundir import (
+    FEDERATED_END,
     Checkpoint,
     MetricsLog,
     benchmark_dir,
     disk_errors,
     final_dir,
+    keep_federated_end,
     load_checkpoint,
     save_checkpoint,
     save_config,
@@ -271,6 +273,8 @@ def run_phase(
             {"phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()},
             clients.checkpoint_state(),
         )
+        if phase == "federated" and r + 1 == rounds:
+            keep_federated_end(run_dir)
         faults.point("checkpoint", r + 1)
     bar.close()
     return last_eval or {}
@@ -300,6 +304,24 @@ def resume_phase(
     )
 
 
+def extension_point(run_dir: Path, checkpoint: Checkpoint | None, rounds: int) -> Checkpoint:
+    """The federated phase's checkpoint to extend from (the baselines, which run after it, run again)."""
+    if checkpoint is not None and checkpoint.progress["phase"] != "federated":
+        checkpoint = load_checkpoint(run_dir, FEDERATED_END)
+    if checkpoint is None or checkpoint.progress["phase"] != "federated":
+        raise UserError(f"--fed.rounds: {run_dir} has no checkpoint of its federated phase to extend")
+    at = checkpoint.progress["round"]
+    if rounds <= at:
+        raise UserError(f"--fed.rounds {rounds}: {run_dir} has trained {at} federated rounds; give more to extend it")
+    checkpoint.progress["done"] = []  # the federated phase goes on; the baselines follow its new length
+    print(
+        f"Extending {run_dir} to {rounds} federated rounds from round {at}: the learning rate of rounds "
+        f"{at + 1}..{rounds} follows the cosine over {rounds} rounds (rounds 1..{at} kept theirs); "
+        "baselines run again for the new length"
+    )
+    return checkpoint
+
+
 def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsLog, run_dir: Path) -> None:
     """A checkpoint's progress must fit the run's config and its metrics log, or resuming would
     repeat records or name an adapter that does not exist."""
@@ -316,12 +338,19 @@ def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsL
         raise UserError(f"{where}: {lines!r} metrics lines, but metrics.jsonl has {written} readable ones")
 
 
-def run(setup: Setup, run_dir: Path, resume: bool = False, clients: Clients | None = None) -> dict:
+def run(
+    setup: Setup, run_dir: Path, resume: bool = False, clients: Clients | None = None, extend: bool = False
+) -> dict:
     """Run (or continue) every phase; returns the summary written to summary.json. `clients` trains
-    the federated phase's rounds (a deployment's nodes); by default the simulation's LocalClients."""
+    the federated phase's rounds (a deployment's nodes); by default the simulation's LocalClients.
+    `extend`: the config's fed.rounds grew; continue the federated phase from its last checkpoint to
+    the new total, then run the baselines again for the new length."""
     cfg = setup.config
     log = MetricsLog(run_dir / "metrics.jsonl")
     checkpoint = load_checkpoint(run_dir) if resume else None
+    if extend:
+        checkpoint = extension_point(run_dir, checkpoint, cfg.fed.rounds)
+        save_config(run_dir, to_dict(cfg))
     done: list[str] = []
     print(banner(setup, run_dir, checkpoint is not None), flush=True)
     if checkpoint is None:

@@ -24,6 +24,7 @@ from .errors import UserError
 from .userfiles import check_safetensors, read_json
 
 CHECKPOINT = "checkpoints"
+FEDERATED_END = "checkpoints-federated"  # the federated phase's last checkpoint, kept past the baselines
 
 
 class MetricsLog:
@@ -240,8 +241,19 @@ def disk_errors(run_dir: Path, what: str):
         ) from None
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint | None:
-    final = run_dir / CHECKPOINT
+def keep_federated_end(run_dir: Path) -> None:
+    """A copy of the checkpoint just written at the federated phase's last round: extending the run
+    (`--resume RUN --fed.rounds N`) continues from it after the baselines have moved on."""
+    tmp = run_dir / f".{FEDERATED_END}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with disk_errors(run_dir, "the federated phase's last checkpoint"):
+        shutil.copytree(run_dir / CHECKPOINT, tmp)
+        shutil.rmtree(run_dir / FEDERATED_END, ignore_errors=True)
+        os.replace(tmp, run_dir / FEDERATED_END)
+
+
+def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> Checkpoint | None:
+    final = run_dir / name
     if not (final / "progress.json").is_file():
         old = run_dir / f".{CHECKPOINT}.old"  # a crash between the two renames
         if (old / "progress.json").is_file():
