@@ -294,3 +294,40 @@ def test_a_finished_run_extends_to_more_rounds_and_its_baselines_follow(tiny_mod
     assert final["round"] == 3 and summary["evaluation"]["federated"]["loss"] == final["loss"]
     assert main(["sft", "--resume", str(out), "--fed.rounds", "2"]) != 0
     assert "has trained 3 federated rounds; give more" in capsys.readouterr().err
+
+
+def test_plot_redraws_a_run_and_overlays_several(run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    shutil.rmtree(run / "plots")
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "train_loss.png").is_file() and (run / "plots" / "evaluation.png").is_file()
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    out = tmp_path / "both.png"
+    assert main(["plot", str(run), str(other), "--output", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert main(["plot", str(tmp_path)]) != 0  # not a run directory: one line
+    assert "plot " in capsys.readouterr().err
+
+
+def test_the_training_loss_plot_of_a_hundred_clients_draws_the_mean_a_band_and_a_few(tmp_path, monkeypatch):
+    from openfedllm import plots
+
+    drawn = []
+    original = plots.plt.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        drawn.append(kwargs.get("label"))
+        return original(ax, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", spy)
+    records = [
+        {"type": "client", "phase": "federated", "round": r, "client": c, "loss": 2.0 - 0.1 * r + 0.01 * c}
+        for r in (1, 2, 3)
+        for c in range(100)
+    ]
+    plots._train_loss(records, tmp_path / "loss.png", "run: fedavg, 100 clients")
+    assert "mean over the round's clients" in drawn
+    clients = [label for label in drawn if label and label.startswith("client ")]
+    assert 1 <= len(clients) <= 4 and clients == sorted(clients, key=lambda x: int(x.split()[1]))

@@ -207,6 +207,37 @@ def _recipe_path(given: str, objective: str | None = None) -> str:
     return str(found) if found else given  # not a recipe either: load_yaml names the missing file
 
 
+def cmd_plot(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="openfedllm plot",
+        description="Redraw a run's plots (RUN/plots/), or overlay several runs' held-out loss and accuracy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    parser.add_argument("--output", default="runs_compared.png", help="several runs: the overlay PNG")
+    args = parser.parse_args(argv)
+    from .config import build
+    from .plots import compare_runs, plot_run, run_title
+    from .rundir import MetricsLog, read_config
+
+    runs = []
+    for given in args.runs:
+        run_dir = Path(given)
+        config = build(read_config(run_dir, "plot"))
+        log = MetricsLog(run_dir / "metrics.jsonl")
+        if not log.path.is_file():
+            raise UserError(f"plot {run_dir}: no metrics.jsonl there")
+        runs.append((run_dir, config, log.records()))
+    if len(runs) == 1:
+        run_dir, config, records = runs[0]
+        for path in plot_run(records, run_dir / "plots", run_title(run_dir, config)):
+            print(f"wrote {path}")
+        return 0
+    names = [f"{run_dir.name} ({config.fed.algorithm})" for run_dir, config, _ in runs]
+    print(f"wrote {compare_runs([(n, r) for n, (_, _, r) in zip(names, runs)], Path(args.output))}")
+    return 0
+
+
 def cmd_recipes(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="openfedllm recipes",
@@ -581,6 +612,7 @@ COMMANDS = {
     "federation": cmd_federation,
     "algorithms": cmd_algorithms,
     "recipes": cmd_recipes,
+    "plot": cmd_plot,
 }
 
 
@@ -615,7 +647,8 @@ def _main(argv: list[str] | None = None) -> int:
             "  serve       a model or run as an OpenAI-compatible chat endpoint on 127.0.0.1\n"
             "  federation  a Flower federation on 127.0.0.1 (up / down), dev certificates and node keys\n"
             "  algorithms  list the FL algorithms\n"
-            "  recipes     list the shipped recipes (--config NAME) or copy one to edit\n\n"
+            "  recipes     list the shipped recipes (--config NAME) or copy one to edit\n"
+            "  plot        redraw a run's plots, or overlay several runs\n\n"
             "openfedllm sft --help (or dpo --help) lists every config key."
         )
         return 0 if argv else USAGE_ERROR

@@ -14,19 +14,56 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 PHASE_STYLE = {"federated": "-", "local": "--", "centralized": ":"}
 
 
-def plot_run(records: list[dict], out_dir: Path) -> list[Path]:
+MAX_CLIENT_LINES = 8  # more clients than this: the federation's mean and range, and a few clients drawn
+DOMAIN_MARKERS = "osv^D<>pPX*h"  # overlapping accuracy lines stay apart by their markers
+
+
+def plot_run(records: list[dict], out_dir: Path, title: str = "") -> list[Path]:
+    """The run's plots from its records; `title` (the run, algorithm and split) heads each figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [_train_loss(records, out_dir / "train_loss.png"), _evaluation(records, out_dir / "evaluation.png")]
+    return [
+        _train_loss(records, out_dir / "train_loss.png", title),
+        _evaluation(records, out_dir / "evaluation.png", title),
+    ]
 
 
-def _train_loss(records: list[dict], path: Path) -> Path:
+def run_title(run_dir: Path, cfg) -> str:
+    fed = cfg.fed
+    return f"{run_dir.name}: {fed.algorithm}, {fed.num_clients} clients ({fed.sampled()} per round), {fed.split} split"
+
+
+def _train_loss(records: list[dict], path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_line = defaultdict(list)
+    clients = defaultdict(list)
+    baselines = defaultdict(list)
     for r in records:
-        if r.get("type") == "client":
-            label = f"client {r['client']}" if r["phase"] == "federated" else f"{r['phase']} baseline"
-            by_line[(r["phase"], label)].append((r["round"], r["loss"]))
-    for (phase, label), points in sorted(by_line.items()):
+        if r.get("type") != "client":
+            continue
+        if r["phase"] == "federated":
+            clients[int(r["client"])].append((r["round"], r["loss"]))
+        else:
+            baselines[r["phase"]].append((r["round"], r["loss"]))
+    shown = sorted(clients)  # numeric order: client 2 before client 10
+    if len(clients) > MAX_CLIENT_LINES:
+        by_round = defaultdict(list)
+        for points in clients.values():
+            for rnd, loss in points:
+                by_round[rnd].append(loss)
+        rounds = sorted(by_round)
+        mean = [sum(by_round[k]) / len(by_round[k]) for k in rounds]
+        ax.fill_between(
+            rounds,
+            [min(by_round[k]) for k in rounds],
+            [max(by_round[k]) for k in rounds],
+            alpha=0.2,
+            label=f"range of the {len(clients)} clients' losses",
+        )
+        ax.plot(rounds, mean, "k-", linewidth=2, marker="o", markersize=3, label="mean over the round's clients")
+        shown = shown[:: max(1, len(shown) // 4)][:4]  # a few clients, spread over the ids
+    for cid in shown:
+        points = sorted(clients[cid])
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-", marker="o", markersize=3, label=f"client {cid}")
+    for phase, points in sorted(baselines.items()):
         points.sort()
         ax.plot(
             [p[0] for p in points],
@@ -34,13 +71,15 @@ def _train_loss(records: list[dict], path: Path) -> Path:
             PHASE_STYLE.get(phase, "-"),
             marker="o",
             markersize=3,
-            label=label,
+            label=f"{phase} baseline",
         )
     _label(ax, "mean training loss of the local steps", "Training loss per client per round")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
-def _evaluation(records: list[dict], path: Path) -> Path:
+def _evaluation(records: list[dict], path: Path, title: str = "") -> Path:
     evals = [r for r in records if r.get("type") == "eval"]
     has_acc = any(r.get("accuracy") for r in evals)
     has_alignment = any(key in r for r in evals for key in ALIGNMENT)
@@ -48,19 +87,22 @@ def _evaluation(records: list[dict], path: Path) -> Path:
     panels = 1 + has_acc + has_alignment + has_benchmarks
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     ax_loss = axes[0][0]
-    for phase in PHASE_STYLE:
-        points = sorted((r["round"], r["loss"]) for r in evals if r["phase"] == phase)
-        if phase != "federated" and points:  # a baseline starts from the same model as round 0
-            start = [(r["round"], r["loss"]) for r in evals if r["phase"] == "federated" and r["round"] == 0]
-            points = start + points
-        if points:
+    fed_points = sorted((r["round"], r["loss"]) for r in evals if r["phase"] == "federated" and r["loss"] is not None)
+    if fed_points:
+        ax_loss.plot(
+            [p[0] for p in fed_points], [p[1] for p in fed_points], "-", marker="o", markersize=3, label="federated"
+        )
+    for phase, marker in (("local", "s"), ("centralized", "^")):  # evaluated once, at their end: a point each
+        ends = [r for r in evals if r["phase"] == phase and r["loss"] is not None]
+        if ends:
+            last = max(ends, key=lambda r: r["round"])
             ax_loss.plot(
-                [p[0] for p in points],
-                [p[1] for p in points],
-                PHASE_STYLE[phase],
-                marker="o",
-                markersize=3,
-                label=phase,
+                [last["round"]],
+                [last["loss"]],
+                marker=marker,
+                markersize=10,
+                linestyle="none",
+                label=f"{phase} baseline",
             )
     dpo = any("pref_accuracy" in r for r in evals)
     _label(ax_loss, "held-out DPO loss per pair" if dpo else "held-out loss per response token", "Held-out loss")
@@ -72,8 +114,17 @@ def _evaluation(records: list[dict], path: Path) -> Path:
         ax = axes[0][1]
         fed = sorted((r for r in evals if r["phase"] == "federated" and r.get("accuracy")), key=lambda r: r["round"])
         domains = sorted({d for r in fed for d in r["accuracy"]})
-        for d in domains:
-            ax.plot([r["round"] for r in fed], [r["accuracy"][d] for r in fed], alpha=0.6, marker=".", label=d)
+        for k, d in enumerate(domains):
+            ax.plot(
+                [r["round"] for r in fed],
+                [r["accuracy"][d] for r in fed],
+                alpha=0.7,
+                linewidth=1,
+                marker=DOMAIN_MARKERS[k % len(DOMAIN_MARKERS)],
+                markersize=7 - 4 * k / max(1, len(domains)),  # shrinking markers: coinciding points stay visible
+                fillstyle="none",
+                label=d,
+            )
         ax.plot(
             [r["round"] for r in fed],
             [r["accuracy_mean"] for r in fed],
@@ -96,6 +147,27 @@ def _evaluation(records: list[dict], path: Path) -> Path:
                 )
         ax.set_ylim(-0.03, 1.03)
         _label(ax, "held-out accuracy", "Held-out accuracy of the global model")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def compare_runs(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
+    """Several runs' federated held-out loss and mean accuracy, overlaid (`openfedllm plot A B ...`)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, records in runs:
+        evals = sorted(
+            (r for r in records if r.get("type") == "eval" and r["phase"] == "federated"), key=lambda r: r["round"]
+        )
+        losses = [(r["round"], r["loss"]) for r in evals if r["loss"] is not None]
+        if losses:
+            ax_loss.plot([p[0] for p in losses], [p[1] for p in losses], marker="o", markersize=3, label=name)
+        accs = [(r["round"], r["accuracy_mean"]) for r in evals if r.get("accuracy_mean") is not None]
+        if accs:
+            ax_acc.plot([p[0] for p in accs], [p[1] for p in accs], marker="o", markersize=3, label=name)
+    _label(ax_loss, "held-out loss", "Held-out loss of the global model")
+    ax_acc.set_ylim(-0.03, 1.03)
+    _label(ax_acc, "mean held-out accuracy", "Held-out accuracy of the global model")
     return _save(fig, path)
 
 

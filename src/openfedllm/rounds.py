@@ -32,7 +32,7 @@ from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
 from .partition import client_table
-from .plots import plot_run
+from .plots import plot_run, run_title
 from .report import banner, duration, eval_text, summarize
 from .rundir import (
     FEDERATED_END,
@@ -399,6 +399,6 @@ def run(
         else:
             run_phase(setup, phase, run_dir, log, done, clients=clients if phase == "federated" else None)
         done = done + [phase]
-    plot_run(log.records(), run_dir / "plots")
+    plot_run(log.records(), run_dir / "plots", run_title(run_dir, cfg))
     summary = summarize(log.records(), run_dir, cfg)
     return summary
