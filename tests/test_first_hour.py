@@ -331,3 +331,25 @@ def test_the_training_loss_plot_of_a_hundred_clients_draws_the_mean_a_band_and_a
     assert "mean over the round's clients" in drawn
     clients = [label for label in drawn if label and label.startswith("client ")]
     assert 1 <= len(clients) <= 4 and clients == sorted(clients, key=lambda x: int(x.split()[1]))
+
+
+def test_a_validation_file_is_the_held_out_set_and_otherwise_the_held_out_rows_are_saved(
+    tiny_model_dir, tmp_path, capsys
+):
+    train = _rows(tmp_path / "train.json", labelled=True)
+    valid = tmp_path / "valid.json"
+    valid.write_text(json.dumps([{"instruction": f"Add {i} and 2.", "output": str(i + 2)} for i in range(5)]))
+    short = ["--fed.rounds", "1", "--baselines.local", "false", "--baselines.centralized", "false"]
+    out = tmp_path / "with-valid"
+    args = tiny_run_args(tiny_model_dir, out, "--data.path", str(train), "--data.eval_path", str(valid), *short)
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert f"Validation data {valid}: 5 rows read, 5 usable" in said
+    assert not (out / "heldout.jsonl").exists()
+    assert "split of 40 training examples" in said  # every row of data.path trains
+    out = tmp_path / "without"
+    assert main(tiny_run_args(tiny_model_dir, out, "--data.path", str(train), *short)) == 0
+    held = [json.loads(x) for x in (out / "heldout.jsonl").read_text().splitlines()]
+    assert len(held) == 2 and {"instruction", "output", "category"} <= set(held[0])
+    assert main(["sft", "--data.eval_path", str(tmp_path / "missing.json"), "--print-config"]) != 0
+    assert "data.eval_path: file not found" in capsys.readouterr().err

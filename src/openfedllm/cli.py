@@ -263,7 +263,7 @@ def cmd_recipes(argv: list[str]) -> int:
 def _absolute_paths(config) -> None:
     """Paths that exist here, made absolute: config.yaml then names the files wherever the run is
     resumed from, and a Flower ServerApp (running in the SuperLink's folder) finds them."""
-    for section, key in (("model", "name"), ("model", "adapter"), ("data", "path")):
+    for section, key in (("model", "name"), ("model", "adapter"), ("data", "path"), ("data", "eval_path")):
         value = getattr(getattr(config, section), key)
         if value and Path(value).expanduser().exists():
             setattr(getattr(config, section), key, str(Path(value).expanduser().resolve()))

@@ -135,6 +135,9 @@ class DataConfig:
         "built-in suite: the domains used, for training and held-out alike (general, "
         "finance, medical, code, math); empty: all five",
     )
+    eval_path: str = opt(
+        "", "a validation file next to data.path (same formats): the held-out rows, instead of a share of data.path"
+    )
     heldout_fraction: float = opt(0.05, "user file: share of rows held out for evaluation", above=0, below=1)
     max_heldout: int = opt(200, "user file: at most this many held-out rows", above=0, high=100_000_000)
 
@@ -366,6 +369,10 @@ class RunConfig:
             raise UserError(f"baselines.local_client must be a client id in [0, {self.fed.num_clients})")
         if self.data.path and not Path(self.data.path).expanduser().exists():
             raise UserError(f"data.path: file not found: {self.data.path}")
+        if self.data.eval_path and not Path(self.data.eval_path).expanduser().exists():
+            raise UserError(f"data.eval_path: file not found: {self.data.eval_path}")
+        if self.data.eval_path and not (self.data.path or self.data.name):
+            raise UserError("data.eval_path: give the training data too (data.path or data.name)")
         if self.data.name:
             from .data.registry import known
 

@@ -25,7 +25,7 @@ def eval_text(result: dict, per_domain: bool = True) -> str:
     parts = [f"held-out loss {result['loss']:.3f}"] if result["loss"] is not None else []
     parts += [f"{key} {result[key]:.2f}" for key in ALIGNMENT_METRICS if key in result]
     if result["accuracy_mean"] is not None:
-        parts.append(f"accuracy {result['accuracy_mean']:.2f}")
+        parts.append(f"accuracy {result['accuracy_mean']:.2f}" + (f" (n={result['n']})" if "n" in result else ""))
         if per_domain:
             parts += [f"{d} {a:.2f}" for d, a in result["accuracy"].items()]
     for name, metrics in result.get("benchmarks", {}).items():

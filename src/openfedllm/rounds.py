@@ -195,6 +195,19 @@ def client_records(phase: str, round_index: int, update: ClientUpdate, lr: float
     return records
 
 
+def save_heldout(run_dir: Path, examples: list) -> None:
+    """heldout.jsonl: the examples held out of the user's data, in Alpaca's fields (a conversation as
+    `messages`), so that what the run was scored on can be read, reused or given as data.eval_path."""
+    import json
+
+    with (run_dir / "heldout.jsonl").open("w") as f:
+        for e in examples:
+            row = {"instruction": e.instruction, "input": e.input, "output": e.output, "category": e.domain}
+            if e.turns:
+                row = {"messages": [{"role": r, "content": t} for r, t in e.turns], "category": e.domain}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def run_phase(
     setup: Setup,
     phase: str,
@@ -358,6 +371,8 @@ def run(
             log.truncate(0)  # interrupted before the first checkpoint: start over
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, to_dict(cfg))
+        if (cfg.data.path or cfg.data.name) and not cfg.data.eval_path and setup.heldout:
+            save_heldout(run_dir, setup.heldout)  # the rows the run set aside from the user's data
         what = "preference pairs" if cfg.train.objective == "dpo" else "training examples"
         if clients is None:  # a deployment's clients hold their own data; the nodes report their sizes
             print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")

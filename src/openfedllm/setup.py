@@ -7,7 +7,7 @@ Flower node prepare through it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -186,7 +186,12 @@ def preference_data(config: RunConfig, tokenizer, train_rows: bool = True, heldo
     if data.path or data.name:
         prefs, report, where = load_preference_data(data)
         print(f"Preference data {where}: {report.summary(len(prefs))}")
-        train, held = split_heldout(prefs, data, config.train.seed)
+        if data.eval_path:  # the user's validation pairs are the held-out ones
+            held, held_report, held_where = load_preference_data(replace(data, path=data.eval_path, name=""))
+            print(f"Validation pairs {held_where}: {held_report.summary(len(held))}")
+            train = prefs
+        else:
+            train, held = split_heldout(prefs, data, config.train.seed)
     else:
         train, held, tasks = builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from ..errors import UserError
 from .example import Example, is_correct
@@ -32,11 +33,19 @@ def load_examples(data_config, seed: int, split: str = "iid") -> tuple[list[Exam
             f"fed.split {split} deals rows out by label, but {where} has no label column: set data.label_column, "
             f"or give the rows one of the columns {', '.join(LABEL_COLUMNS)} (or use fed.split iid or quantity)"
         )
-    train, held = split_heldout(examples, data_config, seed)
-    print(
-        f"Held out {len(held)} of {len(examples)} rows for evaluation (data.heldout_fraction "
-        f"{data_config.heldout_fraction:g}, at most data.max_heldout {data_config.max_heldout})"
-    )
+    if data_config.eval_path:
+        held, held_hygiene, held_where = load_instruction_data(
+            replace(data_config, path=data_config.eval_path, name="")
+        )
+        print(f"Validation data {held_where}: {held_hygiene.summary(len(held))}")
+        train = examples
+    else:
+        train, held = split_heldout(examples, data_config, seed)
+        print(
+            f"Held out {len(held)} of {len(examples)} rows for evaluation (data.heldout_fraction "
+            f"{data_config.heldout_fraction:g}, at most data.max_heldout {data_config.max_heldout}; "
+            "or give data.eval_path)"
+        )
     if 0 < len(held) < FEW_HELDOUT:
         print(f"warning: {len(held)} held-out rows: each moves an accuracy by {100 / len(held):.0f} points")
     return train, held
