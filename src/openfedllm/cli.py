@@ -154,21 +154,21 @@ def _train_command(argv: list[str], objective: str) -> int:
 
     rank, world = start()  # under torchrun: this process's place; every rank trains its share of each batch
     silence_followers(rank)
-    created = not run_dir.exists()
-    try:
-        with console_log(run_dir) if rank == 0 else contextlib.nullcontext():
-            if world > 1:
-                print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes")
-            setup = prepare(config)  # every check on data and model happens here, before any file is written
+    with console_log(run_dir) if rank == 0 else contextlib.nullcontext():
+        if world > 1:
+            print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes")
+        setup = prepare(config)  # every check on data and model happens here, before any file is written
+        created = not run_dir.exists()
+        try:
             with rank_run_dir(run_dir, bool(args.resume), rank) as own_dir:
                 run(setup, own_dir, resume=bool(args.resume), extend=extend)
-    except UserError:
-        if rank == 0 and created and not (run_dir / "checkpoints").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
-        raise
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: openfedllm {objective} --resume {run_dir}", file=sys.stderr)
-        return 130
+        except UserError:
+            if rank == 0 and created and not (run_dir / "checkpoints").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+            raise
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; continue with: openfedllm {objective} --resume {run_dir}", file=sys.stderr)
+            return 130
     return 0
 
 

@@ -45,6 +45,7 @@ from .rundir import (
     load_checkpoint,
     save_checkpoint,
     save_config,
+    start_console_log,
 )
 from .setup import Setup
 
@@ -370,6 +371,7 @@ def run(
         if resume:
             log.truncate(0)  # interrupted before the first checkpoint: start over
         run_dir.mkdir(parents=True, exist_ok=True)
+        start_console_log()
         save_config(run_dir, to_dict(cfg))
         if (cfg.data.path or cfg.data.name) and not cfg.data.eval_path and setup.heldout:
             save_heldout(run_dir, setup.heldout)  # the rows the run set aside from the user's data
@@ -400,6 +402,7 @@ def run(
     else:
         progress = checkpoint.progress
         check_progress(progress, phases_of(cfg), cfg.fed.rounds, log, run_dir)
+        start_console_log()
         log.truncate(progress["metrics_lines"])
         done = list(progress["done"])
         print(

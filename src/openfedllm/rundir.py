@@ -116,17 +116,23 @@ def sha256_of(path: Path) -> str:
 
 
 class _Tee:
-    """stdout that also goes to run_dir/run.log once the run directory exists (what was printed before,
-    e.g. the data summary and the memory estimate, is kept and written first)."""
+    """stdout that also goes to run_dir/run.log once the run has started writing its directory
+    (`start_console_log`); what was printed before (the data summary, the memory estimate) is kept
+    and written first, and a run refused before it starts leaves no run.log behind."""
 
     def __init__(self, stream, run_dir: Path):
         self.stream, self.run_dir = stream, run_dir
         self.pending: list[str] = []
         self.file: TextIO | None = None
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+        self.write("")
 
     def write(self, text: str) -> int:
         self.stream.write(text)
-        if self.file is None and self.run_dir.is_dir():
+        if self.file is None and self.started and self.run_dir.is_dir():
             self.file = (self.run_dir / "run.log").open("a")
             self.file.write("".join(self.pending))
             self.pending.clear()
@@ -142,6 +148,13 @@ class _Tee:
 
     def __getattr__(self, name):  # isatty, fileno, encoding, ...: the terminal's
         return getattr(self.stream, name)
+
+
+def start_console_log() -> None:
+    """The run has passed its checks and writes its directory: from now on (and what was printed
+    before), stdout goes to run.log too, if a `console_log` is open."""
+    if isinstance(sys.stdout, _Tee):
+        sys.stdout.start()
 
 
 @contextlib.contextmanager
