@@ -92,18 +92,7 @@ def _evaluation(records: list[dict], path: Path, title: str = "") -> Path:
         ax_loss.plot(
             [p[0] for p in fed_points], [p[1] for p in fed_points], "-", marker="o", markersize=3, label="federated"
         )
-    for phase, marker in (("local", "s"), ("centralized", "^")):  # evaluated once, at their end: a point each
-        ends = [r for r in evals if r["phase"] == phase and r["loss"] is not None]
-        if ends:
-            last = max(ends, key=lambda r: r["round"])
-            ax_loss.plot(
-                [last["round"]],
-                [last["loss"]],
-                marker=marker,
-                markersize=10,
-                linestyle="none",
-                label=f"{phase} baseline",
-            )
+    _baseline_ends(ax_loss, evals, lambda r: r["loss"], "{phase} baseline")
     dpo = any("pref_accuracy" in r for r in evals)
     _label(ax_loss, "held-out DPO loss per pair" if dpo else "held-out loss per response token", "Held-out loss")
     if has_alignment:
@@ -133,18 +122,7 @@ def _evaluation(records: list[dict], path: Path, title: str = "") -> Path:
             marker="o",
             label="federated, mean",
         )
-        for phase, marker in (("local", "s"), ("centralized", "^")):
-            ends = [r for r in evals if r["phase"] == phase and r.get("accuracy")]
-            if ends:
-                last = max(ends, key=lambda r: r["round"])
-                ax.plot(
-                    [last["round"]],
-                    [last["accuracy_mean"]],
-                    marker=marker,
-                    markersize=10,
-                    linestyle="none",
-                    label=f"{phase} baseline, mean",
-                )
+        _baseline_ends(ax, evals, lambda r: r.get("accuracy_mean"), "{phase} baseline, mean")
         ax.set_ylim(-0.03, 1.03)
         _label(ax, "held-out accuracy", "Held-out accuracy of the global model")
     if title:
@@ -169,6 +147,23 @@ def compare_runs(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
     ax_acc.set_ylim(-0.03, 1.03)
     _label(ax_acc, "mean held-out accuracy", "Held-out accuracy of the global model")
     return _save(fig, path)
+
+
+def _baseline_ends(ax, evals: list[dict], value, label: str) -> None:
+    """Each baseline's `value` where it was measured, at its end (baselines are evaluated only then):
+    one marker per baseline, not a line through rounds it never had."""
+    for phase, marker in (("local", "s"), ("centralized", "^")):
+        ends = [r for r in evals if r["phase"] == phase and value(r) is not None]
+        if ends:
+            last = max(ends, key=lambda r: r["round"])
+            ax.plot(
+                [last["round"]],
+                [value(last)],
+                marker=marker,
+                markersize=10,
+                linestyle="none",
+                label=label.format(phase=phase),
+            )
 
 
 ALIGNMENT = {
