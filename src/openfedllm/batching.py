@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.templates import IGNORE, Tokenized
+from .models import model_device
 
 
 def collate(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
@@ -104,7 +105,7 @@ def split_passes(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[s
 
 def on_model(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch on the model's device (batches are built on the CPU; a no-op there)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .batching import make_batch, packing_works, split_passes, token_losses
 from .data.templates import IGNORE, Tokenized
 from .errors import UserError
+from .models import model_device
 
 
 @dataclass
@@ -64,7 +65,7 @@ def loss_scaler(model, params: list[torch.nn.Parameter]) -> torch.amp.GradScaler
             "model.dtype: float16 weights cannot be trained directly (finetune: full); "
             "use bfloat16 or float32, or LoRA adapters (kept in float32)"
         )
-    return torch.amp.GradScaler(next(model.parameters()).device.type)
+    return torch.amp.GradScaler(model_device(model).type)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from .batching import make_batch, packing_works, token_losses
 from .data.example import Example, is_correct
 from .data.templates import Tokenized
+from .models import model_device
 
 
 @torch.no_grad()
@@ -59,7 +60,7 @@ def generate(
         )
         if stop:  # each row stops at its own stop string instead of running to max_new_tokens
             sampling.update(stop_strings=list(stop), tokenizer=tokenizer)
-        device = next(model.parameters()).device
+        device = model_device(model)
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

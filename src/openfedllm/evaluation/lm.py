@@ -16,6 +16,7 @@ import torch
 from ..batching import _split_head, make_batch, packing_works, row_logprobs
 from ..data.templates import IGNORE, Tokenized, dialogue_prompt_ids
 from ..evaluate import generate
+from ..models import model_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -108,7 +109,7 @@ class LM:
             ids[row, width - len(c) :] = torch.tensor(c)
             mask[row, width - len(c) :] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
         self.model.eval()
         split = _split_head(self.model)
