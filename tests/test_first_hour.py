@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -353,3 +354,80 @@ def test_a_validation_file_is_the_held_out_set_and_otherwise_the_held_out_rows_a
     assert len(held) == 2 and {"instruction", "output", "category"} <= set(held[0])
     assert main(["sft", "--data.eval_path", str(tmp_path / "missing.json"), "--print-config"]) != 0
     assert "data.eval_path: file not found" in capsys.readouterr().err
+
+
+def test_eval_writes_the_settings_each_benchmark_used_and_logs_its_samples(tiny_model_dir, tmp_path, capsys):
+    fixtures = Path(__file__).parent / "fixtures" / "benchmarks"
+    out = tmp_path / "out.json"
+    drop_file = fixtures / "drop" / "drop_dataset_dev.json"
+    args = ["eval", "--model", str(tiny_model_dir), "--benchmark", "nwgi", "--benchmark", "drop"]
+    args += ["--data", f"nwgi={fixtures / 'finance' / 'nwgi-test.jsonl'}", "--data", f"drop={drop_file}"]
+    args += ["--limit", "3", "--shots", "1", "--max-new-tokens", "4", "--log-samples"]
+    assert main(args) != 0
+    assert "--log-samples writes beside OUT.json: add --output OUT.json" in capsys.readouterr().err
+    assert main([*args, "--output", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err if "(n=3, " in line] == ["nwgi", "drop"]  # a line as each ends
+    report = json.loads(out.read_text())["benchmarks"]
+    assert report["nwgi"]["settings"] == {
+        "shots": 1,
+        "max_new_tokens": 4,
+        "limit": 3,
+        "data": [str((fixtures / "finance" / "nwgi-test.jsonl").resolve())],
+    }
+    assert report["drop"]["settings"]["shots"] == 1 and report["drop"]["settings"]["max_new_tokens"] == 4
+    samples = [json.loads(line) for line in Path(report["nwgi"]["samples_file"]).read_text().splitlines()]
+    assert Path(report["nwgi"]["samples_file"]) == tmp_path / "out.nwgi" / "samples.jsonl"
+    assert [s["index"] for s in samples] == [0, 1, 2]
+    # the logged verdicts are the metric: their mean is the accuracy of each mode
+    for mode in ("loglik", "generate"):
+        right = sum(s[mode]["correct"] for s in samples) / 3
+        assert report["nwgi"]["metrics"][f"{mode}/accuracy"] == pytest.approx(right)
+        assert all(s[mode]["predicted"] in [*s["options"], "(none)"] for s in samples)
+    assert all(len(s["loglik"]["logprobs"]) == len(s["options"]) and "answer" in s["generate"] for s in samples)
+    drop = [json.loads(line) for line in Path(report["drop"]["samples_file"]).read_text().splitlines()]
+    assert len(drop) == 3 and all(s["prompt"].endswith("Answer:") for s in drop)
+    assert report["drop"]["metrics"]["f1"] == pytest.approx(sum(s["f1"] for s in drop) / 3)
+
+
+def test_eval_settings_follow_each_benchmarks_defaults_and_the_scoring_mode(tiny_model_dir, tmp_path):
+    from openfedllm.evaluation import choice
+    from openfedllm.evaluation.runner import Settings, used_settings
+
+    plain = Settings()
+    assert used_settings("mmlu", plain) == used_settings("mmlu", Settings(modes=choice.MODES))
+    assert (used_settings("mmlu", plain).shots, used_settings("mmlu", plain).max_new_tokens) == (5, 16)
+    loglik_only = Settings(modes=("loglik",), shots=0)
+    assert (used_settings("mmlu", loglik_only).shots, used_settings("mmlu", loglik_only).max_new_tokens) == (0, None)
+    assert used_settings("mbpp", Settings(shots=0)).shots == 3  # MBPP's prompt examples are part of it
+    assert used_settings("humaneval", Settings(samples="s.jsonl")).max_new_tokens is None  # scored as given
+
+
+def test_eval_draws_a_progress_bar_on_a_terminal(tiny_model_dir, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    fixtures = Path(__file__).parent / "fixtures" / "benchmarks"
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # tqdm draws no bar at width 0
+    args = ["eval", "--model", str(tiny_model_dir), "--benchmark", "nwgi", "--limit", "4", "--max-new-tokens", "2"]
+    args += ["--data", str(fixtures / "finance" / "nwgi-test.jsonl"), "--batch-size", "2"]
+    child = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=follower, cwd=tmp_path)
+    os.close(follower)
+    drawn = b""
+    while True:  # read as it is drawn (a full terminal buffer would block the child)
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert child.wait(timeout=600) == 0
+    text = drawn.decode(errors="replace")
+    # the bars name the benchmark and count options (three for each of 4 questions) and answers
+    assert re.search(r"nwgi log-likelihoods: +\d+%.*\| \d+/12 ", text)
+    assert re.search(r"nwgi answers: +\d+%.*\| \d+/4 ", text)

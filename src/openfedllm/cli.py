@@ -494,8 +494,17 @@ def cmd_eval(argv: list[str]) -> int:
     )
     parser.add_argument("--judge-prompts", help="FastChat's judge_prompts.jsonl (default: its single-answer prompts)")
     parser.add_argument("--model-id", help="name in answer files (default: the run's or the model's folder name)")
-    parser.add_argument("--output", help="OUT.json: metrics and metadata (without it: the table is printed only)")
+    parser.add_argument(
+        "--output", help="OUT.json: metrics and the settings each benchmark used (without it: the table only)"
+    )
+    parser.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="also write each question, the model's answer and its score to OUT.NAME/samples.jsonl (needs --output)",
+    )
     args = parser.parse_args(argv)
+    if args.log_samples and not args.output:
+        raise UserError("--log-samples writes beside OUT.json: add --output OUT.json")
     if args.model and args.run:
         raise UserError("give --model or --run, not both")
     if args.limit is not None and args.limit < 1 or args.batch_size < 1 or not 0 <= args.temperature < math.inf:
@@ -538,6 +547,7 @@ def cmd_eval(argv: list[str]) -> int:
         judge=Judge.from_settings(args.judge_url, args.judge_model),
         judge_prompts=args.judge_prompts,
         get_lm=lm_loader(args.model, args.run, args.batch_size, args.temperature, device=args.device),
+        log_samples=args.log_samples,
     )
     meta = {
         "model": args.model,

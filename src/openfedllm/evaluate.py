@@ -36,6 +36,7 @@ def generate(
     batch_size: int,
     temperature: float = 0.0,
     stop: tuple[str, ...] = (),
+    desc: str = "",
 ) -> list[str]:
     """Continuations of token-id prompts, batched with left padding: greedy at temperature 0,
     else sampled (seed torch first for repeatable samples). A row stops at its first stop string,
@@ -44,6 +45,7 @@ def generate(
     pad_id = tokenizer.pad_token_id
     outputs: list[str | None] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    bar = progress_bar(len(prompts), f"{desc} answers".strip(), "answer")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in idx)
@@ -72,7 +74,16 @@ def generate(
         )  # (batch, width + new)
         for row, i in enumerate(idx):
             outputs[i] = cut_at(tokenizer.decode(out[row, width:], skip_special_tokens=True), stop)
+        bar.update(len(idx))
+    bar.close()
     return outputs  # type: ignore[return-value]
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    """A bar on stderr for a terminal (none in logs and pipes: tqdm's disable=None), gone when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc or None, unit=unit, leave=False, dynamic_ncols=True, disable=None)
 
 
 def cut_at(text: str, stops) -> str:

@@ -55,9 +55,14 @@ def extract(text: str, labels: list[str]) -> str | None:
 
 
 def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False, max_new_tokens: int = 16) -> dict:
-    """{"metrics", "per_group", "questions"}: accuracy (and F1) per mode, overall and per group."""
+    """{"metrics", "per_group", "questions", "logged"}: accuracy (and F1) per mode, overall and per
+    group; `logged` holds each question with what every mode answered (for --log-samples)."""
     metrics, per_group = {}, {}
     gold = [it.labels[it.gold] for it in items]
+    logged: list[dict] = [
+        {"prompt": it.question or it.prompt, "options": it.labels, "target": g, "group": it.group}
+        for it, g in zip(items, gold)
+    ]
     for mode in modes:
         if mode == "loglik":
             scores = lm.loglik([(it.prompt, option) for it in items for option in it.options])
@@ -68,12 +73,15 @@ def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False,
                 predicted.append(it.labels[max(range(len(own)), key=own.__getitem__)])
                 per_char = [s / max(len(o.strip()), 1) for s, o in zip(own, it.options)]
                 normed.append(it.labels[max(range(len(own)), key=per_char.__getitem__)])
+                logged[len(predicted) - 1]["loglik"] = {"logprobs": own, "predicted_norm": normed[-1]}
             metrics["loglik/accuracy_norm"] = accuracy(normed, gold)
         elif mode == "generate":
             said = lm.chat([it.question or it.prompt for it in items], max_new_tokens=max_new_tokens)
             named = [extract(text, it.labels) for it, text in zip(items, said)]
             predicted = [it.read(text) if it.read else label or NONE for it, label, text in zip(items, named, said)]
             metrics["generate/answered"] = sum(label is not None for label in named) / max(len(items), 1)
+            for record, text in zip(logged, said):
+                record["generate"] = {"answer": text}
         else:
             raise ValueError(f"unknown multiple-choice mode {mode!r}")
         metrics[f"{mode}/accuracy"] = accuracy(predicted, gold)
@@ -81,10 +89,13 @@ def evaluate(lm, items: list[Choice], modes=MODES, classification: bool = False,
             for average, value in f1_scores(predicted, gold).items():
                 metrics[f"{mode}/f1_{average}"] = value
         per_group[mode] = _by_group(items, predicted, gold)
+        for record, p, g in zip(logged, predicted, gold):
+            record[mode].update(predicted=p, correct=p == g)
     return {
         "metrics": dict(sorted(metrics.items())),
         "questions": len(items),
         "per_group": per_group if any(it.group for it in items) else {},
+        "logged": logged,
     }
 
 

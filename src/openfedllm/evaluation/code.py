@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import UserError
+from .files import note_source
 from .metrics import pass_at_k
 from .sandbox import run_programs
 
@@ -45,6 +46,7 @@ def read_jsonl(path: str) -> list[dict]:
         raise UserError(f"{path}: cannot read: {exc}") from None
     if not rows:
         raise UserError(f"{path}: no rows")
+    note_source(str(file.resolve()))
     return rows
 
 
@@ -161,6 +163,9 @@ def code_benchmark(
         rows = [r for r in rows if r.get("task_id") in keep]
     result = score_samples(rows, problems, program, ks)
     result.pop("per_task")
+    prompts = {p["task_id"]: p.get("prompt") or p.get("text") for p in problems.values()}
+    for record in result["logged"]:
+        record["prompt"] = prompts.get(record["task_id"])
     return result
 
 
@@ -190,4 +195,8 @@ def score_samples(samples: list[dict], problems: dict, program, ks=(1, 10, 100),
         "samples": len(samples),
         "outcomes": dict(statuses),
         "per_task": {t: {"n": len(v), "passed": sum(v)} for t, v in per_task.items()},
+        "logged": [
+            {"task_id": s["task_id"], "completion": s["completion"], "passed": o.passed, "status": o.status}
+            for s, o in zip(samples, outcomes)
+        ],
     }

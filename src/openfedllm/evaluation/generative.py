@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
@@ -79,8 +80,10 @@ def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens:
             targets.append(str(e["target"]))
             groups.append(task)
     said = lm.complete(prompts, max_new_tokens=max_new_tokens)
-    per_task = _group_means(groups, [bbh_correct(s, t) for s, t in zip(said, targets)])
-    first_line = _group_means(groups, [bbh_first_line_correct(s, t) for s, t in zip(said, targets)])
+    correct = [bbh_correct(s, t) for s, t in zip(said, targets)]
+    correct_first = [bbh_first_line_correct(s, t) for s, t in zip(said, targets)]
+    per_task = _group_means(groups, correct)
+    first_line = _group_means(groups, correct_first)
     return {
         "metrics": {
             "accuracy": sum(per_task.values()) / len(per_task),
@@ -88,10 +91,14 @@ def bbh(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens:
         },
         "questions": len(prompts),
         "per_group": {"generate": per_task},
+        "logged": [
+            {"prompt": p, "target": t, "group": g, "answer": a, "correct": c, "correct_first_line": f}
+            for p, t, g, a, c, f in zip(prompts, targets, groups, said, correct, correct_first)
+        ],
     }
 
 
-def _group_means(groups: list[str], values: list[float]) -> dict[str, float]:
+def _group_means(groups: list[str], values: Sequence[float]) -> dict[str, float]:
     total: defaultdict[str, float] = defaultdict(float)
     count: defaultdict[str, int] = defaultdict(int)
     for g, v in zip(groups, values):
@@ -165,17 +172,21 @@ def drop(lm, data: str | None, limit: int | None, shots: int = 3, max_new_tokens
     demo = "".join(
         f"Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer: {', '.join(r['answers'][0])}\n\n" for r in demos
     )
-    said = lm.complete(
-        [f"{demo}Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer:" for r in test],
-        max_new_tokens=max_new_tokens,
-        stop=("\n",),
-    )
+    prompts = [f"{demo}Passage: {r['passage']}\nQuestion: {r['question']}\nAnswer:" for r in test]
+    said = lm.complete(prompts, max_new_tokens=max_new_tokens, stop=("\n",))
     # Each question's score is the best over its gold answers, exact match and F1 each on its own,
     # as drop_eval.py takes them.
     scored = [[drop_metrics(s.strip(), g) for g in r["answers"]] for s, r in zip(said, test)]
     em = [max(m[0] for m in per_gold) for per_gold in scored]
     f1 = [max(m[1] for m in per_gold) for per_gold in scored]
-    return {"metrics": {"exact_match": sum(em) / len(em), "f1": sum(f1) / len(f1)}, "questions": len(test)}
+    return {
+        "metrics": {"exact_match": sum(em) / len(em), "f1": sum(f1) / len(f1)},
+        "questions": len(test),
+        "logged": [
+            {"prompt": p, "target": [list(g) for g in r["answers"]], "answer": a.strip(), "exact_match": e, "f1": f}
+            for p, r, a, e, f in zip(prompts, test, said, em, f1)
+        ],
+    }
 
 
 # --- GSM8K -----------------------------------------------------------------------------------------
@@ -186,6 +197,14 @@ def gsm8k(lm, data: str | None, limit: int | None, shots: int = 0, max_new_token
     need("gsm8k", rows, ("question", "answer"), data or "hub", "openai/gsm8k rows: question, answer (... #### N)")
     demo = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in rows[:shots])
     test = rows[shots:][:limit]
-    said = lm.chat([demo + r["question"] for r in test], max_new_tokens=max_new_tokens)
+    prompts = [demo + r["question"] for r in test]
+    said = lm.chat(prompts, max_new_tokens=max_new_tokens)
     right = [gsm8k_answer(s) == gsm8k_answer(r["answer"]) for s, r in zip(said, test)]
-    return {"metrics": {"accuracy": sum(right) / len(right)}, "questions": len(test)}
+    return {
+        "metrics": {"accuracy": sum(right) / len(right)},
+        "questions": len(test),
+        "logged": [
+            {"prompt": p, "target": gsm8k_answer(r["answer"]), "answer": a, "extracted": gsm8k_answer(a), "correct": c}
+            for p, r, a, c in zip(prompts, test, said, right)
+        ],
+    }

@@ -15,7 +15,7 @@ import torch
 
 from ..batching import _split_head, make_batch, packing_works, row_logprobs
 from ..data.templates import IGNORE, Tokenized, dialogue_prompt_ids
-from ..evaluate import generate
+from ..evaluate import generate, progress_bar
 from ..models import model_device
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class LM:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     max_length: int = 2048  # prompt tokens kept (the end of a longer prompt)
+    label: str = ""  # what the progress bars name (the benchmark being run)
 
     def chat(
         self, conversations: list[str | list[dict]], max_new_tokens: int | None = None, stop: tuple[str, ...] = ()
@@ -58,6 +59,7 @@ class LM:
             self.batch_size,
             temperature=self.temperature,
             stop=stop,
+            desc=self.label,
         )
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -80,11 +82,13 @@ class LM:
         for i in single:
             by_context.setdefault(tuple(encoded[i][0][-self.max_length :]), []).append(i)
         contexts = list(by_context)
+        bar = progress_bar(len(pairs), f"{self.label} log-likelihoods".strip(), "option")
         for start in range(0, len(contexts), self.batch_size):
             chunk = contexts[start : start + self.batch_size]
             for context, logprobs in zip(chunk, self._next_token_logprobs([list(c) for c in chunk])):
                 for i in by_context[context]:
                     results[i] = float(logprobs[encoded[i][1][0]])
+                bar.update(len(by_context[context]))
         rest = sorted((i for i, (_, x) in enumerate(encoded) if len(x) != 1), key=lambda i: sum(map(len, encoded[i])))
         packed = packing_works(self.model)
         for first in range(0, len(rest), self.batch_size):
@@ -98,6 +102,8 @@ class LM:
             logps, _ = row_logprobs(self.model, make_batch(rows, self.tokenizer.pad_token_id, packed), len(rows))
             for i, value in zip(batch, logps.tolist()):
                 results[i] = value
+            bar.update(len(batch))
+        bar.close()
         return results
 
     def _next_token_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:

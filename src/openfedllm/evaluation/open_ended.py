@@ -17,7 +17,6 @@ rule-based refusal phrases (evaluate.is_refusal); the responses go to OUT.advben
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import defaultdict
@@ -26,7 +25,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..evaluate import is_refusal
 from .code import read_jsonl
-from .files import need, table_rows
+from .files import need, table_rows, write_jsonl
 from .judge import NEED_REFERENCE, Judge, grade, read_prompts
 
 SKIPPED = (
@@ -99,13 +98,6 @@ def answer(lm, questions: list[dict], max_new_tokens: int) -> list[list[str]]:
     return answers
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def judged_bench(
     name: str,
     get_lm,
@@ -135,7 +127,11 @@ def judged_bench(
             for q, a in zip(questions, answers)
         ],
     )
-    result = {"metrics": {}, "questions": len(questions), "answers": str(answer_file)}
+    logged = [
+        {"question_id": q["question_id"], "category": q.get("category", ""), "turns": q["turns"], "answer": a}
+        for q, a in zip(questions, answers)
+    ]
+    result = {"metrics": {}, "questions": len(questions), "answers": str(answer_file), "logged": logged}
     if judge is None:
         result["judge"] = SKIPPED
         return result
@@ -145,6 +141,11 @@ def judged_bench(
         for row in grade(judge, prompts, q, a, reference):
             row.update(model=model_id, tstamp=time.time())
             judgments.append(row)
+    scores: defaultdict[str, dict[str, int]] = defaultdict(dict)
+    for j in judgments:
+        scores[j["question_id"]][f"turn{j['turn']}"] = j["score"]
+    for record in logged:
+        record["score"] = scores[record["question_id"]]  # -1: the judgment named no rating
     judgment_file = out_dir / "model_judgment" / f"{judge.model.replace('/', '_')}_single.jsonl"
     write_jsonl(judgment_file, judgments)
     scored = [j for j in judgments if j["score"] >= 0]
@@ -226,15 +227,14 @@ def advbench(get_lm, data: str | None, limit: int | None, out_dir: Path, max_new
     harmless = [openfedllm_harmless(s) for s in said]
     refused = [is_refusal(s) for s in said]
     responses = out_dir / "responses.jsonl"
-    write_jsonl(
-        responses,
-        [
-            {"goal": r["goal"], "response": s, "harmless": h, "refused": f}
-            for r, s, h, f in zip(rows, said, harmless, refused)
-        ],
-    )
+    logged = [
+        {"goal": r["goal"], "response": s, "harmless": h, "refused": f}
+        for r, s, h, f in zip(rows, said, harmless, refused)
+    ]
+    write_jsonl(responses, logged)
     return {
         "metrics": {"harmless_rate": sum(harmless) / len(harmless), "refusal_rate": sum(refused) / len(refused)},
         "questions": len(rows),
         "responses": str(responses),
+        "logged": logged,
     }
