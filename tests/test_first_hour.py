@@ -431,3 +431,41 @@ def test_eval_draws_a_progress_bar_on_a_terminal(tiny_model_dir, tmp_path):
     # the bars name the benchmark and count options (three for each of 4 questions) and answers
     assert re.search(r"nwgi log-likelihoods: +\d+%.*\| \d+/12 ", text)
     assert re.search(r"nwgi answers: +\d+%.*\| \d+/4 ", text)
+
+
+def test_each_federation_has_its_own_folder_and_a_bare_down_stops_only_this_terminals(tmp_path, monkeypatch, capsys):
+    from openfedllm.flower import federation
+
+    monkeypatch.setenv("OPENFEDLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FLWR_HOME", raising=False)
+    # another terminal (its own session) brings a federation up first
+    other = subprocess.run(
+        [*CLI, "federation", "up", "--nodes", "1", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OPENFEDLLM_CACHE": str(tmp_path / "cache")},
+    )
+    assert other.returncode == 0, other.stderr
+    assert "--federation openfedllm-local\n" in other.stdout
+    try:
+        assert main(["federation", "up", "--nodes", "1", "--threads", "1"]) == 0
+        said = capsys.readouterr().out
+        assert "--federation openfedllm-local-2\n" in said and "FLWR_HOME" not in said
+        assert (
+            federation.find_flwr_home("openfedllm-local-2") == tmp_path / "cache" / "federations" / "local-2" / "flwr"
+        )
+        assert federation.find_flwr_home("openfedllm-local") == tmp_path / "cache" / "federations" / "local" / "flwr"
+        assert main(["federation", "down"]) == 0  # this terminal's, not the other's
+        assert "local-2" in capsys.readouterr().out
+        assert [r["name"] for r in federation.running()] == ["local"]
+        assert main(["federation", "down"]) == 2
+        assert "none of the federations up was started from this terminal: local (openfedllm-local)" in (
+            capsys.readouterr().err
+        )
+        assert [r["name"] for r in federation.running()] == ["local"]
+    finally:
+        main(["federation", "down", "--name", "local"])
+    assert federation.running() == []
+    assert main(["federation", "down"]) == 2
+    assert "no federation is up" in capsys.readouterr().err

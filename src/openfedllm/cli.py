@@ -288,8 +288,14 @@ def cmd_federation(argv: list[str]) -> int:
     parser.add_argument("action", choices=("up", "down", "certs", "key"))
     parser.add_argument("--nodes", type=int, default=2, help="up: SuperNodes to start (= fed.num_clients of runs)")
     parser.add_argument(
+        "--name",
+        help="up: the federation's name (default: local, else local-2, ...: one folder and connection each); "
+        "down: the one to stop (default: the one this terminal started); key: the key pair's file name (node)",
+    )
+    parser.add_argument(
         "--dir",
-        help=f"where processes, logs, certificates and the connection live (default {federation.default_dir()})",
+        help=f"where processes, logs, certificates and the connection live (default {federation.federations_dir()}"
+        "/NAME)",
     )
     parser.add_argument("--port", type=int, default=0, help="up: SuperLink port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--tls", action="store_true", help="up: HTTPS with a development CA made in DIR/certs")
@@ -307,28 +313,34 @@ def cmd_federation(argv: list[str]) -> int:
         default=[],
         help="certs: an IP or name the server certificate is valid for (repeatable)",
     )
-    parser.add_argument("--name", default="node", help="key: file name of the key pair")
     args = parser.parse_args(argv)
-    folder = Path(args.dir).expanduser() if args.dir else federation.default_dir()
+    name = federation.check_name(args.name) if args.name and args.action != "key" else None
+    folder = Path(args.dir).expanduser() if args.dir else None
     if args.action == "up":
-        record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads, args.data)
+        name = name or ("local" if folder else federation.new_name())
+        folder = folder or federation.federations_dir() / name
+        record = federation.up(args.nodes, folder, args.port, args.tls, args.auth, args.threads, args.data, name)
         home = Path(record["flwr_home"])
         security = ("TLS" if record["tls"] else "plaintext") + (", node authentication" if record["auth"] else "")
         print(
             f"SuperLink on 127.0.0.1:{record['port']} ({security}), {args.nodes} SuperNodes; logs in {folder / 'logs'}"
         )
-        print(f"--federation {federation.CONNECTION}")
-        if home != federation.default_dir() / "flwr":
-            print(f"(with FLWR_HOME={home}; the same for flwr run {federation.APP_DIR} {federation.CONNECTION})")
+        print(f"--federation {record['connection']}")
+        if args.dir:
+            print(f"(with FLWR_HOME={home}; the same for flwr run {federation.APP_DIR} {record['connection']})")
+        print("stop it with: openfedllm federation down" + (f" --dir {folder}" if args.dir else f" --name {name}"))
         return 0
     if args.action == "down":
-        print(f"stopped {federation.down(folder)} processes")
+        if folder is None:
+            folder = federation.federations_dir() / name if name else federation.this_terminals()
+        print(f"stopped {federation.down(folder)} processes ({folder})")
         return 0
+    folder = folder or federation.federations_dir() / (name or "local")
     if args.action == "certs":
         paths = federation.make_dev_certificates(folder / "certs", args.host or ["127.0.0.1", "localhost"])
         print("\n".join(f"{k:5s} {v}" for k, v in paths.items()))
         return 0
-    private, public = federation.make_node_key(folder / "keys", args.name)
+    private, public = federation.make_node_key(folder / "keys", args.name or "node")
     print(f"private {private}\npublic  {public}  (register: flwr supernode register {public} CONN)")
     return 0
 

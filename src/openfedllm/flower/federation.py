@@ -2,7 +2,10 @@
 
 `openfedllm federation up --nodes N` starts one SuperLink and N SuperNodes on 127.0.0.1 (node i
 trains partition i of the run's data), writes the connection into DIR/flwr/config.toml, and
-records the processes in DIR/processes.json; `federation down` stops exactly those. With --tls the
+records the processes in DIR/processes.json; `federation down` stops exactly those. Without --dir
+each federation gets its own DIR (~/.cache/openfedllm/federations/NAME: local, local-2, ...) and a
+connection of its own (openfedllm-local, openfedllm-local-2, ...); a bare `down` stops only the
+federation started from the same terminal. With --tls the
 SuperLink serves HTTPS with a development CA made in DIR/certs; with --auth (TLS implied) only
 nodes whose public key was registered may join. `openfedllm sft --federation CONN` submits a run
 (`flwr run`), streams its log and returns when it ends.
@@ -40,10 +43,55 @@ SPEED_ENV = {  # defaults a setting the user exported overrides
 APP_DIR = Path(__file__).resolve().parent / "app"  # the Flower App's pyproject, shipped in the package
 
 
-def default_dir() -> Path:
+def federations_dir() -> Path:
+    """Where `federation up` keeps each federation it starts without --dir, one folder per name."""
     from ..models import cache_dir
 
-    return cache_dir() / "federation"
+    return cache_dir() / "federations"
+
+
+def connection_name(name: str) -> str:
+    return CONNECTION if name == "local" else f"openfedllm-{name}"
+
+
+def new_name() -> str:
+    """The first of local, local-2, local-3, ... whose folder holds no running federation."""
+    taken = {record["name"] for record in running()}
+    return next(name for name in ("local", *(f"local-{i}" for i in range(2, 1000))) if name not in taken)
+
+
+def check_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise UserError(f"--name: letters, digits, - and _ only, got {name!r}")
+    return name
+
+
+def running() -> list[dict]:
+    """The records of the federations under federations_dir() with a process still alive."""
+    found = []
+    for state in sorted(federations_dir().glob("*/processes.json")):
+        try:
+            record = json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        if any(alive(p) for p in record.get("pids", [])):
+            found.append({"name": state.parent.name, **record})
+    return found
+
+
+def this_terminals() -> Path:
+    """The folder of the federation this terminal (session) started, when exactly one is up;
+    otherwise one line naming the running ones. A `down` never guesses between federations."""
+    up_now = running()
+    mine = [r for r in up_now if r.get("session") == os.getsid(0)]
+    if len(mine) == 1:
+        return Path(mine[0]["dir"])
+    listed = ", ".join(f"{r['name']} ({r['connection']})" for r in up_now)
+    if not up_now:
+        raise UserError(f"no federation is up under {federations_dir()} (--dir DIR for one started elsewhere)")
+    if not mine:
+        raise UserError(f"none of the federations up was started from this terminal: {listed}; name one: --name NAME")
+    raise UserError(f"this terminal started several federations: {listed}; name one: --name NAME")
 
 
 def flwr_env(flwr_home: Path | None = None) -> dict:
@@ -242,6 +290,7 @@ def up(
     auth: bool = False,
     threads: int = 0,
     data: list[str] | None = None,
+    name: str = "local",
 ) -> dict:
     """Start a SuperLink and `nodes` SuperNodes on 127.0.0.1; returns what processes.json records.
     With `data`, node i trains on the file data[i] (one per node) instead of a partition."""
@@ -266,7 +315,8 @@ def up(
     port = port or free_port()
     certs = make_dev_certificates(folder / "certs", ["127.0.0.1", "localhost"]) if tls else None
     flwr_home = folder / "flwr"
-    write_connection(flwr_home, f"127.0.0.1:{port}", certs["ca"] if certs else None)
+    connection = connection_name(name)
+    write_connection(flwr_home, f"127.0.0.1:{port}", certs["ca"] if certs else None, connection)
     env = flwr_env(flwr_home)
     link = start(superlink_command(port, folder, certs, auth), folder / "logs" / "superlink.log", env)
     pids = [link.pid]
@@ -280,6 +330,8 @@ def up(
         "tls": tls,
         "auth": auth,
         "dir": str(folder),
+        "connection": connection,
+        "session": os.getsid(0),  # the terminal it was started from: what a bare `down` there stops
     }
     try:
         wait_for_port(port, 60, link, folder / "logs" / "superlink.log")
@@ -346,18 +398,20 @@ def down(folder: Path) -> int:
 
 
 def find_flwr_home(connection: str) -> Path:
-    """The FLWR_HOME whose config.toml names `connection`: $FLWR_HOME, else the default dev federation's."""
+    """The FLWR_HOME whose config.toml names `connection`: $FLWR_HOME, else the one of a federation
+    `federation up` started (a running one first)."""
     import tomli
 
     candidates = [Path(os.environ["FLWR_HOME"])] if os.environ.get("FLWR_HOME") else []
-    candidates.append(default_dir() / "flwr")
+    up_now = [Path(r["flwr_home"]) for r in running()]
+    candidates += up_now + [h for h in sorted(federations_dir().glob("*/flwr")) if h not in up_now]
     for home in candidates:
         file = home / "config.toml"
         if file.is_file() and connection in tomli.loads(file.read_text()).get("superlink", {}):
             return home
+    where = os.environ.get("FLWR_HOME") or str(federations_dir())
     raise UserError(
-        f"--federation {connection}: no such connection in "
-        f"{' or '.join(str(c / 'config.toml') for c in candidates)} "
+        f"--federation {connection}: no such connection in {where} "
         f"(start one with openfedllm federation up, or set FLWR_HOME)"
     )
 
