@@ -57,6 +57,16 @@ def test_the_console_is_saved_in_run_log_with_the_banner_and_labelled_round_timi
     assert "Federated instruction tuning finished" in log
 
 
+def test_the_final_table_says_how_many_answers_each_accuracy_rests_on(run):
+    summary = json.loads((run / "summary.json").read_text())["evaluation"]
+    counts = summary["before"]["n_by_domain"]
+    assert sum(counts.values()) == summary["before"]["n"] and summary["federated"]["n"] == summary["before"]["n"]
+    log = (run / "run.log").read_text()
+    assert f"acc mean (n={summary['before']['n']})" in log
+    for domain, n in counts.items():
+        assert f"acc {domain} (n={n})" in log
+
+
 def test_each_local_step_is_a_record_with_a_global_step_and_a_time(run):
     records = _records(run)
     steps = [r for r in records if r["type"] == "step" and r["phase"] == "federated" and r["client"] == 1]
@@ -469,3 +479,16 @@ def test_each_federation_has_its_own_folder_and_a_bare_down_stops_only_this_term
     assert federation.running() == []
     assert main(["federation", "down"]) == 2
     assert "no federation is up" in capsys.readouterr().err
+
+
+def test_data_inspect_numbers_clients_in_whole_numbers():
+    from collections import Counter
+
+    from openfedllm.data_report import figure
+
+    rows = [{"client": i, "size": 10 + i, "labels": Counter({"a": 5, "b": 5 + i})} for i in range(3)]
+    fig = figure(rows)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks  # 3 clients drew 0, 0.5, 1, ...

@@ -74,10 +74,21 @@ def inspect(config: RunConfig, png: Path) -> list[dict]:
 
 
 def _plot(rows: list[dict], png: Path) -> None:
+    fig = figure(rows)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def figure(rows: list[dict]):
+    """Client sizes and label mix, one bar per client, the client axis in whole numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     total: Counter[str] = Counter()
     for r in rows:
@@ -102,7 +113,7 @@ def _plot(rows: list[dict], png: Path) -> None:
     ax_mix.set_ylabel("share of the client's rows")
     ax_mix.set_title("Label mix per client")
     ax_mix.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    for ax in (ax_size, ax_mix):  # client ids, never 0.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    return fig

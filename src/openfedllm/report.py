@@ -49,7 +49,11 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
         "algorithm": cfg.fed.algorithm,
         "objective": cfg.train.objective,
         "evaluation": {
-            name: {k: r[k] for k in ("loss", *ALIGNMENT_METRICS, "accuracy", "accuracy_mean", "benchmarks") if k in r}
+            name: {
+                k: r[k]
+                for k in ("loss", *ALIGNMENT_METRICS, "accuracy", "accuracy_mean", "n", "n_by_domain", "benchmarks")
+                if k in r
+            }
             for name, r in columns.items()
         },
         "adapter": str(final_dir(run_dir, "federated", cfg.model.finetune == "full")),
@@ -81,10 +85,14 @@ def summary_table(summary: dict, cfg: RunConfig) -> list[str]:
     for key, label in ALIGNMENT_METRICS.items():
         if any(key in evaluation[n] for n in names):
             rows.append([label] + [f"{evaluation[n][key]:.2f}" if key in evaluation[n] else "-" for n in names])
+    # the held-out set is the same in every column: its counts say how far apart two accuracies must be
+    counts = next((evaluation[n] for n in names if "n" in evaluation[n]), {})
     for d in domains:
-        rows.append([f"acc {d}"] + [f"{evaluation[n]['accuracy'].get(d, 0):.2f}" for n in names])
+        shown = f" (n={counts['n_by_domain'][d]})" if d in counts.get("n_by_domain", {}) else ""
+        rows.append([f"acc {d}{shown}"] + [f"{evaluation[n]['accuracy'].get(d, 0):.2f}" for n in names])
     if domains:
-        rows.append(["acc mean"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
+        shown = f" (n={counts['n']})" if "n" in counts else ""
+        rows.append([f"acc mean{shown}"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
     benchmarks = {b: headline(m) for r in evaluation.values() for b, m in r.get("benchmarks", {}).items()}
     for b, shown in benchmarks.items():
         if shown:

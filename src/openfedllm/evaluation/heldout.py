@@ -5,6 +5,7 @@ eval.benchmarks through the same code as `openfedllm eval`."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,7 @@ def evaluate(setup: Setup, benchmark_dir: Path | None = None) -> dict:
         result["accuracy"] = accuracy_by_domain([setup.heldout[i] for i in checkable], responses)
         result["accuracy_mean"] = sum(result["accuracy"].values()) / len(result["accuracy"])
         result["n"] = len(checkable)  # answers checked: an accuracy moves in steps of 1 / n
+        result["n_by_domain"] = dict(sorted(Counter(setup.heldout[i].domain for i in checkable).items()))
         if cfg.train.objective == "dpo":  # a model that refuses everything is broken, not aligned
             result["benign_refusal_rate"] = sum(map(is_refusal, responses)) / len(responses)
     if benchmark_dir is not None and cfg.eval.benchmarks:
