@@ -86,13 +86,13 @@ def summary_table(summary: dict, cfg: RunConfig) -> list[str]:
         if any(key in evaluation[n] for n in names):
             rows.append([label] + [f"{evaluation[n][key]:.2f}" if key in evaluation[n] else "-" for n in names])
     # the held-out set is the same in every column: its counts say how far apart two accuracies must be
-    counts = next((evaluation[n] for n in names if "n" in evaluation[n]), {})
+    counts: dict = next((evaluation[n] for n in names if "n" in evaluation[n]), {})
     for d in domains:
-        shown = f" (n={counts['n_by_domain'][d]})" if d in counts.get("n_by_domain", {}) else ""
-        rows.append([f"acc {d}{shown}"] + [f"{evaluation[n]['accuracy'].get(d, 0):.2f}" for n in names])
+        n_of = f" (n={counts['n_by_domain'][d]})" if d in counts.get("n_by_domain", {}) else ""
+        rows.append([f"acc {d}{n_of}"] + [f"{evaluation[n]['accuracy'].get(d, 0):.2f}" for n in names])
     if domains:
-        shown = f" (n={counts['n']})" if "n" in counts else ""
-        rows.append([f"acc mean{shown}"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
+        n_of = f" (n={counts['n']})" if "n" in counts else ""
+        rows.append([f"acc mean{n_of}"] + [f"{evaluation[n]['accuracy_mean']:.2f}" for n in names])
     benchmarks = {b: headline(m) for r in evaluation.values() for b, m in r.get("benchmarks", {}).items()}
     for b, shown in benchmarks.items():
         if shown:
