@@ -26,6 +26,7 @@ from .data.templates import OverLength, Template
 from .dpo import Loss
 from .errors import UserError
 from .evaluation.choice import Mode
+from .lora_aggregation import LoraAggregationName
 from .models import Dtype, Finetune, Quantization
 from .partition import Split
 from .userfiles import read_yaml
@@ -148,6 +149,12 @@ class FedConfig:
     (algorithms/): one place for a default; these flat keys only name them for the YAML and CLI."""
 
     algorithm: AlgorithmName = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
+    lora_aggregation: LoraAggregationName = opt(
+        "naive",
+        "how LoRA factors become the global adapter: naive (A, B averaged apart), ffa (A frozen, B "
+        "alone: exact, half the bytes), flora (stacked, merged into W), svd (exact mean, SVD to rank r), "
+        "fedex (mean A, B; residual into W); see docs/lora_aggregation.md",
+    )
     num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
     clients_per_round: int = opt(0, "clients sampled (without replacement) each round; 0: all of them", low=0)
     rounds: int = opt(4, "federated rounds", above=0, high=1_000_000)
@@ -382,6 +389,9 @@ class RunConfig:
                 f"model.quantization: {self.model.quantization} needs model.finetune: lora (quantized "
                 "weights are frozen; only adapters train on them)"
             )
+        from .lora_aggregation import check as check_lora_aggregation
+
+        check_lora_aggregation(self)
         if self.model.adapter:
             if self.model.finetune != "lora":
                 raise UserError("model.adapter needs model.finetune: lora")

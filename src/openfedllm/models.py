@@ -358,33 +358,77 @@ def is_peft(model) -> bool:
 
 
 def trainable_state(model) -> StateDict:
-    """A detached copy of what the federation shares: the LoRA tensors, or all weights."""
-    if is_peft(model):
-        from peft import get_peft_model_state_dict
-
-        # peft returns tensors that share storage with the live parameters: copy them, to the CPU,
-        # so that aggregation and checkpoints never depend on the device a client trained on.
-        return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
-    return {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
+    """A detached copy of what the federation shares: the LoRA tensors that train (all of them, or
+    B alone when A is frozen: FFA-LoRA), or all weights."""
+    # the live tensors share storage with the parameters: copy them, to the CPU, so that
+    # aggregation and checkpoints never depend on the device a client trained on.
+    return {k: p.detach().to("cpu", copy=True) for k, p in trainable_parameters(model).items()}
 
 
 def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
     """The live parameters under the names of `trainable_state`, for hooks that edit weights or grads.
 
     peft's state dict holds tensors sharing storage with the parameters; matching storage keeps
-    peft's naming the only one we rely on.
+    peft's naming the only one we rely on. A frozen adapter tensor (FFA-LoRA's A) is not shared.
     """
     if not is_peft(model):
         return {k: p for k, p in model.named_parameters() if p.requires_grad}
     from peft import get_peft_model_state_dict
 
-    by_storage = {p.data_ptr(): p for p in model.parameters() if p.requires_grad}
+    params = {p.data_ptr(): p for p in model.parameters()}
     out = {}
     for name, tensor in get_peft_model_state_dict(model).items():
-        if tensor.data_ptr() not in by_storage:
-            raise RuntimeError(f"adapter tensor {name} is not a trainable parameter")
-        out[name] = by_storage[tensor.data_ptr()]
+        if tensor.data_ptr() not in params:
+            raise RuntimeError(f"adapter tensor {name} is not a parameter of the model")
+        if params[tensor.data_ptr()].requires_grad:
+            out[name] = params[tensor.data_ptr()]
     return out
+
+
+def adapter_state(model) -> StateDict:
+    """Every adapter tensor, frozen ones included (a CPU copy): what a saved adapter holds."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+
+
+def freeze_lora_a(model) -> None:
+    """FFA-LoRA: every A stays at its initialisation (not trained, so not shared)."""
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            p.requires_grad_(False)
+
+
+def _base_linear(model, module: str):
+    """The frozen linear layer under the LoRA module named as in peft's state dict keys."""
+    layer = model.get_submodule(module)
+    return layer.get_base_layer(), bool(getattr(layer, "fan_in_fan_out", False))
+
+
+def base_weights(model, modules) -> StateDict:
+    """CPU copies of the frozen weights of these LoRA modules (d_out x d_in, as LoRA's B @ A)."""
+    out = {}
+    for name in modules:
+        linear, transposed = _base_linear(model, name)
+        weight = linear.weight.detach()
+        out[name] = (weight.T if transposed else weight).to("cpu", copy=True)
+    return out
+
+
+def set_base_weights(model, weights: StateDict) -> None:
+    with torch.no_grad():
+        for name, value in weights.items():
+            linear, transposed = _base_linear(model, name)
+            linear.weight.copy_(value.T if transposed else value)
+
+
+def add_to_base(model, deltas: StateDict) -> None:
+    """W <- W + delta for each module's frozen weight (delta: d_out x d_in), in W's dtype."""
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            linear, transposed = _base_linear(model, name)
+            d = delta.T if transposed else delta
+            linear.weight.copy_((linear.weight.to(torch.float64) + d.to(linear.weight.device)).to(linear.weight.dtype))
 
 
 def load_trainable_state(model, state: StateDict) -> None:

@@ -31,6 +31,7 @@ from .client import LocalSteps, cosine_lr, train_local
 from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
+from .lora_aggregation.server import LoraServer
 from .partition import client_table
 from .plots import plot_run, run_title
 from .report import banner, duration, eval_text, summarize
@@ -229,8 +230,11 @@ def run_phase(
     # a baseline is a federation of one: the client's model is the result
     algorithm = build_algorithm(cfg.fed) if phase == "federated" else FedAvg()
     algorithm.start(clients.sizes())
+    # how the LoRA factors are combined (the baselines have one client: nothing to combine)
+    lora = LoraServer(cfg.fed.lora_aggregation if phase == "federated" else "naive", cfg.lora.alpha / cfg.lora.rank)
     if server_state:
         algorithm.load_state_dict(server_state)
+        lora.load_state_dict(setup.model, server_state)
     state = dict(setup.initial_state) if state is None else state
     last_eval = None
     rounds = cfg.fed.rounds
@@ -258,10 +262,17 @@ def run_phase(
             for record in client_records(phase, r, update, task.lr):
                 log.write(record)
         losses = [u.metrics["loss"] for u in updates]
-        state = algorithm.aggregate(state, updates)
+        if models.is_peft(setup.model):
+            seed = derive_seed(cfg.train.seed, phase, r, "lora")
+            state, error = lora.aggregate(setup.model, algorithm, state, updates, seed)
+            log.write({"type": "aggregation", "phase": phase, "round": r + 1, "aggregation_error": error})
+        else:
+            state, error = algorithm.aggregate(state, updates), {}
         models.load_trainable_state(setup.model, state)
         replied = [u.client_id for u in updates]
         message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
+        if error and len(updates) > 1:  # one client's adapter is its own mean
+            message += f"  aggregation error {max(error.values()):.3f}"
         # Baselines are evaluated once, at their end; the federation every eval.every rounds.
         due = r + 1 == rounds or (phase == "federated" and (r + 1) % cfg.eval.every == 0)
         timing = f"round {time.perf_counter() - round_start:.1f} s"
@@ -278,12 +289,16 @@ def run_phase(
         tqdm.write(f"{message}  ({timing})")
         if r + 1 == rounds:
             with disk_errors(run_dir, f"the trained {phase} model"):
-                save_trained(setup, state, final_dir(run_dir, phase, cfg.model.finetune == "full"))
+                path = final_dir(run_dir, phase, cfg.model.finetune == "full")
+                if lora.save(setup.model, state, path):  # merges into W are part of the adapter written
+                    card.finish(path, cfg)
+                else:
+                    save_trained(setup, state, path)
             done = done + [phase]
         save_checkpoint(
             run_dir,
             state,
-            algorithm.state_dict(),
+            {**algorithm.state_dict(), **lora.state_dict(setup.model)},
             {"phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()},
             clients.checkpoint_state(),
         )
@@ -291,6 +306,7 @@ def run_phase(
             keep_federated_end(run_dir)
         faults.point("checkpoint", r + 1)
     bar.close()
+    lora.restore(setup.model)  # the baselines train on the original frozen weights
     return last_eval or {}
 
 

@@ -133,6 +133,8 @@ def load_model(config: RunConfig, model_path: str, device: torch.device):
         model = models.add_lora(
             model, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.target_modules
         )
+        if config.fed.lora_aggregation == "ffa":  # A stays at this seeded init on every client and node
+            models.freeze_lora_a(model)
     return model
 
 

@@ -1,0 +1,82 @@
+"""The one registry of LoRA aggregation methods (`fed.lora_aggregation`), an axis next to the
+server algorithms (`fed.algorithm`).
+
+Averaging A and B separately is not averaging the clients' updates: mean(B_i A_i) != mean(B_i)
+mean(A_i). Each method here is one small module citing its paper; `aggregation_error` measures,
+for any of them, how far the new global adapter (with what went into the frozen weights) is from
+the exact mean of the clients' products.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..algorithms import ClientUpdate, StateDict
+from ..errors import UserError
+from .base import LoraAggregation, Outcome, exact_sum
+from .factors import Stack, modules, relative_error
+from .fedex import FedEx
+from .ffa import FFA
+from .flora import FLoRA
+from .naive import Naive
+from .svd import SVD
+
+LoraAggregationName = Literal["naive", "ffa", "flora", "svd", "fedex"]
+LORA_AGGREGATIONS: dict[str, type[LoraAggregation]] = {  # in LoraAggregationName's order
+    "naive": Naive,
+    "ffa": FFA,
+    "flora": FLoRA,
+    "svd": SVD,
+    "fedex": FedEx,
+}
+
+
+def build(name: str) -> LoraAggregation:
+    return LORA_AGGREGATIONS[name]()
+
+
+def check(config) -> None:
+    """One line for a combination that is not sound (or not built): called when the config is read."""
+    name, fed = config.fed.lora_aggregation, config.fed
+    if name == "naive":
+        return
+    method = LORA_AGGREGATIONS[name]
+    if config.model.finetune != "lora":
+        raise UserError(f"fed.lora_aggregation: {name} aggregates LoRA adapters; it needs model.finetune: lora")
+    if method.server_algorithms is not None and fed.algorithm not in method.server_algorithms:
+        raise UserError(
+            f"fed.lora_aggregation: {name} composes with fed.algorithm {' or '.join(method.server_algorithms)} "
+            f"only, not {fed.algorithm} (a server optimizer's step on A and B has no meaning for "
+            f"{'the projected product' if name == 'svd' else 'an adapter folded into the base weights'})"
+        )
+    if method.merges_into_base and config.model.quantization != "none":
+        raise UserError(
+            f"fed.lora_aggregation: {name} adds to the frozen base weights, which model.quantization: "
+            f"{config.model.quantization} keeps quantized; use naive, ffa or svd"
+        )
+    if method.freezes_a and config.model.adapter:
+        raise UserError(
+            "fed.lora_aggregation: ffa freezes A at its random initialisation; model.adapter gives a trained A"
+        )
+
+
+def aggregation_error(
+    updates: list[ClientUpdate], outcome: Outcome, scale: float, frozen: StateDict
+) -> dict[str, float]:
+    """Per layer type (q_proj, ...): ||mean_i(s B_i A_i) - (merged + s B A)||_F / ||mean_i(s B_i A_i)||_F,
+    summed over the layers of that type; `frozen` supplies factors no client sends (FFA's A)."""
+    squared: dict[str, list[float]] = {}
+    for module in modules(set(frozen) | set(outcome.state)):
+        target = exact_sum(updates, module, scale, frozen)
+        new = {**frozen, **outcome.state}
+        result = Stack.of([(scale, new[module.b_key], new[module.a_key])])
+        if module.name in outcome.merged:
+            result = result.plus(outcome.merged[module.name])
+        err, norm = relative_error(target, result)
+        total = squared.setdefault(module.kind, [0.0, 0.0])
+        total[0] += err
+        total[1] += norm
+    return {kind: (e / n) ** 0.5 if n > 0 else 0.0 for kind, (e, n) in sorted(squared.items())}
+
+
+__all__ = ["LORA_AGGREGATIONS", "LoraAggregation", "LoraAggregationName", "Outcome", "aggregation_error", "build"]
