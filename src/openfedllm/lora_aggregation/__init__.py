@@ -66,9 +66,9 @@ def aggregation_error(
     """Per layer type (q_proj, ...): ||mean_i(s B_i A_i) - (merged + s B A)||_F / ||mean_i(s B_i A_i)||_F,
     summed over the layers of that type; `frozen` supplies factors no client sends (FFA's A)."""
     squared: dict[str, list[float]] = {}
-    for module in modules(set(frozen) | set(outcome.state)):
+    new = {**frozen, **outcome.state}
+    for module in modules(new):
         target = exact_sum(updates, module, scale, frozen)
-        new = {**frozen, **outcome.state}
         result = Stack.of([(scale, new[module.b_key], new[module.a_key])])
         if module.name in outcome.merged:
             result = result.plus(outcome.merged[module.name])

@@ -1,0 +1,258 @@
+"""LoRA-aware aggregation: each method checked by hand on small matrices, then in real runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from openfedllm.algorithms import ClientUpdate, FedAvg, FedProx
+from openfedllm.lora_aggregation import LORA_AGGREGATIONS, aggregation_error, build
+from openfedllm.lora_aggregation.factors import Stack, modules
+
+from .conftest import tiny_run_args
+
+M = "base_model.model.model.layers.0.self_attn.q_proj"
+A, B = f"{M}.lora_A.weight", f"{M}.lora_B.weight"
+S = 2.0  # s = alpha / r
+
+
+def _client(cid, n, b, a):
+    return ClientUpdate(cid, {B: torch.tensor(b, dtype=torch.float32), A: torch.tensor(a, dtype=torch.float32)}, n)
+
+
+# two clients of rank 1 on a 2 x 2 layer, weighted 1 : 3
+UPDATES = [_client(0, 1, [[1.0], [0.0]], [[1.0, 2.0]]), _client(1, 3, [[0.0], [2.0]], [[3.0, -1.0]])]
+GLOBAL = {B: torch.zeros(2, 1), A: torch.zeros(1, 2)}
+
+
+def _mean_product():
+    # by hand: 1/4 * 2 * [[1, 2], [0, 0]] + 3/4 * 2 * [[0, 0], [6, -2]]
+    return torch.tensor([[0.5, 1.0], [9.0, -3.0]], dtype=torch.float64)
+
+
+def _product(state, scale=S):
+    return scale * state[B].double() @ state[A].double()
+
+
+def test_a_stack_is_the_weighted_sum_of_products_and_its_norm_needs_no_dense_matrix():
+    stack = Stack.of(
+        [(0.5, torch.ones(3, 2), torch.arange(8.0).reshape(2, 4)), (-1.0, torch.eye(3)[:, :1], torch.ones(1, 4))]
+    )
+    dense = (
+        0.5 * torch.ones(3, 2).double() @ torch.arange(8.0).reshape(2, 4).double()
+        - torch.eye(3)[:, :1].double() @ torch.ones(1, 4).double()
+    )
+    assert torch.allclose(stack.dense(), dense)
+    assert stack.norm_squared() == pytest.approx(float((dense**2).sum()))
+    p, sigma, qt = stack.svd()
+    assert torch.allclose(p @ torch.diag(sigma) @ qt, dense, atol=1e-12)
+    assert torch.allclose(sigma, torch.linalg.svdvals(dense)[: sigma.numel()], atol=1e-12)
+
+
+def test_naive_averages_the_factors_apart_and_its_error_is_the_gap_to_the_mean_product():
+    outcome = build("naive").aggregate(FedAvg(), GLOBAL, UPDATES, S, 0)
+    assert torch.allclose(outcome.state[B], torch.tensor([[0.25], [1.5]]))  # (1*[1,0] + 3*[0,2]) / 4
+    assert torch.allclose(outcome.state[A], torch.tensor([[2.5, -0.25]]))  # (1*[1,2] + 3*[3,-1]) / 4
+    target = _mean_product()
+    gap = target - _product(outcome.state)
+    expected = math.sqrt(float((gap**2).sum()) / float((target**2).sum()))
+    assert aggregation_error(UPDATES, outcome, S, GLOBAL) == {"q_proj": pytest.approx(expected)}
+    # by hand: s mean(B) mean(A) = [[1.25, -0.125], [7.5, -0.75]]; the gap's squares sum to 9.140625,
+    # the target's to 91.25
+    assert expected == pytest.approx(math.sqrt(9.140625 / 91.25))
+
+
+def test_ffa_averages_b_alone_which_is_the_mean_product_when_a_is_shared():
+    shared_a = {A: torch.tensor([[1.0, 2.0]])}
+    updates = [
+        ClientUpdate(0, {B: torch.tensor([[1.0], [0.0]])}, 1),
+        ClientUpdate(1, {B: torch.tensor([[0.0], [2.0]])}, 3),
+    ]
+    outcome = build("ffa").aggregate(FedAvg(), {B: torch.zeros(2, 1)}, updates, S, 0)
+    assert set(outcome.state) == {B}  # A is neither trained nor sent
+    mean = (1 * S * torch.tensor([[1.0], [0.0]]) @ shared_a[A] + 3 * S * torch.tensor([[0.0], [2.0]]) @ shared_a[A]) / 4
+    assert torch.allclose(_product({**outcome.state, **shared_a}).float(), mean)
+    assert aggregation_error(updates, outcome, S, shared_a)["q_proj"] < 1e-7
+
+
+def test_svd_at_full_rank_is_exact_and_below_it_the_best_approximation():
+    outcome = build("svd").aggregate(FedAvg(), {B: torch.zeros(2, 2), A: torch.zeros(2, 2)}, UPDATES, S, 0)
+    assert torch.allclose(_product(outcome.state), _mean_product(), atol=1e-5)  # rank 2 >= R = 2
+    outcome = build("svd").aggregate(FedAvg(), GLOBAL, UPDATES, S, 0)  # rank 1 < R = 2
+    p, sigma, qt = torch.linalg.svd(_mean_product())
+    best = sigma[0] * torch.outer(p[:, 0], qt[0])  # Eckart-Young
+    assert torch.allclose(_product(outcome.state), best, atol=1e-5)
+    error = aggregation_error(UPDATES, outcome, S, GLOBAL)["q_proj"]
+    assert error == pytest.approx(float(sigma[1] / sigma.norm()), rel=1e-5)  # the dropped singular value
+
+
+def test_flora_merges_the_exact_sum_of_any_ranks_and_restarts_the_adapter():
+    mixed = [*UPDATES, ClientUpdate(2, {B: torch.eye(2), A: torch.tensor([[1.0, 0.0], [0.0, 1.0]])}, 4)]  # rank 2
+    outcome = build("flora").aggregate(FedAvg(), GLOBAL, mixed, S, seed=7)
+    by_hand = (_mean_product() * 4 + 4 * S * torch.eye(2, dtype=torch.float64)) / 8  # weights 1, 3, 4 of 8
+    assert torch.allclose(outcome.merged[M].dense(), by_hand, atol=1e-12)
+    assert not outcome.state[B].any()  # B = 0: the new adapter adds nothing yet
+    bound = 1 / math.sqrt(2)  # peft's kaiming-uniform(a=sqrt(5)) bound for fan_in 2
+    assert outcome.state[A].abs().max() <= bound and outcome.state[A].abs().max() > 0
+    again = build("flora").aggregate(FedAvg(), GLOBAL, mixed, S, seed=7)
+    other = build("flora").aggregate(FedAvg(), GLOBAL, mixed, S, seed=8)
+    assert torch.equal(again.state[A], outcome.state[A]) and not torch.equal(other.state[A], outcome.state[A])
+    assert aggregation_error(mixed, outcome, S, GLOBAL)["q_proj"] < 1e-7
+
+
+def test_fedex_keeps_the_mean_factors_and_folds_the_residual_into_w():
+    outcome = build("fedex").aggregate(FedProx(mu=0.1), GLOBAL, UPDATES, S, 0)
+    naive = build("naive").aggregate(FedAvg(), GLOBAL, UPDATES, S, 0)
+    assert torch.equal(outcome.state[B], naive.state[B]) and torch.equal(outcome.state[A], naive.state[A])
+    assert torch.allclose(outcome.merged[M].dense() + _product(outcome.state), _mean_product(), atol=1e-6)
+    assert aggregation_error(UPDATES, outcome, S, GLOBAL)["q_proj"] < 1e-7
+
+
+def test_one_client_is_its_own_mean_for_every_method():
+    one = UPDATES[:1]
+    for name in LORA_AGGREGATIONS:
+        outcome = build(name).aggregate(FedAvg(), GLOBAL, one, S, 0)
+        assert aggregation_error(one, outcome, S, GLOBAL)["q_proj"] < 1e-7, name
+
+
+def test_modules_pair_the_factors_by_name():
+    found = modules([B, A, "x.lora_A.weight", "x.lora_B.weight"])
+    assert [(m.name, m.kind) for m in found] == [(M, "q_proj"), ("x", "x")]
+
+
+# --- in real runs ------------------------------------------------------------------------------------
+
+LOCAL_ONLY = ["--baselines.centralized", "false"]  # the local baseline runs after the federation
+
+
+def _adapter(run_dir, which="adapter"):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / which / "adapter_model.safetensors"))
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def naive_run(tiny_model_dir, tmp_path_factory):
+    from openfedllm.cli import main
+
+    out = tmp_path_factory.mktemp("naive") / "run"
+    assert main(tiny_run_args(tiny_model_dir, out, *LOCAL_ONLY)) == 0
+    return out
+
+
+def _model_of(run_dir, state, merged):
+    """The model the server ended with: the base, plus the merges into W, plus the adapter."""
+    from openfedllm import models
+    from openfedllm.config import build as build_config
+    from openfedllm.rundir import read_config
+
+    cfg = build_config(read_config(run_dir))
+    model = models.load_base_model(models.resolve_model(cfg.model.name), "float32")
+    model = models.add_lora(model, cfg.lora.rank, cfg.lora.alpha, 0.0, cfg.lora.target_modules)
+    models.load_trainable_state(model, state)
+    models.add_to_base(model, merged)
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["flora", "fedex"])
+def test_a_method_that_merges_into_w_saves_the_whole_change_as_a_plain_peft_adapter(
+    method, naive_run, tiny_model_dir, tmp_path, monkeypatch
+):
+    from peft import PeftModel
+
+    from openfedllm import models, rounds
+    from openfedllm.cli import main
+    from openfedllm.rundir import FEDERATED_END, load_checkpoint
+
+    settings = ["--fed.lora_aggregation", method, *LOCAL_ONLY]
+    out = tmp_path / "straight"
+    assert main(tiny_run_args(tiny_model_dir, out, *settings)) == 0
+    end = load_checkpoint(out, FEDERATED_END)
+    server = _model_of(out, end.state, end.server_state["lora_merged"])
+    loaded = PeftModel.from_pretrained(
+        models.load_base_model(models.resolve_model(str(tiny_model_dir)), "float32"), str(out / "adapter")
+    ).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, server(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    errors = [r["aggregation_error"] for r in _records(out) if r["type"] == "aggregation" and r["phase"] == "federated"]
+    assert len(errors) == 3 and all(e < 1e-6 for round_errors in errors for e in round_errors.values())
+    # the baseline after it trains on the original frozen weights: the same bits as after a naive run
+    for name, value in _adapter(naive_run, "baselines/local/adapter").items():
+        assert torch.equal(_adapter(out, "baselines/local/adapter")[name], value), name
+
+    real_save, calls = rounds.save_checkpoint, []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # after round 2 of 3: W has taken two merges
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
+    resumed = tmp_path / "interrupted"
+    assert main(tiny_run_args(tiny_model_dir, resumed, *settings)) == 130
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
+    assert main(["sft", "--resume", str(resumed)]) == 0
+    for which in ("adapter", "baselines/local/adapter"):
+        for name, value in _adapter(out, which).items():
+            assert torch.equal(_adapter(resumed, which)[name], value), (which, name)  # bit for bit
+
+
+def test_ffa_sends_b_alone_and_its_a_stays_the_seeded_initialisation(naive_run, tiny_model_dir, tmp_path):
+    from openfedllm.cli import main
+    from openfedllm.rundir import FEDERATED_END, load_checkpoint
+
+    out = tmp_path / "ffa"
+    assert main(tiny_run_args(tiny_model_dir, out, "--fed.lora_aggregation", "ffa", *LOCAL_ONLY)) == 0
+    shared = load_checkpoint(out, FEDERATED_END).state
+    assert shared and all(".lora_B." in k for k in shared)  # what crosses the wire and is checkpointed
+    trained = _adapter(out)
+    a_keys = [k for k in trained if ".lora_A." in k]
+    assert len(a_keys) == len(shared)
+    naive_start = load_checkpoint(naive_run, FEDERATED_END)  # its A trained away from the same start
+    assert any(not torch.equal(naive_start.state[k], trained[k]) for k in a_keys)
+    from openfedllm import models
+    from openfedllm.config import build as build_config
+    from openfedllm.rundir import read_config
+    from openfedllm.setup import load_model
+
+    cfg = build_config(read_config(out))
+    start = models.adapter_state(load_model(cfg, models.resolve_model(cfg.model.name), torch.device("cpu")))
+    for k in a_keys:
+        assert torch.equal(trained[k], start[k]), k
+    assert any(not torch.equal(trained[k], start[k]) for k in shared)  # B did train
+    errors = [r["aggregation_error"] for r in _records(out) if r["type"] == "aggregation"]
+    assert errors and all(e < 1e-6 for round_errors in errors for e in round_errors.values())
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            ["--fed.lora_aggregation", "svd", "--fed.algorithm", "fedadam"],
+            "svd composes with fed.algorithm fedavg or fedprox only",
+        ),
+        (["--fed.lora_aggregation", "flora", "--fed.algorithm", "scaffold"], "flora composes with fed.algorithm"),
+        (["--fed.lora_aggregation", "fedex", "--model.quantization", "4bit"], "fedex adds to the frozen base weights"),
+        (["--fed.lora_aggregation", "ffa", "--model.finetune", "full"], "ffa aggregates LoRA adapters"),
+        (["--fed.lora_aggregation", "flora", "--federation", "openfedllm-local"], "the Flower nodes do not follow yet"),
+        (["--fed.lora_aggregation", "mean"], "unknown value 'mean'"),
+    ],
+    ids=["svd-fedadam", "flora-scaffold", "fedex-4bit", "ffa-full", "flora-deployed", "unknown"],
+)
+def test_an_unsound_combination_is_one_line(settings, message, tiny_model_dir, tmp_path, capsys):
+    from openfedllm.cli import main
+
+    out = tmp_path / "never"
+    assert main(tiny_run_args(tiny_model_dir, out, *settings)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
