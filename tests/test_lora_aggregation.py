@@ -256,3 +256,25 @@ def test_an_unsound_combination_is_one_line(settings, message, tiny_model_dir, t
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_dpo_with_a_merging_method_keeps_the_reference_of_the_original_weights(tiny_model_dir, tmp_path):
+    from openfedllm.cli import main
+
+    from .test_dpo_run import dpo_args
+
+    out = tmp_path / "dpo"
+    args = dpo_args(tiny_model_dir, out, "--fed.lora_aggregation", "fedex", "--train.lr", "5e-3", *LOCAL_ONLY)
+    assert main(args) == 0
+    records = _records(out)
+    errors = [r["aggregation_error"] for r in records if r["type"] == "aggregation" and r["phase"] == "federated"]
+    assert len(errors) == 3 and all(e < 1e-6 for round_errors in errors for e in round_errors.values())
+    summary = json.loads((out / "summary.json").read_text())["evaluation"]
+    assert summary["federated"]["reward_margin"] != 0.0  # it trained against the reference
+    from openfedllm.config import build as build_config
+    from openfedllm.rundir import read_config
+    from openfedllm.setup import prepare
+
+    # every training pair's reference is computed before round 1 changes W (not on first use)
+    reference = prepare(build_config(read_config(out))).objective.reference
+    assert reference.done == set(reference.chunk_of.values()) and len(reference.done) > 1

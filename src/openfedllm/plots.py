@@ -21,15 +21,22 @@ DOMAIN_MARKERS = "osv^D<>pPX*h"  # overlapping accuracy lines stay apart by thei
 def plot_run(records: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     """The run's plots from its records; `title` (the run, algorithm and split) heads each figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [
+    paths = [
         _train_loss(records, out_dir / "train_loss.png", title),
         _evaluation(records, out_dir / "evaluation.png", title),
     ]
+    if any(r.get("type") == "aggregation" and r["phase"] == "federated" for r in records):
+        paths.append(_aggregation_error(records, out_dir / "aggregation_error.png", title))
+    return paths
 
 
 def run_title(run_dir: Path, cfg) -> str:
     fed = cfg.fed
-    return f"{run_dir.name}: {fed.algorithm}, {fed.num_clients} clients ({fed.sampled()} per round), {fed.split} split"
+    lora = "" if fed.lora_aggregation == "naive" else f" + {fed.lora_aggregation} LoRA aggregation"
+    return (
+        f"{run_dir.name}: {fed.algorithm}{lora}, {fed.num_clients} clients ({fed.sampled()} per round), "
+        f"{fed.split} split"
+    )
 
 
 def _train_loss(records: list[dict], path: Path, title: str = "") -> Path:
@@ -236,6 +243,28 @@ def _benchmarks(ax, evals: list[dict]) -> None:
                 )
     ax.set_ylim(-0.03, 1.03)
     _label(ax, "score (square: local, triangle: centralized)", "Benchmarks of the global model")
+
+
+def _aggregation_error(records: list[dict], path: Path, title: str = "") -> Path:
+    """Per layer type, how far each round's global adapter is from the mean of the clients' products."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    series = defaultdict(list)
+    for r in records:
+        if r.get("type") == "aggregation" and r["phase"] == "federated":
+            for kind, value in r["aggregation_error"].items():
+                series[kind].append((r["round"], value))
+    for i, (kind, points) in enumerate(sorted(series.items())):
+        points.sort()
+        marker = DOMAIN_MARKERS[i % len(DOMAIN_MARKERS)]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-", marker=marker, markersize=4, label=kind)
+    _label(
+        ax,
+        "||mean(B_i A_i) - global||_F / ||mean(B_i A_i)||_F",
+        "Aggregation error per layer type (0: the clients' mean update, exactly)",
+    )
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
 
 
 def _label(ax, ylabel: str, title: str) -> None:

@@ -93,6 +93,11 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
         reference = Reference(
             model, setup.train_rows, tokenizer.pad_token_id, config.eval.batch_size, config.train.packing, start
         )
+        from .lora_aggregation import LORA_AGGREGATIONS
+
+        if train and LORA_AGGREGATIONS[config.fed.lora_aggregation].merges_into_base:
+            # the rounds will change the frozen weights: every reference value from the original ones, now
+            reference.ensure(setup.train_rows)
         setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
     return setup
 
