@@ -278,3 +278,36 @@ def test_dpo_with_a_merging_method_keeps_the_reference_of_the_original_weights(t
     # every training pair's reference is computed before round 1 changes W (not on first use)
     reference = prepare(build_config(read_config(out))).objective.reference
     assert reference.done == set(reference.chunk_of.values()) and len(reference.done) > 1
+
+
+def test_experiment_cells_of_lora_methods_are_the_runs_sft_makes(tiny_model_dir, tmp_path):
+    """flora first (it changes W), then ffa (it freezes A), then naive: each cell must find the
+    shared model as a fresh run would."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from openfedllm.cli import main
+
+    tiny = {
+        "data": {"train_per_domain": 6, "heldout_per_domain": 2},
+        "fed": {"num_clients": 3, "clients_per_round": 2, "rounds": 2, "split": "domain"},
+        "train": {"local_steps": 1, "batch_size": 4},
+        "eval": {"max_new_tokens": 3, "every": 2},
+    }
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"methods": ["flora", "ffa", "naive"], "seeds": [3], "config": tiny}))
+    out = tmp_path / "exp"
+    assert main(["experiment", str(grid), "--output-dir", str(out), "--model.name", str(tiny_model_dir)]) == 0
+    for method in ("ffa", "naive"):
+        args = ["sft", "--output-dir", str(tmp_path / method), "--model.name", str(tiny_model_dir)]
+        args += ["--train.seed", "3", "--fed.lora_aggregation", method, *NO_BASELINE_ARGS]
+        for section, values in tiny.items():
+            for key, value in values.items():
+                args += [f"--{section}.{key}", str(value)]
+        assert main(args) == 0
+        sft = load_file(str(tmp_path / method / "adapter" / "adapter_model.safetensors"))
+        cell = load_file(str(out / "runs" / f"{method}-seed3" / "adapter" / "adapter_model.safetensors"))
+        assert sft.keys() == cell.keys() and all(torch.equal(sft[k], cell[k]) for k in sft), method
+
+
+NO_BASELINE_ARGS = ["--baselines.local", "false", "--baselines.centralized", "false"]

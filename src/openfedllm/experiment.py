@@ -1,6 +1,8 @@
 """A declared grid of methods x seeds, run cell by cell, summarised as the paper compares them.
 
-A grid file names the methods (any FL algorithm of the registry, plus `local` and `centralized`),
+A grid file names the methods (any FL algorithm of the registry, plus `local` and `centralized`;
+or a LoRA aggregation method, `naive`, `ffa`, `flora`, `svd`, `fedex`, with the grid's
+fed.algorithm),
 the seeds, and one run config (the sections of `openfedllm sft`) shared by every cell; its
 `quick` section overrides seeds and config for a run of a few minutes. Each seed prepares the
 data, split and initial adapter once; every method of that seed starts from them. Each cell is an
@@ -17,6 +19,7 @@ shared model).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import time
@@ -34,6 +37,7 @@ from .algorithms import ALGORITHMS, AlgorithmName
 from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError
 from .evaluation.heldout import evaluate
+from .lora_aggregation import LORA_AGGREGATIONS, LoraAggregationName
 from .rounds import resume_phase, run_phase
 from .rundir import MetricsLog, load_checkpoint, save_config
 from .setup import Setup, prepare
@@ -82,7 +86,7 @@ def grid_from_dict(raw: dict, quick: bool = False, overrides: Sequence[tuple[str
         config = _merge(config, q.get("config") or {})
     if not isinstance(methods, list) or not methods:
         raise UserError("experiment: methods must be a non-empty list")
-    valid = [*ALGORITHMS, *BASELINES]
+    valid = [*ALGORITHMS, *BASELINES, *LORA_AGGREGATIONS]
     for m in methods:
         if m not in valid:
             raise UserError(f"experiment: unknown method {m!r}; valid: {', '.join(valid)}")
@@ -112,7 +116,25 @@ def cell_config(grid: Grid, method: str, seed: int, local_client: int = 0) -> Ru
     config.baselines = dataclasses.replace(config.baselines, local=False, centralized=False, local_client=local_client)
     if method in ALGORITHMS:
         config.fed = dataclasses.replace(config.fed, algorithm=cast(AlgorithmName, method))
+    if method in LORA_AGGREGATIONS:
+        config.fed = dataclasses.replace(config.fed, lora_aggregation=cast(LoraAggregationName, method))
     return config
+
+
+@contextlib.contextmanager
+def adapter_for(setup: Setup):
+    """The seed's shared setup as the cell's LoRA aggregation needs it: FFA-LoRA trains B alone, so A
+    is frozen for the cell and the shared start holds B only; every other cell as it is."""
+    if not LORA_AGGREGATIONS[setup.config.fed.lora_aggregation].freezes_a:
+        yield setup
+        return
+    models.load_trainable_state(setup.model, setup.initial_state)  # A as the seed drew it, not as a cell left it
+    models.freeze_lora_a(setup.model)
+    try:
+        shared = models.trainable_parameters(setup.model)
+        yield dataclasses.replace(setup, initial_state={k: v for k, v in setup.initial_state.items() if k in shared})
+    finally:
+        models.freeze_lora_a(setup.model, frozen=False)
 
 
 def _phase(method: str) -> str:
@@ -204,7 +226,8 @@ def run_grid(grid: Grid, out_dir: Path) -> list[dict]:
                 name = f"{method}-seed{seed}" + (f"/client{k}" if method == "local" else "")
                 cell_dir = out_dir / "runs" / name
                 cell_setup = dataclasses.replace(setup, config=cell_config(grid, method, seed, local_client=k))
-                evaluation = run_cell(cell_setup, phase, cell_dir)
+                with adapter_for(cell_setup) as cell_setup:
+                    evaluation = run_cell(cell_setup, phase, cell_dir)
                 evals.append(evaluation)
                 dirs.append(cell_dir)
                 domains = [client_domains[k]] if method == "local" else client_domains

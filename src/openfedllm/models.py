@@ -392,11 +392,11 @@ def adapter_state(model) -> StateDict:
     return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
 
 
-def freeze_lora_a(model) -> None:
-    """FFA-LoRA: every A stays at its initialisation (not trained, so not shared)."""
+def freeze_lora_a(model, frozen: bool = True) -> None:
+    """FFA-LoRA: every A stays at its initialisation (not trained, so not shared); frozen=False undoes it."""
     for name, p in model.named_parameters():
         if ".lora_A." in name:
-            p.requires_grad_(False)
+            p.requires_grad_(not frozen)
 
 
 def _base_linear(model, module: str):
