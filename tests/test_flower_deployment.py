@@ -112,6 +112,32 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
             assert {"loss", "steps", "tokens", "num-examples"} <= set(m["records"]["metrics"]["keys"])
 
 
+@pytest.mark.parametrize("method, sent", [("ffa", ".lora_B."), ("fedsa", ".lora_A.")])
+def test_a_lora_aggregation_that_shares_part_of_the_adapter_runs_deployed_as_simulated(
+    method, sent, federation_up, tiny_model_dir, tmp_path
+):
+    settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2"]
+    settings += ["--fed.lora_aggregation", method, *NO_BASELINES]
+    simulated = tmp_path / "simulated"
+    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
+    fed = federation_up(2)
+    deployed = tmp_path / "deployed"
+    assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
+    _assert_same(_adapter(deployed), _adapter(simulated))
+    # each message carries the shared factor only: half of what the adapter's A and B hold
+    shared = sum(t.numel() for k, t in _adapter(deployed).items() if sent in k)
+    messages = [json.loads(line) for line in (deployed / "messages.jsonl").read_text().splitlines()]
+    trained = [m for m in messages if m["type"] == "train"]
+    assert len(trained) == 4
+    for m in trained:
+        assert m["records"]["arrays"]["shapes"] == {"trainable": [shared]}
+    if method == "fedsa":  # each node keeps its own B on its disk, beside the algorithm's client state
+        from safetensors.torch import load_file as read
+
+        kept = list(Path(fed["dir"]).glob("node-state/**/*.safetensors"))
+        assert kept and all(any(".lora_B." in k for k in read(str(f))) for f in kept)
+
+
 def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federation_up, tmp_path):
     fed = federation_up(1, auth=True)
     folder = Path(fed["dir"])

@@ -311,3 +311,149 @@ def test_experiment_cells_of_lora_methods_are_the_runs_sft_makes(tiny_model_dir,
 
 
 NO_BASELINE_ARGS = ["--baselines.local", "false", "--baselines.centralized", "false"]
+
+
+def test_fedsa_sends_a_alone_and_each_client_keeps_its_own_b():
+    fedsa = build("fedsa")
+    assert set(fedsa.shared(GLOBAL)) == {A}
+    initial = {A: torch.zeros(1, 2), B: torch.full((2, 1), 7.0)}
+    first = fedsa.client_start({A: torch.ones(1, 2)}, initial, {})
+    assert torch.equal(first[B], initial[B]) and torch.equal(first[A], torch.ones(1, 2))  # round 1: the init's B
+    trained = {A: torch.full((1, 2), 2.0), B: torch.full((2, 1), 3.0)}
+    sent, kept = fedsa.client_finish(trained, {})
+    assert set(sent) == {A} and torch.equal(kept[B], trained[B])  # nothing of B is sent
+    again = fedsa.client_start({A: torch.zeros(1, 2)}, initial, kept)
+    assert torch.equal(again[B], trained[B])  # the next round goes on from the client's own B
+    updates = [
+        ClientUpdate(0, {A: torch.tensor([[1.0, 2.0]])}, 1),
+        ClientUpdate(1, {A: torch.tensor([[3.0, -1.0]])}, 3),
+    ]
+    outcome = fedsa.aggregate(FedAvg(), {A: torch.zeros(1, 2)}, updates, S, 0)
+    assert set(outcome.state) == {A} and torch.allclose(outcome.state[A], torch.tensor([[2.5, -0.25]]))
+
+
+def test_a_fedsa_run_keeps_b_on_the_clients_and_scores_each_personalized_model(tiny_model_dir, tmp_path, monkeypatch):
+    from openfedllm import rounds
+    from openfedllm.cli import main
+    from openfedllm.rundir import load_checkpoint
+
+    settings = ["--fed.lora_aggregation", "fedsa", "--fed.split", "domain", *NO_BASELINE_ARGS]
+    out = tmp_path / "fedsa"
+    assert main(tiny_run_args(tiny_model_dir, out, *settings)) == 0
+    end = load_checkpoint(out)
+    assert end.state and all(".lora_A." in k for k in end.state)  # the server never holds a B
+    kept = {cid: {k for k in s if ".lora_B." in k} for cid, s in end.client_states.items()}
+    assert kept and all(keys for keys in kept.values())  # every sampled client keeps its B
+    records = _records(out)
+    assert not [r for r in records if r["type"] == "aggregation"]  # no B_i on the server: no mean product
+    personal = [r for r in records if r["type"] == "personal"]
+    assert [r["client"] for r in personal] == [0, 1, 2] and all(r["kind"] == "own B" for r in personal)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lora_aggregation"] == "fedsa"
+    assert summary["personalization"]["personal"]["accuracy_own"] == pytest.approx(
+        sum(r["accuracy_own"] for r in personal) / 3
+    )
+    assert "own-domain acc" in (out / "run.log").read_text()
+    # the saved global adapter is A with the initial B (peft's 0): the model a new client starts from
+    assert all(not v.any() for k, v in _adapter(out).items() if ".lora_B." in k)
+
+    real_save, calls = rounds.save_checkpoint, []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
+    resumed = tmp_path / "interrupted"
+    assert main(tiny_run_args(tiny_model_dir, resumed, *settings)) == 130
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
+    assert main(["sft", "--resume", str(resumed)]) == 0
+    again = [r for r in _records(resumed) if r["type"] == "personal"]
+    assert [r["accuracy_own"] for r in again] == [r["accuracy_own"] for r in personal]
+    assert [r["loss"] for r in again] == [r["loss"] for r in personal]  # the clients' B came back exactly
+
+
+def test_fine_tuning_after_the_federation_is_the_personalization_baseline(tiny_model_dir, tmp_path):
+    from openfedllm.cli import main
+
+    out = tmp_path / "ft"
+    args = tiny_run_args(
+        tiny_model_dir, out, "--fed.personalize_steps", "2", "--fed.split", "domain", *NO_BASELINE_ARGS
+    )
+    assert main(args) == 0
+    records = _records(out)
+    personal = [r for r in records if r["type"] == "personal"]
+    assert [r["client"] for r in personal] == [0, 1, 2] and personal[0]["kind"] == "fine-tuned 2 steps"
+    assert all(r["train_loss"] > 0 for r in personal)  # its own local steps trained
+    final = [r for r in records if r["type"] == "eval" and r["phase"] == "federated"][-1]
+    from openfedllm.config import build as build_config
+    from openfedllm.personalize import own_accuracy
+    from openfedllm.rundir import read_config
+    from openfedllm.setup import prepare
+
+    setup = prepare(build_config(read_config(out)))
+    for r, partition in zip(personal, setup.clients):
+        domains = [{setup.train_domains[i] for i in partition}]
+        assert r["global_accuracy_own"] == own_accuracy(final["accuracy"], domains)
+        assert r["accuracy_own"] == own_accuracy(r["accuracy"], domains)
+
+
+def test_a_client_of_rank_r_trains_the_first_r_components_only():
+    from openfedllm.lora_aggregation.factors import truncate_rank
+
+    state = {A: torch.arange(6.0).reshape(3, 2), B: torch.arange(6.0).reshape(2, 3) + 1}
+    cut = truncate_rank(state, 1)
+    assert torch.equal(cut[A], torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert torch.equal(cut[B], torch.tensor([[1.0, 0.0, 0.0], [4.0, 0.0, 0.0]]))
+    assert torch.equal(state[A], torch.arange(6.0).reshape(3, 2))  # the global state is not touched
+    assert truncate_rank(state, 3) == state
+
+
+@pytest.mark.parametrize("method", ["svd", "flora", "naive"])
+def test_clients_of_mixed_ranks_train_within_their_rank_in_one_federation(
+    method, tiny_model_dir, tmp_path, monkeypatch
+):
+    from openfedllm import rounds
+    from openfedllm.cli import main
+
+    seen = []
+    real = rounds.LocalClients.train_round
+
+    def recorded(self, algorithm, round_index, sampled, task):
+        updates = real(self, algorithm, round_index, sampled, task)
+        seen.extend(updates)
+        return updates
+
+    monkeypatch.setattr(rounds.LocalClients, "train_round", recorded)
+    ranks = [2, 4, 8]
+    out = tmp_path / method
+    args = tiny_run_args(tiny_model_dir, out, "--fed.lora_aggregation", method, "--fed.client_ranks", "[2, 4, 8]")
+    assert main([*args, *NO_BASELINE_ARGS]) == 0
+    federated = seen[:6]  # 3 rounds x 2 sampled clients
+    assert {u.client_id for u in federated} == {0, 1, 2}
+    for u in federated:
+        for module in modules(u.weights):
+            product = u.weights[module.b_key].double() @ u.weights[module.a_key].double()
+            assert torch.linalg.matrix_rank(product) <= ranks[u.client_id], (method, u.client_id, module.name)
+    errors = [r["aggregation_error"] for r in _records(out) if r["type"] == "aggregation"]
+    if method == "flora":  # the stacked factors take any mix of ranks exactly
+        assert all(e < 1e-6 for round_errors in errors for e in round_errors.values())
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_client_ranks_must_fit_the_federation(tiny_model_dir, tmp_path, capsys):
+    from openfedllm.cli import main
+
+    for value, message in [
+        ("[2, 4]", "one rank per client (3), got 2"),
+        ("[2, 4, 16]", "each rank must be an integer in 1..lora.rank (8)"),
+    ]:
+        assert main(tiny_run_args(tiny_model_dir, tmp_path / "x", "--fed.client_ranks", value)) == 2
+        assert message in capsys.readouterr().err
+    args = tiny_run_args(
+        tiny_model_dir, tmp_path / "x", "--fed.client_ranks", "[2, 4, 8]", "--fed.lora_aggregation", "ffa"
+    )
+    assert main(args) == 2
+    assert "not with fed.lora_aggregation ffa" in capsys.readouterr().err

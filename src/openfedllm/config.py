@@ -152,8 +152,23 @@ class FedConfig:
     lora_aggregation: LoraAggregationName = opt(
         "naive",
         "how LoRA factors become the global adapter: naive (A, B averaged apart), ffa (A frozen, B "
-        "alone: exact, half the bytes), flora (stacked, merged into W), svd (exact mean, SVD to rank r), "
-        "fedex (mean A, B; residual into W); see docs/lora_aggregation.md",
+        "alone: exact, half the bytes), fedsa (A shared, each client's B kept: personalized), flora "
+        "(stacked, merged into W), svd (exact mean, SVD to rank r), fedex (mean A, B; residual into W); "
+        "see docs/lora_aggregation.md",
+    )
+    client_ranks: list[int] = opt(
+        [],
+        "LoRA rank of each client, by client id (heterogeneous ranks, each at most lora.rank: a client "
+        "trains the first r_i components); empty: every client lora.rank; with naive (HetLoRA's "
+        "zero-padding), svd (each client takes its top r_i), flora or fedex",
+    )
+    personalize_steps: int = opt(
+        0,
+        "after the federation, each client fine-tunes the global model this many local steps on its own "
+        "data and is scored with it (the personalization baseline; fedsa's clients are scored with their "
+        "own B in any case); 0: off",
+        low=0,
+        high=1_000_000,
     )
     num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
     clients_per_round: int = opt(0, "clients sampled (without replacement) each round; 0: all of them", low=0)
@@ -459,8 +474,18 @@ def _section_class(name: str):
 def _check_type(key: str, value, hint):
     """Coerce a YAML / command-line value to the field's type, or fail naming the key."""
     if typing.get_origin(hint) is list or hint is list:
+        item = (typing.get_args(hint) or (str,))[0]
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+            if item is int:
+                try:
+                    value = [int(v) for v in value]
+                except ValueError:
+                    raise UserError(f"{key}: expected a list of integers, got {value!r}") from None
+        if item is int:
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise UserError(f"{key}: expected a list of integers, got {value!r}")
+            return value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UserError(f"{key}: expected a list of names, got {value!r}")
         return value

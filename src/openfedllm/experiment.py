@@ -38,6 +38,7 @@ from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError
 from .evaluation.heldout import evaluate
 from .lora_aggregation import LORA_AGGREGATIONS, LoraAggregationName
+from .personalize import own_accuracy
 from .rounds import resume_phase, run_phase
 from .rundir import MetricsLog, load_checkpoint, save_config
 from .setup import Setup, prepare
@@ -167,16 +168,6 @@ def cell_seconds(cell_dir: Path) -> float:
     """Training and evaluation time of a cell, from its metrics (so it survives a resume)."""
     records = MetricsLog(cell_dir / "metrics.jsonl").records()
     return sum(r.get("seconds") or 0.0 for r in records)
-
-
-def own_accuracy(accuracy: dict[str, float], client_domains: list[set[str]]) -> float | None:
-    """Mean over clients of the accuracy on the domains each client holds."""
-    per_client = [
-        np.mean([accuracy[d] for d in domains if d in accuracy])
-        for domains in client_domains
-        if any(d in accuracy for d in domains)
-    ]
-    return float(np.mean(per_client)) if per_client else None
 
 
 def _base_eval(setup: Setup, cell_dir: Path) -> dict:

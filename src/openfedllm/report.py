@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import card
+from . import card, personalize
 from .config import RunConfig, phases_of
 from .evaluation.metrics import headline
 from .rundir import final_dir
@@ -35,6 +35,18 @@ def eval_text(result: dict, per_domain: bool = True) -> str:
     return "  ".join(parts)
 
 
+def personal_text(record: dict) -> str:
+    """A personalized model's scores beside the global model's, on the client's own domains and on all."""
+    parts = [f"held-out loss {record['loss']:.3f}"] if record.get("loss") is not None else []
+    if record.get("accuracy_own") is not None:
+        parts.append(
+            f"own-domain accuracy {record['accuracy_own']:.2f} (global model {record['global_accuracy_own']:.2f})"
+        )
+    if record.get("accuracy_mean") is not None:
+        parts.append(f"all-domain {record['accuracy_mean']:.2f}")
+    return "  ".join(parts)
+
+
 def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
     """The before/after table, written to summary.json and printed as one screen."""
     evals = [r for r in records if r["type"] == "eval"]
@@ -60,6 +72,13 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
         "plots": str(run_dir / "plots"),
         "metrics": str(run_dir / "metrics.jsonl"),
     }
+    if cfg.fed.lora_aggregation != "naive":
+        summary["lora_aggregation"] = cfg.fed.lora_aggregation
+    personal = personalize.summary(records)
+    if personal:
+        global_all = columns["federated"].get("accuracy_mean") if "federated" in columns else None
+        personal["global"]["accuracy_mean"] = global_all
+        summary["personalization"] = personal
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     adapter = Path(str(summary["adapter"]))
     if adapter.is_dir():
@@ -108,10 +127,29 @@ def summary_table(summary: dict, cfg: RunConfig) -> list[str]:
     return text_table(header, rows)
 
 
+def personal_table(personal: dict) -> list[str]:
+    """Each client's personalized model against the global model, means over the clients."""
+
+    def shown(value):
+        return f"{value:.2f}" if value is not None else "-"
+
+    rows = [
+        ["global model", shown(personal["global"].get("accuracy_mean")), shown(personal["global"]["accuracy_own"])],
+        [
+            f"personalized ({personal['kind']})",
+            shown(personal["personal"]["accuracy_mean"]),
+            shown(personal["personal"]["accuracy_own"]),
+        ],
+    ]
+    return text_table([f"mean over {personal['clients']} clients", "all-domain acc", "own-domain acc"], rows)
+
+
 def format_summary(summary: dict, cfg: RunConfig) -> str:
     what = "value alignment (DPO)" if cfg.train.objective == "dpo" else "instruction tuning"
     lines = ["", "=" * 72, f"Federated {what} finished", "=" * 72]
     lines += summary_table(summary, cfg)
+    if summary.get("personalization"):
+        lines += ["", *personal_table(summary["personalization"])]
     lines += [
         "",
         f"adapter   {summary['adapter']}",

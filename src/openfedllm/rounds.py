@@ -25,16 +25,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import card, faults, models
+from . import card, faults, models, personalize
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import LocalSteps, cosine_lr, train_local
 from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
+from .lora_aggregation import LoraAggregation
+from .lora_aggregation import build as build_lora
+from .lora_aggregation.base import LOCAL
+from .lora_aggregation.factors import truncate_rank
 from .lora_aggregation.server import LoraServer
 from .partition import client_table
 from .plots import plot_run, run_title
-from .report import banner, duration, eval_text, summarize
+from .report import banner, duration, eval_text, personal_text, summarize
 from .rundir import (
     FEDERATED_END,
     Checkpoint,
@@ -62,6 +66,11 @@ class Clients(Protocol):
 
     def checkpoint_state(self) -> dict:
         """What the server's checkpoint keeps of the clients (SCAFFOLD's c_i in the simulation)."""
+
+
+def lora_method(cfg, phase: str) -> LoraAggregation:
+    """The run's LoRA aggregation in its federated phase; a baseline (one client) has nothing to combine."""
+    return build_lora(cfg.fed.lora_aggregation if phase == "federated" and cfg.model.finetune == "lora" else "naive")
 
 
 def derive_seed(*parts) -> int:
@@ -103,7 +112,14 @@ def train_client(
     tensors, take the local steps with the algorithm's hooks, and return the client's update (its
     metrics included) and its new client state (SCAFFOLD's c_i)."""
     cfg = setup.config
-    models.load_trainable_state(setup.model, task.global_state)
+    # what the LoRA aggregation keeps on the client (FedSA-LoRA's B_i) sits beside the algorithm's state
+    lora = lora_method(cfg, phase)
+    kept = {k[len(LOCAL) :]: v for k, v in own_state.items() if k.startswith(LOCAL)}
+    own_state = {k: v for k, v in own_state.items() if not k.startswith(LOCAL)}
+    start = lora.client_start(task.global_state, setup.initial_state, kept)
+    if cfg.fed.client_ranks and phase == "federated":  # heterogeneous ranks: this client's own
+        start = truncate_rank(start, cfg.fed.client_ranks[client_id])
+    models.load_trainable_state(setup.model, start)
     params = models.trainable_parameters(setup.model)
     client_name = client_id if phase == "federated" else phase
     settings = LocalSteps(
@@ -127,8 +143,9 @@ def train_client(
         objective=setup.objective,
         desc=f"round {round_index + 1} client {client_name}",
     )
-    weights = models.trainable_state(setup.model)
+    weights, kept = lora.client_finish(models.trainable_state(setup.model), kept)
     extras, own_state = algorithm.client_finish(task, weights, own_state)
+    own_state = {**own_state, **{LOCAL + k: v for k, v in kept.items()}}
     metrics = {
         "loss": result.loss,
         "steps": result.steps,
@@ -235,7 +252,7 @@ def run_phase(
     if server_state:
         algorithm.load_state_dict(server_state)
         lora.load_state_dict(setup.model, server_state)
-    state = dict(setup.initial_state) if state is None else state
+    state = lora.shared(dict(setup.initial_state)) if state is None else state
     last_eval = None
     rounds = cfg.fed.rounds
     bar = tqdm(
@@ -265,10 +282,11 @@ def run_phase(
         if models.is_peft(setup.model):
             seed = derive_seed(cfg.train.seed, phase, r, "lora")
             state, error = lora.aggregate(setup.model, algorithm, state, updates, seed)
-            log.write({"type": "aggregation", "phase": phase, "round": r + 1, "aggregation_error": error})
+            if error:
+                log.write({"type": "aggregation", "phase": phase, "round": r + 1, "aggregation_error": error})
         else:
             state, error = algorithm.aggregate(state, updates), {}
-        models.load_trainable_state(setup.model, state)
+        models.load_trainable_state(setup.model, lora.global_model(state, setup.initial_state))
         replied = [u.client_id for u in updates]
         message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
         if error and len(updates) > 1:  # one client's adapter is its own mean
@@ -287,13 +305,20 @@ def run_phase(
         if r + 1 < rounds:  # the rounds left at this phase's mean pace so far
             timing += f", ETA {duration((time.perf_counter() - phase_start) / timed * (rounds - r - 1))}"
         tqdm.write(f"{message}  ({timing})")
+        if phase == "federated" and r + 1 == rounds and personalize.wanted(cfg, lora.method):
+            if isinstance(clients, LocalClients):
+                for record in personalize.personal_records(setup, clients, lora, state, last_eval or {}, r):
+                    log.write(record)
+                    tqdm.write(f"[personalized] client {record['client']} ({record['kind']})  " + personal_text(record))
+            else:  # a node's B and data stay on it
+                tqdm.write("(personalized models are scored in the simulation only; a deployment's stay on the nodes)")
         if r + 1 == rounds:
             with disk_errors(run_dir, f"the trained {phase} model"):
                 path = final_dir(run_dir, phase, cfg.model.finetune == "full")
                 if lora.save(setup.model, state, path):  # merges into W are part of the adapter written
                     card.finish(path, cfg)
                 else:
-                    save_trained(setup, state, path)
+                    save_trained(setup, lora.global_model(state, setup.initial_state), path)
             done = done + [phase]
         save_checkpoint(
             run_dir,

@@ -159,14 +159,14 @@ def train(content: dict, node_config) -> dict:
     """One round of local training on this node's own rows; numpy arrays in, numpy arrays out."""
     from ..algorithms import ClientTask
     from ..models import trainable_state
-    from ..rounds import train_client
+    from ..rounds import lora_method, train_client
     from .transport import from_numpy, to_numpy
 
     settings = content["config"]
     node = node_data(settings["config"], node_config)
     if int(settings["client-id"]) != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, the message is for {settings['client-id']}")
-    like = trainable_state(node.setup.model)
+    like = lora_method(node.setup.config, str(settings["phase"])).shared(trainable_state(node.setup.model))
     message = from_numpy(content["message"], like) if "message" in content else {}
     task = ClientTask(
         global_state=from_numpy(content["arrays"], like),

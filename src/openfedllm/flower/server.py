@@ -51,7 +51,10 @@ class NodeClients:
         self.grid, self.setup, self.run_uid = grid, setup, run_uid
         self.config = setup.config
         self.config_text = yaml.safe_dump(to_dict(self.config), sort_keys=False)
-        self.like = trainable_state(setup.model)
+        from ..rounds import lora_method
+
+        # what crosses the network: the shared tensors (FedSA-LoRA: A alone; FFA-LoRA: B alone)
+        self.like = lora_method(self.config, "federated").shared(trainable_state(setup.model))
         self.num_values = sum(t.numel() for t in self.like.values())
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.audit = run_dir / "messages.jsonl"

@@ -16,15 +16,17 @@ from ..errors import UserError
 from .base import LoraAggregation, Outcome, exact_sum
 from .factors import Stack, modules, relative_error
 from .fedex import FedEx
+from .fedsa import FedSA
 from .ffa import FFA
 from .flora import FLoRA
 from .naive import Naive
 from .svd import SVD
 
-LoraAggregationName = Literal["naive", "ffa", "flora", "svd", "fedex"]
+LoraAggregationName = Literal["naive", "ffa", "fedsa", "flora", "svd", "fedex"]
 LORA_AGGREGATIONS: dict[str, type[LoraAggregation]] = {  # in LoraAggregationName's order
     "naive": Naive,
     "ffa": FFA,
+    "fedsa": FedSA,
     "flora": FLoRA,
     "svd": SVD,
     "fedex": FedEx,
@@ -38,6 +40,20 @@ def build(name: str) -> LoraAggregation:
 def check(config) -> None:
     """One line for a combination that is not sound (or not built): called when the config is read."""
     name, fed = config.fed.lora_aggregation, config.fed
+    if fed.client_ranks:
+        if config.model.finetune != "lora":
+            raise UserError("fed.client_ranks: per-client LoRA ranks need model.finetune: lora")
+        if len(fed.client_ranks) != fed.num_clients:
+            raise UserError(f"fed.client_ranks: one rank per client ({fed.num_clients}), got {len(fed.client_ranks)}")
+        if any(
+            not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= config.lora.rank for r in fed.client_ranks
+        ):
+            raise UserError(
+                f"fed.client_ranks: each rank must be an integer in 1..lora.rank ({config.lora.rank}), "
+                f"got {fed.client_ranks}"
+            )
+        if LORA_AGGREGATIONS[name].freezes_a or LORA_AGGREGATIONS[name].keeps_b:
+            raise UserError(f"fed.client_ranks: not with fed.lora_aggregation {name}; use naive, svd, flora or fedex")
     if name == "naive":
         return
     method = LORA_AGGREGATIONS[name]

@@ -109,3 +109,19 @@ def client_terms(
         a = weights[module.a_key] if module.a_key in weights else frozen[module.a_key]
         terms.append((w * scale, b, a))
     return terms
+
+
+def truncate_rank(state: StateDict, rank: int) -> StateDict:
+    """The adapter a client of rank `rank` trains: the first `rank` components (rows of A, columns
+    of B), the rest zero. Zero in both factors, those components get zero gradients and stay zero
+    (weight decay keeps a zero at zero), so the client's product has rank <= `rank` throughout."""
+    out = {}
+    for key, value in state.items():
+        if A_PART in key and value.shape[0] > rank:
+            value = value.clone()
+            value[rank:] = 0
+        elif B_PART in key and value.shape[1] > rank:
+            value = value.clone()
+            value[:, rank:] = 0
+        out[key] = value
+    return out

@@ -32,7 +32,8 @@ class LoraServer:
         """(the next global state, the aggregation error per layer type); merges go into `model`."""
         frozen = {**models.adapter_state(model), **state} if self.method.freezes_a else state
         outcome = self.method.aggregate(algorithm, state, updates, self.scale, seed)
-        error = aggregation_error(updates, outcome, self.scale, frozen)
+        # FedSA-LoRA's server never sees a B_i: no mean product to compare with
+        error = {} if self.method.keeps_b else aggregation_error(updates, outcome, self.scale, frozen)
         if outcome.merged:
             dense = {name: stack.dense() for name, stack in outcome.merged.items()}
             if not self.original:
@@ -41,6 +42,15 @@ class LoraServer:
                 self.merged[name] = self.merged.get(name, torch.zeros_like(delta)) + delta
             models.add_to_base(model, dense)
         return outcome.state, error
+
+    def shared(self, state: StateDict) -> StateDict:
+        """The part of the trainable tensors the server holds and sends (FedSA-LoRA: A alone)."""
+        return self.method.shared(state)
+
+    def global_model(self, state: StateDict, initial: StateDict) -> StateDict:
+        """The trainable tensors of the server's model: the shared ones, and the initial value of
+        what the clients keep (FedSA-LoRA's B = its init: the model a new client starts from)."""
+        return {**initial, **state} if self.method.keeps_b else state
 
     def state_dict(self, model) -> dict:
         if not self.merged:
