@@ -10,7 +10,7 @@ import torch
 
 from openfedllm.algorithms import ClientUpdate, FedAvg, FedProx
 from openfedllm.lora_aggregation import LORA_AGGREGATIONS, aggregation_error, build
-from openfedllm.lora_aggregation.factors import Stack, modules
+from openfedllm.lora_aggregation.factors import Stack, best_factors, error_norms, modules
 
 from .conftest import tiny_run_args
 
@@ -46,10 +46,16 @@ def test_a_stack_is_the_weighted_sum_of_products_and_its_norm_needs_no_dense_mat
         - torch.eye(3)[:, :1].double() @ torch.ones(1, 4).double()
     )
     assert torch.allclose(stack.dense(), dense)
-    assert stack.norm_squared() == pytest.approx(float((dense**2).sum()))
-    p, sigma, qt = stack.svd()
-    assert torch.allclose(p @ torch.diag(sigma) @ qt, dense, atol=1e-12)
-    assert torch.allclose(sigma, torch.linalg.svdvals(dense)[: sigma.numel()], atol=1e-12)
+    empty = Stack(torch.zeros(3, 0, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.float64))
+    assert error_norms(stack, empty) == (pytest.approx(float((dense**2).sum())), pytest.approx(float((dense**2).sum())))
+    assert error_norms(stack, stack)[0] == pytest.approx(0.0, abs=1e-9)
+    b, a = best_factors(stack.u[None], stack.v[None], rank=2, scale=0.5)  # rank 2 = R: exact
+    assert torch.allclose(0.5 * b[0] @ a[0], dense, atol=1e-12)
+    b1, a1 = best_factors(stack.u[None], stack.v[None], rank=1, scale=1.0)
+    p, sigma, qt = torch.linalg.svd(dense)
+    assert torch.allclose(b1[0] @ a1[0], sigma[0] * torch.outer(p[:, 0], qt[0]), atol=1e-12)  # Eckart-Young
+    b3, a3 = best_factors(stack.u[None], stack.v[None], rank=3, scale=1.0)  # above R: zero-padded, still exact
+    assert torch.allclose(b3[0] @ a3[0], dense, atol=1e-12) and not b3[0, :, 2].any() and not a3[0, 2].any()
 
 
 def test_naive_averages_the_factors_apart_and_its_error_is_the_gap_to_the_mean_product():

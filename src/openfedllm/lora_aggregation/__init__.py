@@ -14,7 +14,7 @@ from typing import Literal
 from ..algorithms import ClientUpdate, StateDict
 from ..errors import UserError
 from .base import LoraAggregation, Outcome, exact_sum
-from .factors import Stack, modules, relative_error
+from .factors import Stack, error_norms, modules
 from .fedex import FedEx
 from .fedsa import FedSA
 from .ffa import FFA
@@ -81,14 +81,14 @@ def aggregation_error(
 ) -> dict[str, float]:
     """Per layer type (q_proj, ...): ||mean_i(s B_i A_i) - (merged + s B A)||_F / ||mean_i(s B_i A_i)||_F,
     summed over the layers of that type; `frozen` supplies factors no client sends (FFA's A)."""
-    squared: dict[str, list[float]] = {}
     new = {**frozen, **outcome.state}
-    for module in modules(new):
+    squared: dict[str, list[float]] = {}
+    for module in modules(new):  # one layer at a time: its stacks are freed before the next
         target = exact_sum(updates, module, scale, frozen)
         result = Stack.of([(scale, new[module.b_key], new[module.a_key])])
         if module.name in outcome.merged:
             result = result.plus(outcome.merged[module.name])
-        err, norm = relative_error(target, result)
+        err, norm = error_norms(target, result)
         total = squared.setdefault(module.kind, [0.0, 0.0])
         total[0] += err
         total[1] += norm
