@@ -463,3 +463,16 @@ def test_client_ranks_must_fit_the_federation(tiny_model_dir, tmp_path, capsys):
     )
     assert main(args) == 2
     assert "not with fed.lora_aggregation ffa" in capsys.readouterr().err
+
+
+def test_methods_are_compared_with_naive_seed_by_seed_with_a_paired_t_test():
+    from openfedllm.experiment import versus_lines
+
+    rows = [{"method": "naive", "seed": s, "accuracy_mean": 0.5, "accuracy_own": 0.5, "loss": 1.0} for s in (1, 2, 3)]
+    rows += [
+        {"method": "svd", "seed": s, "accuracy_mean": 0.5 + d, "accuracy_own": 0.5, "loss": 1.0}
+        for s, d in zip((1, 2, 3), (0.1, 0.2, 0.3))
+    ]
+    text = "\n".join(versus_lines(rows))
+    # by hand: differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t = 0.2 / (0.1 / sqrt 3) = 3.464, 2 df: p = 0.074
+    assert "- svd: all domains +0.200 (p=0.07, not significant); own domain +0.000 (p=1.00, not significant)" in text

@@ -239,7 +239,10 @@ def result_row(
 ) -> dict:
     """One row of results.csv: a method's final evaluation at one seed (local: mean over its clients)."""
     domains = sorted({d for e in evals for d in e["accuracy"]})
-    return {
+    records = [r for d in run_dirs for r in MetricsLog(d / "metrics.jsonl").records()]
+    personal = [r for r in records if r["type"] == "personal"]
+    errors = [v for r in records if r["type"] == "aggregation" for v in r["aggregation_error"].values()]
+    row = {
         "method": method,
         "seed": seed,
         "accuracy_mean": _mean_or_none([e["accuracy_mean"] for e in evals]),
@@ -249,6 +252,12 @@ def result_row(
         "seconds": round(seconds, 1),
         "run_dir": ";".join(str(d.relative_to(out_dir)) for d in run_dirs),
     }
+    if personal:  # each client's personalized model (FedSA-LoRA's own B, or fine-tuned after the federation)
+        row["personal_own"] = _mean_or_none([r["accuracy_own"] for r in personal])
+        row["personal_all"] = _mean_or_none([r["accuracy_mean"] for r in personal])
+    if errors:  # the mean over rounds and layer types (docs/lora_aggregation.md)
+        row["aggregation_error"] = float(np.mean(errors))
+    return row
 
 
 def _progress(done: int, total: int, method: str, seed: int, row: dict, seconds: float) -> str:
@@ -307,6 +316,8 @@ def results_markdown(rows: list[dict], grid: Grid, command: str) -> str:
     domains = sorted({c[4:] for r in rows for c in r if c.startswith("acc_")})
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
     header = ["method", "seeds", "accuracy (all domains)", "accuracy (own domain)", "held-out loss"]
+    extra = [(k, t) for k, t in EXTRA_COLUMNS if any(r.get(k) is not None for r in rows)]
+    header += [t for _, t in extra]
     header += [f"acc {d}" for d in domains] + ["time / seed (s)"]
     lines = [
         f"# Experiment: {len(methods)} methods x {len(grid.seeds)} seeds",
@@ -329,12 +340,65 @@ def results_markdown(rows: list[dict], grid: Grid, command: str) -> str:
             _fmt(_stats([r["accuracy_own"] for r in rs])),
             _fmt(_stats([r["loss"] for r in rs])),
         ]
+        cells += [_fmt(_stats([r.get(k) for r in rs]), 4 if k == "aggregation_error" else 3) for k, _ in extra]
         cells += [_fmt(_stats([r.get(f"acc_{d}") for r in rs]), 2) for d in domains]
         seconds = _stats([r["seconds"] for r in rs])
         cells.append(f"{seconds[0]:.0f}" if seconds else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *claim_lines(rows)]
+    if extra:
+        lines += [
+            "",
+            "*personalized*: each client's own model (FedSA-LoRA's own B, or the global model fine-tuned "
+            "`fed.personalize_steps` steps on its data), mean over clients. *aggregation error*: "
+            "||mean(B_i A_i) - global|| / ||mean(B_i A_i)||, mean over rounds and layer types.",
+        ]
+    lines += ["", *claim_lines(rows), *versus_lines(rows)]
     return "\n".join(lines) + "\n"
+
+
+EXTRA_COLUMNS = [
+    ("personal_own", "personalized (own domain)"),
+    ("personal_all", "personalized (all domains)"),
+    ("aggregation_error", "aggregation error"),
+]
+
+
+def versus_lines(rows: list[dict], reference: str = "naive") -> list[str]:
+    """Each LoRA aggregation method against the naive rule, seed by seed (the same data, split and
+    initial adapter), with a two-sided paired t-test: a difference is called significant at p < 0.05."""
+    from scipy.stats import ttest_rel
+
+    methods = [m for m in method_order(rows) if m in LORA_AGGREGATIONS and m != reference]
+    base = {r["seed"]: r for r in rows if r["method"] == reference}
+    if not base or not methods:
+        return []
+    out = ["", f"## LoRA aggregation methods against {reference}", "", "Paired over seeds; t-test p-values."]
+    for m in methods:
+        parts = []
+        for key, label in [
+            ("accuracy_mean", "all domains"),
+            ("accuracy_own", "own domain"),
+            ("loss", "loss"),
+            ("personal_own", "personalized own domain"),
+        ]:
+            pairs = [
+                (r[key], base[r["seed"]][key])
+                for r in rows
+                if r["method"] == m
+                and r["seed"] in base
+                and r.get(key) is not None
+                and base[r["seed"]].get(key) is not None
+            ]
+            if len(pairs) < 2:
+                continue
+            ours, theirs = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+            diff = float(np.mean(ours - theirs))
+            pvalue = float(ttest_rel(ours, theirs).pvalue) if np.any(ours != theirs) else 1.0
+            verdict = "significant" if pvalue < 0.05 else "not significant"
+            parts.append(f"{label} {diff:+.3f} (p={pvalue:.2f}, {verdict})")
+        if parts:
+            out.append(f"- {m}: " + "; ".join(parts))
+    return out
 
 
 def claim_lines(rows: list[dict]) -> list[str]:
