@@ -212,6 +212,14 @@ def test_a_method_that_merges_into_w_saves_the_whole_change_as_a_plain_peft_adap
             assert torch.equal(_adapter(resumed, which)[name], value), (which, name)  # bit for bit
 
 
+def test_only_a_fedsa_run_exports_a_client_model(naive_run, tmp_path, capsys):
+    from openfedllm.cli import main
+
+    assert main(["export", str(naive_run), "--client", "0", "--output-dir", str(tmp_path / "c0")]) == 2
+    assert "only fedsa keeps a model per client" in capsys.readouterr().err
+    assert not (tmp_path / "c0").exists()
+
+
 def test_ffa_sends_b_alone_and_its_a_stays_the_seeded_initialisation(naive_run, tiny_model_dir, tmp_path):
     from openfedllm.cli import main
     from openfedllm.rundir import FEDERATED_END, load_checkpoint
@@ -362,6 +370,14 @@ def test_a_fedsa_run_keeps_b_on_the_clients_and_scores_each_personalized_model(t
     assert "own-domain acc" in (out / "run.log").read_text()
     # the saved global adapter is A with the initial B (peft's 0): the model a new client starts from
     assert all(not v.any() for k, v in _adapter(out).items() if ".lora_B." in k)
+    # client 1's own model: the shared A with its B, exported as a plain adapter
+    assert main(["export", str(out), "--client", "1", "--output-dir", str(tmp_path / "client1")]) == 0
+    own = _adapter(tmp_path, "client1")
+    own_b = {k[len("lora_local/") :]: v for k, v in end.client_states[1].items() if k.startswith("lora_local/")}
+    for k, v in own.items():
+        assert torch.equal(v, own_b[k] if ".lora_B." in k else _adapter(out)[k]), k
+    assert main(["export", str(out), "--client", "7", "--output-dir", str(tmp_path / "c7")]) == 2
+    assert not (tmp_path / "c7").exists() and not list(tmp_path.glob(".c7*"))
 
     real_save, calls = rounds.save_checkpoint, []
 

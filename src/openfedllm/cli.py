@@ -421,10 +421,15 @@ def cmd_export(argv: list[str]) -> int:
         action="store_true",
         help="merge the adapter into the base weights: a plain transformers model folder",
     )
+    parser.add_argument(
+        "--client",
+        type=int,
+        help="a fed.lora_aggregation: fedsa run: client K's personalized model (the shared A with its own B)",
+    )
     args = parser.parse_args(argv)
     from .export import export
 
-    export(Path(args.run_dir), Path(args.output_dir), merge=args.merge)
+    export(Path(args.run_dir), Path(args.output_dir), merge=args.merge, client=args.client)
     return 0
 
 

@@ -13,7 +13,37 @@ from .rundir import read_config
 from .userfiles import check_output_dir, check_safetensors
 
 
-def export(run_dir: Path, out: Path, merge: bool) -> Path:
+def personalized(run_dir: Path, config, client: int, adapter: Path, folder: Path) -> None:
+    """FedSA-LoRA: the run's adapter with client `client`'s own B (from the federated phase's last
+    checkpoint, where each client's kept tensors are), written to `folder`."""
+    from safetensors.torch import load_file, save_file
+
+    from .lora_aggregation import LORA_AGGREGATIONS
+    from .lora_aggregation.base import LOCAL
+    from .rundir import FEDERATED_END, load_checkpoint
+
+    if not LORA_AGGREGATIONS[config.fed.lora_aggregation].keeps_b:
+        raise UserError(
+            f"export --client: {run_dir} was trained with fed.lora_aggregation {config.fed.lora_aggregation}; "
+            "only fedsa keeps a model per client"
+        )
+    if not 0 <= client < config.fed.num_clients:
+        raise UserError(f"export --client: a client id in [0, {config.fed.num_clients}), got {client}")
+    checkpoint = load_checkpoint(run_dir, FEDERATED_END) or load_checkpoint(run_dir)
+    if checkpoint is None or checkpoint.progress["phase"] != "federated":
+        raise UserError(f"export --client: {run_dir} has no checkpoint of its federated phase")
+    kept = {k[len(LOCAL) :]: v for k, v in checkpoint.client_states.get(client, {}).items() if k.startswith(LOCAL)}
+    if not kept:
+        raise UserError(f"export --client {client}: that client was never sampled; it holds the initial B")
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    unknown = set(kept) - set(weights)
+    if unknown:
+        raise UserError(f"export --client {client}: kept tensors not in the adapter: {sorted(unknown)[:2]}")
+    shutil.copytree(adapter, folder)
+    save_file({**weights, **{k: v.contiguous() for k, v in kept.items()}}, str(folder / "adapter_model.safetensors"))
+
+
+def export(run_dir: Path, out: Path, merge: bool, client: int | None = None) -> Path:
     if not run_dir.is_dir():
         raise UserError(f"export: no such run directory: {run_dir}")
     config = build(read_config(run_dir, "export"))
@@ -33,19 +63,28 @@ def export(run_dir: Path, out: Path, merge: bool) -> Path:
     check_safetensors(adapter / "adapter_model.safetensors", f"export {run_dir}")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if merge:
-        from peft import PeftModel
+    own = out.with_name(f".{out.name}.client")
+    try:
+        if client is not None:  # the client's personalized adapter, then exported as any adapter
+            shutil.rmtree(own, ignore_errors=True)
+            personalized(run_dir, config, client, adapter, own)
+            adapter = own
+        if merge:
+            from peft import PeftModel
 
-        base = models.load_base_model(base_path, config.model.dtype)
-        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-        merged.config.use_cache = True
-        merged.save_pretrained(tmp)
-    else:
-        shutil.copytree(adapter, tmp)
-    tokenizer.save_pretrained(tmp)
+            base = models.load_base_model(base_path, config.model.dtype)
+            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged.config.use_cache = True
+            merged.save_pretrained(tmp)
+        else:
+            shutil.copytree(adapter, tmp)
+        tokenizer.save_pretrained(tmp)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
     readable(tmp)  # for whoever the model is exported to (safetensors writes 0600)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    print(f"wrote {'merged model' if merge else 'adapter'} to {out}")
+    whose = f" of client {client}" if client is not None else ""
+    print(f"wrote {'merged model' if merge else 'adapter'}{whose} to {out}")
     return out
