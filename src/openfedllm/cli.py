@@ -144,13 +144,9 @@ def _train_command(argv: list[str], objective: str) -> int:
 
         check_output_dir(run_dir)
     if args.federation:
-        from .lora_aggregation import LORA_AGGREGATIONS
+        from .lora_aggregation import check_federation
 
-        if LORA_AGGREGATIONS[config.fed.lora_aggregation].merges_into_base:
-            raise UserError(
-                f"fed.lora_aggregation: {config.fed.lora_aggregation} changes the frozen weights every round, "
-                "which the Flower nodes do not follow yet; simulate it, or use naive, ffa or svd on a federation"
-            )
+        check_federation(config)
         return _submit(args.federation, config, run_dir, bool(args.resume))
 
     quiet_libraries()

@@ -248,7 +248,7 @@ def run_phase(
     algorithm = build_algorithm(cfg.fed) if phase == "federated" else FedAvg()
     algorithm.start(clients.sizes())
     # how the LoRA factors are combined (the baselines have one client: nothing to combine)
-    lora = LoraServer(cfg.fed.lora_aggregation if phase == "federated" else "naive", cfg.lora.alpha / cfg.lora.rank)
+    lora = LoraServer(lora_method(cfg, phase), cfg.lora.alpha / cfg.lora.rank)
     if server_state:
         algorithm.load_state_dict(server_state)
         lora.load_state_dict(setup.model, server_state)

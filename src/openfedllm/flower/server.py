@@ -321,6 +321,9 @@ def serve_run(grid, run_config) -> dict:
     # Baselines pool data or train one client alone on the server: neither exists in a deployment.
     config.baselines.local = config.baselines.centralized = False
     config.validate()
+    from ..lora_aggregation import check_federation
+
+    check_federation(config)  # also for a run submitted with flwr run, past openfedllm's own check
     created = not run_dir.exists()
     try:
         with console_log(run_dir):

@@ -15,13 +15,14 @@ import torch
 
 from .. import models
 from ..algorithms import Algorithm, ClientUpdate, StateDict
-from . import aggregation_error, build
+from . import aggregation_error
+from .base import LoraAggregation
 from .factors import Stack, modules
 
 
 class LoraServer:
-    def __init__(self, name: str, scale: float):
-        self.method = build(name)
+    def __init__(self, method: LoraAggregation, scale: float):
+        self.method = method
         self.scale = scale  # s = lora.alpha / lora.rank
         self.original: StateDict = {}  # the frozen weights before the first merge (restored after the phase)
         self.merged: StateDict = {}  # module -> sum of the merges so far, float64 (d_out x d_in)
