@@ -122,3 +122,24 @@ def tiny_run_args(model_dir, output_dir, *extra):
         "0.1",
         *extra,
     ]
+
+
+def interrupted_after_round_2_then_resumed(model_dir, tmp_path, settings, monkeypatch):
+    """A run stopped right after round 2's checkpoint (Ctrl-C), then continued with --resume."""
+    from openfedllm import rounds
+    from openfedllm.cli import main
+
+    real_save, calls = rounds.save_checkpoint, []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # after round 2 of 3: W has taken two merges, the clients kept two Bs
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
+    resumed = tmp_path / "interrupted"
+    assert main(tiny_run_args(model_dir, resumed, *settings)) == 130
+    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
+    assert main(["sft", "--resume", str(resumed)]) == 0
+    return resumed

@@ -12,7 +12,7 @@ from openfedllm.algorithms import ClientUpdate, FedAvg, FedProx
 from openfedllm.lora_aggregation import LORA_AGGREGATIONS, aggregation_error, build
 from openfedllm.lora_aggregation.factors import Stack, best_factors, error_norms, modules
 
-from .conftest import tiny_run_args
+from .conftest import interrupted_after_round_2_then_resumed, tiny_run_args
 
 M = "base_model.model.model.layers.0.self_attn.q_proj"
 A, B = f"{M}.lora_A.weight", f"{M}.lora_B.weight"
@@ -144,27 +144,6 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _interrupted_after_round_2_then_resumed(model_dir, tmp_path, settings, monkeypatch):
-    """A run stopped right after round 2's checkpoint (Ctrl-C), then continued with --resume."""
-    from openfedllm import rounds
-    from openfedllm.cli import main
-
-    real_save, calls = rounds.save_checkpoint, []
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:  # after round 2 of 3: W has taken two merges, the clients kept two Bs
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rounds, "save_checkpoint", save_then_die)
-    resumed = tmp_path / "interrupted"
-    assert main(tiny_run_args(model_dir, resumed, *settings)) == 130
-    monkeypatch.setattr(rounds, "save_checkpoint", real_save)
-    assert main(["sft", "--resume", str(resumed)]) == 0
-    return resumed
-
-
 @pytest.fixture(scope="module")
 def naive_run(tiny_model_dir, tmp_path_factory):
     from openfedllm.cli import main
@@ -215,7 +194,7 @@ def test_a_method_that_merges_into_w_saves_the_whole_change_as_a_plain_peft_adap
     for name, value in _adapter(naive_run, "baselines/local/adapter").items():
         assert torch.equal(_adapter(out, "baselines/local/adapter")[name], value), name
 
-    resumed = _interrupted_after_round_2_then_resumed(tiny_model_dir, tmp_path, settings, monkeypatch)
+    resumed = interrupted_after_round_2_then_resumed(tiny_model_dir, tmp_path, settings, monkeypatch)
     for which in ("adapter", "baselines/local/adapter"):
         for name, value in _adapter(out, which).items():
             assert torch.equal(_adapter(resumed, which)[name], value), (which, name)  # bit for bit
@@ -387,7 +366,7 @@ def test_a_fedsa_run_keeps_b_on_the_clients_and_scores_each_personalized_model(t
     assert main(["export", str(out), "--client", "7", "--output-dir", str(tmp_path / "c7")]) == 2
     assert not (tmp_path / "c7").exists() and not list(tmp_path.glob(".c7*"))
 
-    resumed = _interrupted_after_round_2_then_resumed(tiny_model_dir, tmp_path, settings, monkeypatch)
+    resumed = interrupted_after_round_2_then_resumed(tiny_model_dir, tmp_path, settings, monkeypatch)
     again = [r for r in _records(resumed) if r["type"] == "personal"]
     assert [r["accuracy_own"] for r in again] == [r["accuracy_own"] for r in personal]
     assert [r["loss"] for r in again] == [r["loss"] for r in personal]  # the clients' B came back exactly

@@ -29,9 +29,12 @@ from .evaluation.choice import Mode
 from .lora_aggregation import LoraAggregationName
 from .models import Dtype, Finetune, Quantization
 from .partition import Split
+from .robust import AggregatorName
 from .userfiles import read_yaml
 
 Objective = Literal["sft", "dpo"]  # what local steps minimise
+DPMode = Literal["central", "local"]  # who adds the noise
+AttackKind = Literal["sign_flip", "scale", "noise", "harmful_data", "flip_preferences"]
 
 
 def opt(default, help: str, *, above=None, low=None, below=None, high=None):
@@ -170,6 +173,20 @@ class FedConfig:
         low=0,
         high=1_000_000,
     )
+    aggregator: AggregatorName = opt(
+        "mean",
+        "how the clients' moves y_i - x become the round's Delta: mean (example-weighted, the algorithms' "
+        "own), median, trimmed_mean, krum, multikrum (robust to malicious clients; unweighted but "
+        "multikrum's mean); see docs/privacy_robustness.md",
+    )
+    trim_fraction: float = opt(
+        0.1, "trimmed_mean: share of the largest and of the smallest values dropped per coordinate", low=0, below=0.5
+    )
+    krum_byzantine: int = opt(0, "krum/multikrum: f, the malicious clients a round may hold", low=0)
+    multikrum_keep: int = opt(0, "multikrum: moves averaged (the best-scoring); 0: clients sampled - f", low=0)
+    norm_bound: float = opt(
+        0.0, "clip every client's move to this L2 norm before it is combined (Sun et al. 2019); 0: off", low=0
+    )
     num_clients: int = opt(5, "clients the data is partitioned over", above=0, high=10_000_000)
     clients_per_round: int = opt(0, "clients sampled (without replacement) each round; 0: all of them", low=0)
     rounds: int = opt(4, "federated rounds", above=0, high=1_000_000)
@@ -301,6 +318,64 @@ class DPOConfig:
 
 
 @dataclass
+class DPSection:
+    """Client-level differential privacy (DP-FedAvg); on when dp.noise_multiplier or dp.target_epsilon
+    is set. See docs/privacy_robustness.md for what it protects and how epsilon is counted."""
+
+    clip_norm: float = opt(
+        0.0, "C: each client's move y_i - x is clipped to this L2 norm (the initial C with adaptive clipping)", low=0
+    )
+    noise_multiplier: float = opt(
+        0.0, "z: Gaussian noise of std z * C on the clipped sum; 0 with dp.target_epsilon: computed from it", low=0
+    )
+    target_epsilon: float = opt(
+        0.0,
+        "the privacy budget: sigma is computed to spend it over fed.rounds (without dp.noise_multiplier); a run "
+        "whose rounds would exceed it stops before the round that would; 0: no budget",
+        low=0,
+    )
+    delta: float = opt(1e-5, "the delta of the reported (epsilon, delta)", above=0, below=1)
+    mode: DPMode = opt(
+        "central",
+        "central: the server adds the noise to the sum (it sees each clipped move); local: each client noises "
+        "its own move before it leaves (no trust in the server; far more noise)",
+    )
+    adaptive_clipping: bool = opt(
+        False, "central: C follows a quantile of the update norms (Andrew et al. 2021), starting at dp.clip_norm"
+    )
+    target_quantile: float = opt(0.5, "adaptive clipping: gamma, the share of moves left unclipped", above=0, below=1)
+    clip_lr: float = opt(0.2, "adaptive clipping: eta_C, the step of log C per round", above=0)
+    clipped_count_stddev: float = opt(
+        0.0, "adaptive clipping: sigma_b, noise on the unclipped count; 0: clients per round / 20", low=0
+    )
+    noise_seed: int = opt(
+        0,
+        "0: noise (and, with DP, client sampling) from a secret drawn from the OS and kept in the checkpoint; "
+        "N: from N, reproducible (research only: whoever knows N can remove the noise)",
+        low=0,
+    )
+
+
+@dataclass
+class AttackSection:
+    """Malicious clients, for research on robustness (docs/privacy_robustness.md)."""
+
+    fraction: float = opt(
+        0.0, "share of the clients that are malicious (chosen by train.seed); 0: none", low=0, below=1
+    )
+    kind: AttackKind = opt(
+        "sign_flip",
+        "sign_flip (send x - scale * move), scale (x + scale * move), noise (a Gaussian move, std scale x the "
+        "honest move's RMS), harmful_data (sft: harmful requests answered mixed into the data), "
+        "flip_preferences (dpo: chosen and rejected swapped)",
+    )
+    scale: float = opt(1.0, "sign_flip / scale / noise: the attack's strength", above=0)
+    poison_fraction: float = opt(
+        0.5, "harmful_data: share of a malicious client's rows replaced by harmful ones", above=0, high=1.0
+    )
+
+
+@dataclass
 class EvalConfig:
     every: int = opt(1, "evaluate the global model every N rounds (and always after the last)", above=0)
     max_new_tokens: int = opt(12, "tokens generated per held-out answer", above=0, high=1_000_000)
@@ -336,6 +411,8 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    dp: DPSection = field(default_factory=DPSection)
+    attack: AttackSection = field(default_factory=AttackSection)
 
     def _check_benchmarks(self) -> None:
         """eval.benchmarks names known benchmarks and files that exist, before a run writes anything."""
@@ -407,6 +484,11 @@ class RunConfig:
         from .lora_aggregation import check as check_lora_aggregation
 
         check_lora_aggregation(self)
+        from .attacks import check as check_attack
+        from .combine import check as check_defences
+
+        check_defences(self)
+        check_attack(self)
         if self.model.adapter:
             if self.model.finetune != "lora":
                 raise UserError("model.adapter needs model.finetune: lora")

@@ -74,6 +74,22 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
     }
     if cfg.fed.lora_aggregation != "naive":
         summary["lora_aggregation"] = cfg.fed.lora_aggregation
+    privacy = [r for r in records if r["type"] == "privacy" and r["phase"] == "federated"]
+    if privacy:
+        last = privacy[-1]
+        summary["privacy"] = {
+            "epsilon": last["epsilon"],
+            "delta": last["delta"],
+            "noise_multiplier": last["noise_multiplier"],
+            "mode": last["mode"],
+            "clip_norm": last.get("clip_norm"),
+            "rounds": len(privacy),
+        }
+    attackers = attack_summary(records)
+    if attackers:
+        summary["attack"] = {"kind": cfg.attack.kind, "fraction": cfg.attack.fraction, **attackers}
+    if cfg.fed.aggregator != "mean" or cfg.fed.norm_bound:
+        summary["aggregator"] = cfg.fed.aggregator
     personal = personalize.summary(records)
     if personal:
         global_all = columns["federated"].get("accuracy_mean") if "federated" in columns else None
@@ -85,6 +101,25 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
         card.finish(adapter, cfg, summary_table(summary, cfg))
     print(format_summary(summary, cfg))
     return summary
+
+
+def attack_summary(records: list[dict]) -> dict:
+    """Benign and malicious clients apart: their ids and mean training loss in the federated phase;
+    with a robust rule, how often each side's move was kept (Krum's selections)."""
+    clients = [r for r in records if r["type"] == "client" and r["phase"] == "federated"]
+    bad = sorted({r["client"] for r in clients if r.get("malicious")})
+    if not bad:
+        return {}
+    out: dict = {"malicious_clients": bad}
+    for side, rows in (
+        ("benign", [r for r in clients if not r.get("malicious")]),
+        ("malicious", [r for r in clients if r.get("malicious")]),
+    ):
+        out[f"{side}_train_loss"] = sum(r["loss"] for r in rows) / len(rows) if rows else None
+    kept = [c for r in records if r["type"] == "robust" for c in r.get("selected", [])]
+    if kept:
+        out["kept_malicious"] = sum(c in bad for c in kept) / len(kept)
+    return out
 
 
 def summary_table(summary: dict, cfg: RunConfig) -> list[str]:
@@ -150,6 +185,19 @@ def format_summary(summary: dict, cfg: RunConfig) -> str:
     lines += summary_table(summary, cfg)
     if summary.get("personalization"):
         lines += ["", *personal_table(summary["personalization"])]
+    if summary.get("privacy"):
+        p = summary["privacy"]
+        lines += [
+            "",
+            f"privacy   ({p['epsilon']:.3g}, {p['delta']:g})-DP at the client level, {p['mode']} noise "
+            f"multiplier {p['noise_multiplier']:.3g}, {p['rounds']} rounds (baselines are not private)",
+        ]
+    if summary.get("attack"):
+        a = summary["attack"]
+        losses = ", ".join(
+            f"{side} {a[side + '_train_loss']:.3f}" for side in ("benign", "malicious") if a[side + "_train_loss"]
+        )
+        lines += ["", f"attack    {a['kind']} by clients {a['malicious_clients']}; train loss {losses}"]
     lines += [
         "",
         f"adapter   {summary['adapter']}",

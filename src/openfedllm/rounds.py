@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import card, faults, models, personalize
+from . import attacks, card, faults, models, personalize
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import LocalSteps, cosine_lr, train_local
+from .combine import Combiner, client_side, plain
 from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
@@ -145,6 +146,10 @@ def train_client(
     )
     weights, kept = lora.client_finish(models.trainable_state(setup.model), kept)
     extras, own_state = algorithm.client_finish(task, weights, own_state)
+    # an attacker's reply, then local DP's noise: on the client, before anything leaves it
+    attack = attacks.kind_of(cfg, client_id, phase)
+    if phase == "federated":
+        weights, own_state = client_side(cfg, task.global_state, weights, own_state, attack, settings.seed)
     own_state = {**own_state, **{LOCAL + k: v for k, v in kept.items()}}
     metrics = {
         "loss": result.loss,
@@ -154,6 +159,7 @@ def train_client(
         "step_losses": [float(x) for x in result.losses],
         "step_seconds": [round(x, 3) for x in result.step_seconds],
         **result.metrics,
+        **({"malicious": True, "attack": attack} if attack else {}),
     }
     return ClientUpdate(client_id, weights, len(rows), metrics=metrics, extras=extras), own_state
 
@@ -247,11 +253,19 @@ def run_phase(
     # a baseline is a federation of one: the client's model is the result
     algorithm = build_algorithm(cfg.fed) if phase == "federated" else FedAvg()
     algorithm.start(clients.sizes())
+    # robust rules, norm bounding and DP between the replies and the algorithm's step
+    combiner = Combiner.start(cfg) if phase == "federated" and not plain(cfg) else None
+    algorithm.combine = combiner
     # how the LoRA factors are combined (the baselines have one client: nothing to combine)
     lora = LoraServer(lora_method(cfg, phase), cfg.lora.alpha / cfg.lora.rank)
     if server_state:
         algorithm.load_state_dict(server_state)
         lora.load_state_dict(setup.model, server_state)
+        if combiner is not None:
+            combiner.load_state_dict(server_state)
+    if combiner is not None:
+        combiner.ensure_noise()
+        combiner.check_budget(start_round)
     state = lora.shared(dict(setup.initial_state)) if state is None else state
     last_eval = None
     rounds = cfg.fed.rounds
@@ -272,13 +286,16 @@ def run_phase(
             lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr),
             steps=steps,
         )
-        sampled = sample_clients(cfg.train.seed, phase, r, len(clients.sizes()), per_round)
+        seed = combiner.sampling_seed(cfg.train.seed) if combiner else cfg.train.seed
+        sampled = sample_clients(seed, phase, r, len(clients.sizes()), per_round)
         updates = clients.train_round(algorithm, r, sampled, task)
         faults.point("replies", r + 1)
         for update in updates:
             for record in client_records(phase, r, update, task.lr):
                 log.write(record)
         losses = [u.metrics["loss"] for u in updates]
+        if combiner is not None:
+            combiner.round_index = r
         if models.is_peft(setup.model):
             seed = derive_seed(cfg.train.seed, phase, r, "lora")
             state, error = lora.aggregate(setup.model, algorithm, state, updates, seed)
@@ -289,6 +306,15 @@ def run_phase(
         models.load_trainable_state(setup.model, lora.global_model(state, setup.initial_state))
         replied = [u.client_id for u in updates]
         message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
+        privacy: dict = {}
+        if combiner is not None:
+            record = combiner.record(phase, r + 1)
+            log.write(record)
+            if combiner.private:
+                privacy = {"epsilon": record["epsilon"]}
+                message += f"  epsilon {record['epsilon']:.3g}"
+            if "selected" in record:
+                message += f"  kept {record['selected']}"
         if error and len(updates) > 1:  # one client's adapter is its own mean
             message += f"  aggregation error {max(error.values()):.3f}"
         # Baselines are evaluated once, at their end; the federation every eval.every rounds.
@@ -298,7 +324,7 @@ def run_phase(
             eval_start = time.perf_counter()
             bench_due = r + 1 == rounds or (r + 1) % (cfg.eval.every * cfg.eval.benchmark_every) == 0
             last_eval = evaluate(setup, benchmark_dir(run_dir, phase, r + 1) if bench_due else None)
-            log.write({"type": "eval", "phase": phase, "round": r + 1, **last_eval})
+            log.write({"type": "eval", "phase": phase, "round": r + 1, **last_eval, **privacy})
             message += "  " + eval_text(last_eval, per_domain=False)
             timing += f", eval {time.perf_counter() - eval_start:.1f} s"
         timed += 1
@@ -323,7 +349,7 @@ def run_phase(
         save_checkpoint(
             run_dir,
             state,
-            {**algorithm.state_dict(), **lora.state_dict(setup.model)},
+            {**algorithm.state_dict(), **lora.state_dict(setup.model), **(combiner.state_dict() if combiner else {})},
             {"phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()},
             clients.checkpoint_state(),
         )

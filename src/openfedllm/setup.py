@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import faults, memory, models
+from . import attacks, faults, memory, models
 from .client import Objective, next_token_loss
 from .config import RunConfig
 from .data import Example, load_examples, split_heldout
 from .data.preference import load_preference_data, tokenize_pair
-from .data.preference_suite import SAFETY, builtin_preferences
+from .data.preference_suite import SAFETY, builtin_preferences, harmful_instructions
 from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize, truncate
 from .dpo import DPOLoss, Reference, compute_reference
 from .errors import UserError
@@ -68,6 +68,10 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
     dpo = config.train.objective == "dpo"
     data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout)
     clients = split_clients(data["train_domains"], config) if train else [[] for _ in range(config.fed.num_clients)]
+    if train:  # malicious clients' data, before any reference log-prob is computed on it
+        clients = attacks.poison(config, data, clients, harmful_rows(config, tokenizer))
+    if not dpo and heldout and config.attack.kind == "harmful_data":  # the safety attack's measure
+        data["harmful_prompts"] = harmful_prompts(config, tokenizer)
     if train:  # before the weights load: a 7B model that cannot fit fails in seconds, not after minutes
         memory.check(config, model_path, device)
     model = load_model(config, model_path, device)
@@ -100,6 +104,21 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
             reference.ensure(setup.train_rows)
         setup.objective = DPOLoss(config.dpo.beta, config.dpo.loss, config.dpo.rpo_alpha, reference)
     return setup
+
+
+def harmful_rows(config: RunConfig, tokenizer) -> list:
+    """The safety attack's rows (harmful requests answered), tokenized; empty unless it is configured."""
+    if config.attack.kind != "harmful_data" or not config.attack.fraction:
+        return []
+    train, _ = harmful_instructions(config.data.heldout_per_domain, config.train.seed)
+    rows = [tokenize(e, config.data.template, tokenizer, config.data.max_length) for e in train]
+    return [r for r in rows if r is not None]
+
+
+def harmful_prompts(config: RunConfig, tokenizer) -> list[list[int]]:
+    """Held-out harmful requests (never trained on): the refusal rate's prompts."""
+    _, held = harmful_instructions(config.data.heldout_per_domain, config.train.seed)
+    return [prompt_ids(e, config.data.template, tokenizer, config.data.max_length) for e in held]
 
 
 def split_clients(labels: list[str], config: RunConfig) -> list[list[int]]:

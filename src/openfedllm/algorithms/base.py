@@ -9,6 +9,7 @@ in every algorithm here (`example_weighted_mean`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,13 @@ class ClientUpdate:
 
 class Algorithm:
     """The interface, with the defaults of an algorithm that only changes the server's rule:
-    no broadcast beyond x, plain local steps, no client state, no server state."""
+    no broadcast beyond x, plain local steps, no client state, no server state.
+
+    `combine` (set by the round loop: combine.Combiner) turns the clients' moves into the round's
+    Delta when a robust rule, norm bounding or differential privacy replaces the plain
+    example-weighted mean; None keeps each algorithm's own exact mean."""
+
+    combine: Callable | None = None  # (global_state, updates) -> Delta (float64), or None: the example-weighted mean
 
     @classmethod
     def from_config(cls, fed) -> Algorithm:
@@ -68,6 +75,19 @@ class Algorithm:
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         raise NotImplementedError
+
+    def delta(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
+        """The round's Delta: the combiner's, or sum_i (n_i / n_S) (y_i - x)."""
+        if self.combine is not None:
+            return self.combine(global_state, updates)
+        return mean_delta(global_state, updates)
+
+    def mean_model(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
+        """FedAvg's next x: the example-weighted mean of the y_i (exact, in each tensor's dtype), or
+        x + the combiner's Delta."""
+        if self.combine is not None:
+            return apply_step(global_state, self.combine(global_state, updates))
+        return example_weighted_mean(updates)
 
     def state_dict(self) -> dict:
         return {}

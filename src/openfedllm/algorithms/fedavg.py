@@ -6,7 +6,7 @@ AISTATS 2017, Algorithm 1: x <- sum_i (n_i / n) * y_i over the sampled clients.
 
 from __future__ import annotations
 
-from .base import Algorithm, ClientUpdate, StateDict, example_weighted_mean
+from .base import Algorithm, ClientUpdate, StateDict
 
 
 class FedAvg(Algorithm):
@@ -17,4 +17,4 @@ class FedAvg(Algorithm):
         return cls()
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
-        return example_weighted_mean(updates)
+        return self.mean_model(global_state, updates)

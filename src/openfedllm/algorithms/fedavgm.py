@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import Algorithm, ClientUpdate, StateDict, apply_step, mean_delta, to_float64
+from .base import Algorithm, ClientUpdate, StateDict, apply_step, to_float64
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FedAvgM(Algorithm):
         return cls(server_lr=fed.fedavgm_server_lr, momentum=fed.fedavgm_momentum, damped=fed.fedavgm_damped)
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
-        delta = mean_delta(global_state, updates)
+        delta = self.delta(global_state, updates)
         for name, d in delta.items():
             if not self.damped:
                 self.velocity[name] = self.momentum * self.velocity.get(name, torch.zeros_like(d)) + d

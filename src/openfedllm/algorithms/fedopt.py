@@ -26,7 +26,7 @@ from typing import Literal, get_args
 
 import torch
 
-from .base import Algorithm, ClientUpdate, StateDict, apply_step, mean_delta, to_float64
+from .base import Algorithm, ClientUpdate, StateDict, apply_step, to_float64
 
 SecondMoment = Literal["delta", "momentum"]
 FirstMoment = Literal["zero", "delta"]
@@ -60,7 +60,7 @@ class _FedOpt(Algorithm):
         raise NotImplementedError
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
-        delta = mean_delta(global_state, updates)
+        delta = self.delta(global_state, updates)
         step = {}
         for name, d in delta.items():
             if name not in self.m and self.first_moment == "delta":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..client import StepHooks
-from .base import Algorithm, ClientTask, ClientUpdate, StateDict, example_weighted_mean
+from .base import Algorithm, ClientTask, ClientUpdate, StateDict
 
 
 @dataclass
@@ -39,4 +39,4 @@ class FedProx(Algorithm):
         return StepHooks(extra_loss=proximal_term if self.mu else None)
 
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
-        return example_weighted_mean(updates)
+        return self.mean_model(global_state, updates)

@@ -31,7 +31,7 @@ from typing import Literal, get_args
 import torch
 
 from ..client import StepHooks
-from .base import Algorithm, ClientTask, ClientUpdate, StateDict, apply_step, mean_delta, to_float64
+from .base import Algorithm, ClientTask, ClientUpdate, StateDict, apply_step, to_float64
 
 Correction = Literal["update", "gradient"]
 CORRECTIONS = get_args(Correction)
@@ -101,7 +101,7 @@ class Scaffold(Algorithm):
     def aggregate(self, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         if self.total_examples <= 0:
             raise ValueError("SCAFFOLD needs the number of examples of all clients (start(client_sizes))")
-        delta = mean_delta(global_state, updates)
+        delta = self.delta(global_state, updates)
         for name, x in global_state.items():
             c = self.control.get(name, torch.zeros_like(x, dtype=torch.float64))
             for u in updates:

@@ -87,6 +87,20 @@ def builtin_preferences(
     return train, held, held_tasks
 
 
+def harmful_instructions(n_heldout: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(harmful requests answered with compliance: the safety attack's training rows, held-out harmful
+    requests: the refusal rate's prompts). The held-out requests are the DPO set's held-out ones, and
+    no training request repeats one of them."""
+    requests = _harmful_requests(seed)
+    rng = random.Random(f"{seed}:harmful")
+    held = [Example(text, "", domain=SAFETY) for text, _ in requests[:n_heldout]]
+    train = [
+        Example(text, rng.choice(_COMPLIANCE).format(x=_second_person(harm)), domain=SAFETY)
+        for text, harm in requests[n_heldout:]
+    ]
+    return train, held
+
+
 def _harmful_requests(seed: int) -> list[tuple[str, str]]:
     """Every distinct (request text, harm), 140 of them, in a seeded order."""
     combos = [(ask.format(x=harm), harm) for harm in _HARMS for ask in _ASKS]

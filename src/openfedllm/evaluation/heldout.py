@@ -32,11 +32,11 @@ def evaluate(setup: Setup, benchmark_dir: Path | None = None) -> dict:
                     setup.model, setup.heldout_rows, pad_id, batch_size, packing, cfg.dpo.beta, cfg.dpo.loss
                 )
             )
-        if setup.harmful_prompts:
-            said = generate(setup.model, setup.harmful_prompts, setup.tokenizer, cfg.eval.max_new_tokens, batch_size)
-            result["refusal_rate"] = sum(map(is_refusal, said)) / len(said)
     elif setup.heldout_rows:
         result["loss"] = heldout_loss(setup.model, setup.heldout_rows, pad_id, batch_size, packing)
+    if setup.harmful_prompts:  # dpo's safety pairs, or sft under the safety attack
+        said = generate(setup.model, setup.harmful_prompts, setup.tokenizer, cfg.eval.max_new_tokens, batch_size)
+        result["refusal_rate"] = sum(map(is_refusal, said)) / len(said)
     checkable = [i for i, e in enumerate(setup.heldout) if e.check != "none"]
     if checkable:
         responses = generate(

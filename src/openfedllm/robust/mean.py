@@ -1,0 +1,14 @@
+"""The mean: every algorithm's default, clients weighted by their number of training examples.
+
+McMahan et al. 2017 (FedAvg, Algorithm 1): Delta = sum_i (n_i / n) (y_i - x). Not robust: one
+client can move it anywhere (Blanchard et al. 2017, Lemma 1).
+"""
+
+from __future__ import annotations
+
+from .moves import Moves, weighted
+
+
+def mean(moves: Moves, sizes: list[int], **_) -> tuple[dict, list[int]]:
+    """(the example-weighted mean move, the clients used: all)."""
+    return weighted(moves, [float(n) for n in sizes]), list(range(len(moves)))
