@@ -324,7 +324,10 @@ def test_a_calibrated_run_extended_past_its_budget_stops_before_the_first_round_
 
 def test_combiner_state_survives_a_checkpoint():
     cfg = build(
-        {"dp": {"clip_norm": 0.5, "noise_multiplier": 1.0, "adaptive_clipping": True}, "fed": {"num_clients": 3}}
+        {
+            "dp": {"clip_norm": 0.5, "noise_multiplier": 1.0, "adaptive_clipping": True, "clipped_count_stddev": 1.0},
+            "fed": {"num_clients": 3},
+        }
     )
     cfg.validate()
     first = Combiner.start(cfg)
