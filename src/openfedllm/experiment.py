@@ -1,8 +1,8 @@
 """A declared grid of methods x seeds, run cell by cell, summarised as the paper compares them.
 
 A grid file names the methods (any FL algorithm of the registry, plus `local` and `centralized`;
-or a LoRA aggregation method, `naive`, `ffa`, `flora`, `svd`, `fedex`, with the grid's
-fed.algorithm),
+or a LoRA aggregation method, `naive`, `ffa`, `flora`, `svd`, `fedex`, or a robust aggregation
+rule, `median`, `trimmed_mean`, `krum`, `multikrum`, with the grid's fed.algorithm),
 the seeds, and one run config (the sections of `openfedllm sft`) shared by every cell; its
 `quick` section overrides seeds and config for a run of a few minutes. Each seed prepares the
 data, split and initial adapter once; every method of that seed starts from them. Each cell is an
@@ -39,6 +39,7 @@ from .errors import UserError
 from .evaluation.heldout import evaluate
 from .lora_aggregation import LORA_AGGREGATIONS, LoraAggregationName
 from .personalize import own_accuracy
+from .robust import AGGREGATORS, AggregatorName
 from .rounds import resume_phase, run_phase
 from .rundir import MetricsLog, load_checkpoint, save_config
 from .setup import Setup, prepare
@@ -87,7 +88,7 @@ def grid_from_dict(raw: dict, quick: bool = False, overrides: Sequence[tuple[str
         config = _merge(config, q.get("config") or {})
     if not isinstance(methods, list) or not methods:
         raise UserError("experiment: methods must be a non-empty list")
-    valid = [*ALGORITHMS, *BASELINES, *LORA_AGGREGATIONS]
+    valid = [*ALGORITHMS, *BASELINES, *LORA_AGGREGATIONS, *AGGREGATORS]
     for m in methods:
         if m not in valid:
             raise UserError(f"experiment: unknown method {m!r}; valid: {', '.join(valid)}")
@@ -119,6 +120,8 @@ def cell_config(grid: Grid, method: str, seed: int, local_client: int = 0) -> Ru
         config.fed = dataclasses.replace(config.fed, algorithm=cast(AlgorithmName, method))
     if method in LORA_AGGREGATIONS:
         config.fed = dataclasses.replace(config.fed, lora_aggregation=cast(LoraAggregationName, method))
+    if method in AGGREGATORS:  # a robust rule, with the grid's fed.algorithm
+        config.fed = dataclasses.replace(config.fed, aggregator=cast(AggregatorName, method))
     return config
 
 
@@ -257,6 +260,11 @@ def result_row(
         row["personal_all"] = _mean_or_none([r["accuracy_mean"] for r in personal])
     if errors:  # the mean over rounds and layer types (docs/lora_aggregation.md)
         row["aggregation_error"] = float(np.mean(errors))
+    if any("refusal_rate" in e for e in evals):  # harmful requests refused (dpo; sft under the safety attack)
+        row["refusal_rate"] = _mean_or_none([e.get("refusal_rate") for e in evals])
+    privacy = [r for r in records if r["type"] == "privacy"]
+    if privacy:  # the epsilon the cell spent (docs/privacy_robustness.md)
+        row["epsilon"] = privacy[-1]["epsilon"]
     return row
 
 
@@ -350,7 +358,9 @@ def results_markdown(rows: list[dict], grid: Grid, command: str) -> str:
             "",
             "*personalized*: each client's own model (FedSA-LoRA's own B, or the global model fine-tuned "
             "`fed.personalize_steps` steps on its data), mean over clients. *aggregation error*: "
-            "||mean(B_i A_i) - global|| / ||mean(B_i A_i)||, mean over rounds and layer types.",
+            "||mean(B_i A_i) - global|| / ||mean(B_i A_i)||, mean over rounds and layer types. "
+            "*refusal rate*: share of held-out harmful requests refused. *epsilon*: the cell's client-level "
+            "DP budget spent (docs/privacy_robustness.md).",
         ]
     lines += ["", *claim_lines(rows), *versus_lines(rows)]
     return "\n".join(lines) + "\n"
@@ -360,6 +370,8 @@ EXTRA_COLUMNS = [
     ("personal_own", "personalized (own domain)"),
     ("personal_all", "personalized (all domains)"),
     ("aggregation_error", "aggregation error"),
+    ("refusal_rate", "refusal rate (harmful)"),
+    ("epsilon", "epsilon"),
 ]
 
 
