@@ -138,6 +138,29 @@ def test_a_lora_aggregation_that_shares_part_of_the_adapter_runs_deployed_as_sim
         assert kept and all(any(".lora_B." in k for k in read(str(f))) for f in kept)
 
 
+def test_local_dp_and_an_attacker_run_deployed_as_simulated(federation_up, tiny_model_dir, tmp_path):
+    """Local DP's noise and a sign-flipping attacker happen on the node, the median on the server:
+    the same numbers as the simulation, the attacker marked by the server, each node's noise secret
+    kept on its disk."""
+    settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2", *NO_BASELINES]
+    settings += ["--dp.mode", "local", "--dp.clip_norm", "0.05", "--dp.noise_multiplier", "0.5"]
+    settings += ["--dp.noise_seed", "9", "--attack.fraction", "0.5", "--fed.aggregator", "median"]
+    simulated = tmp_path / "simulated"
+    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
+    fed = federation_up(2)
+    deployed = tmp_path / "deployed"
+    assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
+    _assert_same(_adapter(deployed), _adapter(simulated))
+    records = [json.loads(line) for line in (deployed / "metrics.jsonl").read_text().splitlines()]
+    marked = {r["client"] for r in records if r["type"] == "client" and r.get("malicious")}
+    assert len(marked) == 1
+    assert [r["type"] for r in records].count("privacy") == 2
+    from safetensors.torch import load_file as read
+
+    kept = list(Path(fed["dir"]).glob("node-state/**/*.safetensors"))
+    assert kept and all("dp_secret" in read(str(f)) for f in kept)
+
+
 def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federation_up, tmp_path):
     fed = federation_up(1, auth=True)
     folder = Path(fed["dir"])

@@ -159,7 +159,6 @@ def train_client(
         "step_losses": [float(x) for x in result.losses],
         "step_seconds": [round(x, 3) for x in result.step_seconds],
         **result.metrics,
-        **({"malicious": True, "attack": attack} if attack else {}),
     }
     return ClientUpdate(client_id, weights, len(rows), metrics=metrics, extras=extras), own_state
 
@@ -286,12 +285,16 @@ def run_phase(
             lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr),
             steps=steps,
         )
-        seed = combiner.sampling_seed(cfg.train.seed) if combiner else cfg.train.seed
-        sampled = sample_clients(seed, phase, r, len(clients.sizes()), per_round)
+        sample_seed = combiner.sampling_seed(cfg.train.seed) if combiner else cfg.train.seed
+        sampled = sample_clients(sample_seed, phase, r, len(clients.sizes()), per_round)
         updates = clients.train_round(algorithm, r, sampled, task)
         faults.point("replies", r + 1)
         for update in updates:
-            for record in client_records(phase, r, update, task.lr):
+            records = client_records(phase, r, update, task.lr)
+            attack = attacks.kind_of(cfg, update.client_id, phase)
+            if attack:  # marked by the server, from the config: a node reports only its numbers
+                records[-1].update(malicious=True, attack=attack)
+            for record in records:
                 log.write(record)
         losses = [u.metrics["loss"] for u in updates]
         if combiner is not None:
