@@ -339,3 +339,23 @@ def test_combiner_state_survives_a_checkpoint():
     assert (second.secret, second.clip_norm, second.spent) == (first.secret, first.clip_norm, first.spent)
     assert second.clip_norm != 0.5  # adapted
     assert moves_of(x, updates)[2]["w"].tolist() == [3.0] * 4
+
+
+def test_a_server_optimizer_steps_with_the_robust_delta():
+    from openfedllm.algorithms import FedAvg, FedAvgM
+
+    cfg = build({"fed": {"aggregator": "median", "num_clients": 3}})
+    x = {"w": torch.tensor([1.0, 1.0])}
+    ys = [[2.0, 1.0], [3.0, 0.0], [100.0, -50.0]]  # moves (1, 0), (2, -1), (99, -51): median (2, -1)
+    updates = [ClientUpdate(i, {"w": torch.tensor(y)}, 10 * (i + 1)) for i, y in enumerate(ys)]
+    fedavg = FedAvg()
+    fedavg.combine = Combiner.start(cfg)
+    assert fedavg.aggregate(x, updates)["w"].tolist() == [3.0, 0.0]
+    momentum = FedAvgM(server_lr=0.5, momentum=0.9)
+    momentum.combine = Combiner.start(cfg)
+    first = momentum.aggregate(x, updates)["w"]  # v = Delta; x + 0.5 v
+    assert first.tolist() == [2.0, 0.5]
+    second = momentum.aggregate({"w": first}, updates)[
+        "w"
+    ]  # Delta = median(y_i - first) = (1, -0.5); v = 0.9 v + Delta
+    assert second.tolist() == pytest.approx([2.0 + 0.5 * (0.9 * 2 + 1.0), 0.5 + 0.5 * (0.9 * -1 - 0.5)])
