@@ -626,8 +626,13 @@ def cmd_algorithms(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="openfedllm algorithms", description="List the FL algorithms.").parse_args(argv)
     from .algorithms import ALGORITHMS, describe
 
+    from .robust import DESCRIPTIONS
+
     for name in ALGORITHMS:
         print(f"{name:12s} {describe(name)}")
+    print("\nfed.aggregator (how the clients' moves are combined before the algorithm's step):")
+    for name, text in DESCRIPTIONS.items():
+        print(f"{name:12s} {text}")
     return 0
 
 
