@@ -92,7 +92,7 @@ def test_norm_bound_clips_only_what_is_larger():
 def test_dp_clipping_bounds_every_update_and_the_noise_has_its_scale():
     rng = torch.Generator().manual_seed(1)
     moves = [{"a": torch.randn(50, generator=rng, dtype=torch.float64) * s} for s in (0.01, 1.0, 30.0)]
-    clipped, cut = dp_fedavg.clip_all(moves, 0.5)
+    clipped, cut = bound(moves, 0.5)
     assert cut == [False, True, True]
     assert all(norm(m) <= 0.5 + 1e-12 for m in clipped)
     # zero moves: what remains is the noise alone, N(0, (z C / m)^2) per coordinate

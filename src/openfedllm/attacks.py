@@ -61,8 +61,9 @@ def kind_of(config, client_id: int, phase: str) -> str | None:
 
 def attack_update(kind: str, scale: float, x: dict, y: dict, seed: int) -> dict:
     """The attacker's reply, in the dtype of each tensor."""
-    x64 = {k: v.to(torch.float64) for k, v in x.items()}
-    move = {k: y[k].to(torch.float64) - x64[k] for k in x64}
+    from .algorithms.base import move as move_of
+
+    move = move_of(x, y)
     if kind == "sign_flip":
         move = {k: -scale * m for k, m in move.items()}
     elif kind == "scale":
@@ -75,7 +76,7 @@ def attack_update(kind: str, scale: float, x: dict, y: dict, seed: int) -> dict:
         move = gaussian(move, scale * rms, seed)
     else:
         raise ValueError(f"not an update attack: {kind}")
-    return {k: (x64[k] + m).to(y[k].dtype) for k, m in move.items()}
+    return {k: (x[k].to(torch.float64) + m).to(y[k].dtype) for k, m in move.items()}
 
 
 def poison(config, data: dict, clients: list[list[int]], harmful_rows: list) -> list[list[int]]:

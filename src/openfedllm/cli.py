@@ -625,7 +625,6 @@ def cmd_serve(argv: list[str]) -> int:
 def cmd_algorithms(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="openfedllm algorithms", description="List the FL algorithms.").parse_args(argv)
     from .algorithms import ALGORITHMS, describe
-
     from .robust import DESCRIPTIONS
 
     for name in ALGORITHMS:

@@ -252,10 +252,11 @@ def client_side(config, task_state: StateDict, weights: StateDict, own_state: di
     if dp_on(config) and config.dp.mode == "local":
         secret = int(own_state.get(DP_SECRET, torch.tensor(config.dp.noise_seed or secrets.randbits(63))))
         own_state = {**own_state, DP_SECRET: torch.tensor(secret)}
-        x = {k: v.to(torch.float64) for k, v in task_state.items()}
-        move = {k: weights[k].to(torch.float64) - x[k] for k in x}
+        from .algorithms.base import apply_step, move
         from .rounds import derive_seed
 
-        noised = dp_fedavg.local(move, config.dp.clip_norm, config.dp.noise_multiplier, derive_seed(secret, seed))
-        weights = {k: (x[k] + noised[k]).to(weights[k].dtype) for k in x}
+        step = dp_fedavg.local(
+            move(task_state, weights), config.dp.clip_norm, config.dp.noise_multiplier, derive_seed(secret, seed)
+        )
+        weights = apply_step(task_state, step)  # in the trainable tensors' dtype
     return weights, own_state

@@ -123,9 +123,18 @@ def mean_delta(global_state: StateDict, updates: list[ClientUpdate]) -> StateDic
     Kept in float64 so that x + Delta reproduces the weighted mean of the y_i to the last bit
     of the original dtype (the degenerate cases equal FedAvg exactly).
     """
+    return weighted_mean(client_moves(global_state, updates), [u.num_examples for u in updates])
+
+
+def move(global_state: StateDict, weights: StateDict) -> StateDict:
+    """y - x, tensor by tensor, in float64 (over the keys of x)."""
+    return {name: weights[name].to(torch.float64) - x.to(torch.float64) for name, x in global_state.items()}
+
+
+def client_moves(global_state: StateDict, updates: list[ClientUpdate]) -> list[StateDict]:
+    """y_i - x of every update, float64: what Delta, the robust rules and DP's clipping combine."""
     x64 = to_float64(global_state)
-    moves = [{name: u.weights[name].to(torch.float64) - x for name, x in x64.items()} for u in updates]
-    return weighted_mean(moves, [u.num_examples for u in updates])
+    return [move(x64, u.weights) for u in updates]
 
 
 def apply_step(global_state: StateDict, step: StateDict) -> StateDict:

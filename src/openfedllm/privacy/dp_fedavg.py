@@ -26,6 +26,7 @@ import torch
 
 from ..algorithms.base import StateDict
 from ..robust.moves import Moves, clip
+from ..robust.norm_bound import bound
 
 
 def gaussian(like: StateDict, std: float, seed: int) -> StateDict:
@@ -35,18 +36,12 @@ def gaussian(like: StateDict, std: float, seed: int) -> StateDict:
     return {k: torch.randn(like[k].shape, dtype=torch.float64, generator=generator) * std for k in sorted(like)}
 
 
-def clip_all(moves: Moves, clip_norm: float) -> tuple[Moves, list[bool]]:
-    """Every move clipped to norm <= C; and which were cut (b_i = not cut)."""
-    out = [clip(m, clip_norm) for m in moves]
-    return [m for m, _ in out], [cut for _, cut in out]
-
-
 def central(
     moves: Moves, clip_norm: float, noise_std: float, per_round: int, seed: int
 ) -> tuple[StateDict, list[bool]]:
     """(sum_i clip(m_i) + N(0, noise_std^2)) / per_round, and which moves were clipped; `noise_std`
     is z_Delta * C (z * C with fixed clipping)."""
-    clipped, cut = clip_all(moves, clip_norm)
+    clipped, cut = bound(moves, clip_norm)  # the same clipping as fed.norm_bound; cut: b_i = not cut
     total = {k: torch.stack([m[k] for m in clipped]).sum(0) for k in clipped[0]}
     noise = gaussian(total, noise_std, seed)
     return {k: (t + noise[k]) / per_round for k, t in total.items()}, cut

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+from ..algorithms.base import client_moves as moves_of
 from .krum import krum, multikrum
 from .mean import mean
 from .median import median
-from .moves import Moves, clip, moves_of, norm, squared_distances
+from .moves import Moves, clip, norm, squared_distances
 from .norm_bound import bound
 from .trimmed_mean import trimmed_mean
 

@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..algorithms.base import ClientUpdate, StateDict
+from ..algorithms.base import StateDict, weighted_mean
 
 Moves = list[StateDict]
-
-
-def moves_of(global_state: StateDict, updates: list[ClientUpdate]) -> Moves:
-    """y_i - x for every update, float64."""
-    x64 = {k: v.to(torch.float64) for k, v in global_state.items()}
-    return [{k: u.weights[k].to(torch.float64) - x for k, x in x64.items()} for u in updates]
 
 
 def norm(move: StateDict) -> float:
@@ -43,9 +37,8 @@ def stacked(moves: Moves, name: str) -> torch.Tensor:
 
 
 def weighted(moves: Moves, weights: list[float]) -> StateDict:
-    """sum_i w_i m_i / sum_i w_i."""
-    total = float(sum(weights))
-    return {k: torch.stack([m[k] * (w / total) for m, w in zip(moves, weights)]).sum(0) for k in moves[0]}
+    """sum_i w_i m_i / sum_i w_i (the algorithms' own weighted mean)."""
+    return weighted_mean(moves, weights)
 
 
 def squared_distances(moves: Moves) -> torch.Tensor:
