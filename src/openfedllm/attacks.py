@@ -17,6 +17,7 @@ The attackers are marked in metrics.jsonl (`malicious` on their client records) 
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -44,12 +45,16 @@ def check(config) -> None:
 
 def malicious_clients(config) -> list[int]:
     """The attackers' client ids: round(fraction * N) of them, a seeded choice."""
-    n = config.fed.num_clients
-    count = int(round(config.attack.fraction * n))
+    return list(_malicious(config.fed.num_clients, config.attack.fraction, config.train.seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _malicious(n: int, fraction: float, seed: int) -> tuple[int, ...]:
+    """Cached: asked for every client of every round."""
     from .rounds import derive_seed
 
-    rng = np.random.default_rng(derive_seed(config.train.seed, "attack"))
-    return sorted(int(c) for c in rng.permutation(n)[:count])
+    rng = np.random.default_rng(derive_seed(seed, "attack"))
+    return tuple(sorted(int(c) for c in rng.permutation(n)[: int(round(fraction * n))]))
 
 
 def kind_of(config, client_id: int, phase: str) -> str | None:
