@@ -83,6 +83,9 @@ def node_run_config(config_text: str, node: dict):
         config.data.format = str(node.get("data-format", "auto"))
         config.fed.num_clients = config.fed.clients_per_round = 1
         config.fed.split = "iid"
+        # attack: simulates malicious clients on partitions of the run's data; a data owner's node
+        # trains honestly (docs/privacy_robustness.md)
+        config.attack.fraction = 0.0
         config.baselines.local_client = 0
     elif int(node["num-partitions"]) != config.fed.num_clients:
         raise UserError(
