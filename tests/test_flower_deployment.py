@@ -112,18 +112,24 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
             assert {"loss", "steps", "tokens", "num-examples"} <= set(m["records"]["metrics"]["keys"])
 
 
+def _deployed_as_simulated(federation_up, model_dir, tmp_path, settings):
+    """The run simulated, then deployed on 2 nodes: the same adapter. Returns (federation, deployed dir)."""
+    simulated = tmp_path / "simulated"
+    assert main(tiny_run_args(model_dir, simulated, *settings)) == 0
+    fed = federation_up(2)
+    deployed = tmp_path / "deployed"
+    assert main(tiny_run_args(model_dir, deployed, *settings, "--federation", CONN)) == 0
+    _assert_same(_adapter(deployed), _adapter(simulated))
+    return fed, deployed
+
+
 @pytest.mark.parametrize("method, sent", [("ffa", ".lora_B."), ("fedsa", ".lora_A.")])
 def test_a_lora_aggregation_that_shares_part_of_the_adapter_runs_deployed_as_simulated(
     method, sent, federation_up, tiny_model_dir, tmp_path
 ):
     settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2"]
     settings += ["--fed.lora_aggregation", method, *NO_BASELINES]
-    simulated = tmp_path / "simulated"
-    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
-    fed = federation_up(2)
-    deployed = tmp_path / "deployed"
-    assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
-    _assert_same(_adapter(deployed), _adapter(simulated))
+    fed, deployed = _deployed_as_simulated(federation_up, tiny_model_dir, tmp_path, settings)
     # each message carries the shared factor only: half of what the adapter's A and B hold
     shared = sum(t.numel() for k, t in _adapter(deployed).items() if sent in k)
     messages = [json.loads(line) for line in (deployed / "messages.jsonl").read_text().splitlines()]
@@ -145,12 +151,7 @@ def test_local_dp_and_an_attacker_run_deployed_as_simulated(federation_up, tiny_
     settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2", *NO_BASELINES]
     settings += ["--dp.mode", "local", "--dp.clip_norm", "0.05", "--dp.noise_multiplier", "0.5"]
     settings += ["--dp.noise_seed", "9", "--attack.fraction", "0.5", "--fed.aggregator", "median"]
-    simulated = tmp_path / "simulated"
-    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
-    fed = federation_up(2)
-    deployed = tmp_path / "deployed"
-    assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
-    _assert_same(_adapter(deployed), _adapter(simulated))
+    fed, deployed = _deployed_as_simulated(federation_up, tiny_model_dir, tmp_path, settings)
     records = [json.loads(line) for line in (deployed / "metrics.jsonl").read_text().splitlines()]
     marked = {r["client"] for r in records if r["type"] == "client" and r.get("malicious")}
     assert len(marked) == 1
