@@ -11,7 +11,8 @@ Krum's guarantee needs n > 2f + 2.
 
 from __future__ import annotations
 
-from .moves import Moves, squared_distances, weighted
+from ..algorithms.base import weighted_mean
+from .moves import Moves, squared_distances
 
 
 def scores(moves: Moves, byzantine: int) -> list[float]:
@@ -36,4 +37,4 @@ def multikrum(
     s = scores(moves, krum_byzantine)
     keep = multikrum_keep or max(1, len(moves) - krum_byzantine)
     chosen = sorted(sorted(range(len(s)), key=s.__getitem__)[:keep])
-    return weighted([moves[i] for i in chosen], [float(sizes[i]) for i in chosen]), chosen
+    return weighted_mean([moves[i] for i in chosen], [float(sizes[i]) for i in chosen]), chosen

@@ -6,9 +6,10 @@ client can move it anywhere (Blanchard et al. 2017, Lemma 1).
 
 from __future__ import annotations
 
-from .moves import Moves, weighted
+from ..algorithms.base import weighted_mean
+from .moves import Moves
 
 
 def mean(moves: Moves, sizes: list[int], **_) -> tuple[dict, list[int]]:
     """(the example-weighted mean move, the clients used: all)."""
-    return weighted(moves, [float(n) for n in sizes]), list(range(len(moves)))
+    return weighted_mean(moves, [float(n) for n in sizes]), list(range(len(moves)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..algorithms.base import StateDict, weighted_mean
+from ..algorithms.base import StateDict
 
 Moves = list[StateDict]
 
@@ -34,11 +34,6 @@ def clip(move: StateDict, bound: float) -> tuple[StateDict, bool]:
 def stacked(moves: Moves, name: str) -> torch.Tensor:
     """Tensor `name` of every move, stacked along a new first axis (clients)."""
     return torch.stack([m[name] for m in moves])
-
-
-def weighted(moves: Moves, weights: list[float]) -> StateDict:
-    """sum_i w_i m_i / sum_i w_i (the algorithms' own weighted mean)."""
-    return weighted_mean(moves, weights)
 
 
 def squared_distances(moves: Moves) -> torch.Tensor:
