@@ -447,3 +447,64 @@ def test_each_node_trains_on_its_own_file_and_a_bad_file_stops_the_run_naming_it
     assert "could not start" in line and "broken.json" in line, line
     assert "openfedllm server: error" in said.out  # and the server's own line in the run's log
     assert not bad.exists()  # nothing half-written
+
+
+def test_secagg_hides_each_update_sums_them_within_the_quantization_error_and_survives_a_dropout(
+    federation_up, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Flower's SecAgg+ on 3 nodes, 2 rounds; client 2 fails at the masked-vector stage of round 2,
+    after it shared its keys. What the server received from a node looks nothing like that node's
+    move; the unmasked aggregate is the weighted mean of the moves the nodes sent, within the
+    quantization error; the next round starts from x + that mean; the dropout costs the round
+    nothing but client 2."""
+    import numpy as np
+
+    from openfedllm.flower import secagg
+
+    traces = tmp_path / "trace"
+    monkeypatch.setenv(secagg.TRACE_ENV, str(traces))  # the nodes and the server inherit it
+    monkeypatch.setenv(secagg.DROP_ENV, "2:2")
+    federation_up(3)
+    out = tmp_path / "run"
+    c, q = 1.0, 2**22
+    args = tiny_run_args(
+        tiny_model_dir, out, *NO_BASELINES, "--fed.clients_per_round", "3", "--fed.rounds", "2",
+        "--fed.min_clients", "2", "--secagg.enabled", "true", "--federation", CONN,
+    )  # fmt: skip
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    clients = {r["round"]: set() for r in records if r["type"] == "client"}
+    for r in records:
+        if r["type"] == "client":
+            clients[r["round"]].add(r["client"])
+            assert r["secagg_clipped"] == 0
+    assert clients == {1: {0, 1, 2}, 2: {0, 1}}
+    (lost,) = [r for r in records if r["type"] == "lost"]
+    assert lost["client"] == 2 and lost["round"] == 2 and "collect_masked_vectors" in lost["reason"]
+
+    def read(name):
+        return np.load(traces / f"{name}.npy").astype(np.float64)
+
+    for round_number, members in ((1, [0, 1, 2]), (2, [0, 1])):
+        moves = [read(f"sent-round{round_number}-client{i}") for i in members]
+        weights = [read(f"weight-round{round_number}-client{i}")[0] for i in members]
+        exact = sum(w * m for w, m in zip(weights, moves)) / sum(weights)
+        # each client rounds r_i * move_i by less than 2c/Q; the mean divides by sum_i r_i
+        ratios = [w / max(weights) for w in weights]
+        bound = len(members) / sum(ratios) * 2 * c / q + 1e-9
+        secure = read(f"aggregate-round{round_number}")
+        assert np.abs(secure - exact).max() <= bound
+        assert np.abs(exact).max() > 100 * bound  # the moves are far larger than the tolerance
+        for i, move in zip(members, moves):
+            received = read(f"received-round{round_number}-client{i}")
+            # read as if unmasked, it is uniform noise of the mask range, not the move
+            assert abs(np.corrcoef(received, move)[0, 1]) < 0.05
+            assert np.abs(received * 2 * c / q - c).mean() > 1000 * np.abs(move).max()
+    # round 2 started from x + round 1's unmasked mean (float32 rounding of x + Delta)
+    x1, x2 = read("x-round1-client0"), read("x-round2-client0")
+    np.testing.assert_allclose(x2, x1 + read("aggregate-round1"), rtol=0, atol=1e-7)
+    messages = [json.loads(line) for line in (out / "messages.jsonl").read_text().splitlines()]
+    stages = [m.get("secagg_stage") for m in messages if m["type"] == "train"]
+    assert stages.count("setup") == 6 and stages.count("unmask") == 5 and None not in stages
+    for m in messages:
+        assert all(rec["kind"] != "arrays" or not rec["bytes"] for rec in m.get("records", {}).values())

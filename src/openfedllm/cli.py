@@ -148,6 +148,8 @@ def _train_command(argv: list[str], objective: str) -> int:
 
         check_federation(config)
         return _submit(args.federation, config, run_dir, bool(args.resume))
+    if config.secagg.enabled:
+        print("secagg: SecAgg+ runs on a Flower federation (--federation); this simulation aggregates in the clear")
 
     quiet_libraries()
     from .distributed import rank_run_dir, silence_followers, start

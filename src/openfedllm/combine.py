@@ -169,7 +169,8 @@ class Combiner:
         fed, dp = self.config.fed, self.config.dp
         moves = moves_of(global_state, updates)
         ids = [u.client_id for u in updates]
-        self.last = {"update_norms": dict(zip(map(str, ids), (round(norm(m), 6) for m in moves)))}
+        names = [str(i) if i >= 0 else "sum" for i in ids]  # SecAgg+: one update, the clients' mean
+        self.last = {"update_norms": dict(zip(names, (round(norm(m), 6) for m in moves)))}
         if fed.norm_bound:
             moves, cut = bound(moves, fed.norm_bound)
             self.last["norm_bounded"] = [i for i, c in zip(ids, cut) if c]

@@ -357,6 +357,26 @@ class DPSection:
 
 
 @dataclass
+class SecAggSection:
+    """Flower's SecAgg+ on a federation: the server learns the sum of the clients' moves, not one of
+    them (docs/privacy_robustness.md: what it protects, its quantization error, its cost)."""
+
+    enabled: bool = opt(False, "secure aggregation of the moves on a Flower federation (a simulation: in the clear)")
+    num_shares: float = opt(
+        1.0, "<= 1: each client's key is shared with this share of the round's clients; > 1: with this many", above=0
+    )
+    reconstruction_threshold: float = opt(
+        0.67, "<= 1: share of a key's shares that rebuilds it (the dropouts a round survives); > 1: a count", above=0
+    )
+    clipping_range: float = opt(
+        1.0, "each coordinate of a move is clipped to [-c, c] before quantization (counted: secagg_clipped)", above=0
+    )
+    quantization_range: int = opt(
+        4194304, "Q: levels in [-c, c]; a client rounds each coordinate by less than 2c/Q (Flower's 2^22)", above=1
+    )
+
+
+@dataclass
 class AttackSection:
     """Malicious clients, for research on robustness (docs/privacy_robustness.md)."""
 
@@ -413,6 +433,7 @@ class RunConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     dp: DPSection = field(default_factory=DPSection)
     attack: AttackSection = field(default_factory=AttackSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
 
     def _check_benchmarks(self) -> None:
         """eval.benchmarks names known benchmarks and files that exist, before a run writes anything."""
@@ -489,6 +510,10 @@ class RunConfig:
 
         check_defences(self)
         check_attack(self)
+        if self.secagg.enabled:
+            from .flower.secagg import check as check_secagg
+
+            check_secagg(self)
         if self.model.adapter:
             if self.model.finetune != "lora":
                 raise UserError("model.adapter needs model.finetune: lora")

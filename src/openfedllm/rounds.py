@@ -68,6 +68,9 @@ class Clients(Protocol):
     def checkpoint_state(self) -> dict:
         """What the server's checkpoint keeps of the clients (SCAFFOLD's c_i in the simulation)."""
 
+    def aggregation_inputs(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """What the algorithm aggregates: the updates themselves, or (SecAgg+) one update of their sum."""
+
 
 def lora_method(cfg, phase: str) -> LoraAggregation:
     """The run's LoRA aggregation in its federated phase; a baseline (one client) has nothing to combine."""
@@ -189,6 +192,9 @@ class LocalClients:
     def checkpoint_state(self) -> dict:
         return self.client_states
 
+    def aggregation_inputs(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        return updates  # the simulation's server is the clients' process: secagg has nothing to hide here
+
 
 def client_records(phase: str, round_index: int, update: ClientUpdate, lr: float) -> list[dict]:
     """The metrics.jsonl lines of one client's round: one per local step (its loss; `global_step`
@@ -299,13 +305,15 @@ def run_phase(
         losses = [u.metrics["loss"] for u in updates]
         if combiner is not None:
             combiner.round_index = r
+        inputs = clients.aggregation_inputs(updates)
         if models.is_peft(setup.model):
             seed = derive_seed(cfg.train.seed, phase, r, "lora")
-            state, error = lora.aggregate(setup.model, algorithm, state, updates, seed)
+            # under SecAgg+ the server has the sum only: no clients' products to measure against
+            state, error = lora.aggregate(setup.model, algorithm, state, inputs, seed, measure=inputs is updates)
             if error:
                 log.write({"type": "aggregation", "phase": phase, "round": r + 1, "aggregation_error": error})
         else:
-            state, error = algorithm.aggregate(state, updates), {}
+            state, error = algorithm.aggregate(state, inputs), {}
         models.load_trainable_state(setup.model, lora.global_model(state, setup.initial_state))
         replied = [u.client_id for u in updates]
         message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"

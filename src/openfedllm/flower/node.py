@@ -220,10 +220,12 @@ def _handle(kind: str):
     def handler(msg, context):
         from flwr.app import Message
 
+        from .secagg import fit_reply, fit_task, is_secure
         from .transport import check_outgoing
         from .worker import call
 
-        content = plain(msg.content)
+        secure = is_secure(msg.content)  # SecAgg+'s masked-vector stage: a FitIns, answered with a FitRes
+        content = fit_task(msg.content) if secure else plain(msg.content)
         request = {"kind": kind, "content": content, "node_config": dict(context.node_config)}
         warm_worker = str(context.node_config.get("warm", "true")).lower() not in ("0", "false", "no")
         # Under the Simulation Engine each ClientApp lives in a long-lived Ray actor: already warm.
@@ -234,6 +236,8 @@ def _handle(kind: str):
         out = record_dict(reply)
         # The privacy contract: nothing but the trainable tensors the server sent, and numbers, leaves.
         check_outgoing(out, sum(a.size for a in content.get("arrays", {}).values()))
+        if secure:  # the move and the weight, for secaggplus_mod to mask
+            out = fit_reply(content, reply)
         return Message(out, reply_to=msg)
 
     handler.__name__ = kind
@@ -243,8 +247,10 @@ def _handle(kind: str):
 def _make_app():
     from flwr.clientapp import ClientApp
 
+    from .secagg import secure_mod
+
     app = ClientApp()
-    app.train()(_handle("train"))
+    app.train(mods=[secure_mod])(_handle("train"))
     app.query()(_handle("query"))
     return app
 

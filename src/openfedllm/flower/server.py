@@ -60,19 +60,22 @@ class NodeClients:
         self.audit = run_dir / "messages.jsonl"
         self.node_of: dict[int, int] = {}  # client id -> SuperNode id
         self.examples: dict[int, int] = {}  # client id -> its training examples (the aggregation weight)
+        self.secure_sum: ClientUpdate | None = None  # SecAgg+: the round's one update, x + the unmasked mean
 
     # --- sending and receiving ---------------------------------------------------------------
 
-    def _exchange(self, contents: dict[int, RecordDict], message_type: str, timeout: float) -> dict[int, Message]:
-        """Send each node its content; the replies that arrive within `timeout` seconds, by node id.
-        A node that leaves the federation meanwhile is given up at once."""
+    def _send(self, contents: dict[int, RecordDict], message_type: str, timeout: float) -> dict[int, Message]:
+        """Send each node its content; the replies that arrive within `timeout` seconds, by node id."""
         from flwr.app import Message
 
-        sent = {}
-        for node_id, content in contents.items():
-            msg = Message(content, dst_node_id=node_id, message_type=message_type)
-            sent[node_id] = msg
-        ids = dict(zip(self.grid.push_messages(list(sent.values())), sent))  # message id -> node id
+        messages = [Message(c, dst_node_id=n, message_type=message_type) for n, c in contents.items()]
+        return self._exchange(messages, timeout)
+
+    def _exchange(self, messages: list[Message], timeout: float) -> dict[int, Message]:
+        """Push the messages; the replies that arrive within `timeout` seconds, by node id. A node
+        that leaves the federation meanwhile is given up at once."""
+        node_of_message = [m.metadata.dst_node_id for m in messages]
+        ids = dict(zip(self.grid.push_messages(messages), node_of_message))  # message id -> node id
         pending = {m for m in ids if m}
         replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout
@@ -88,7 +91,7 @@ class NodeClients:
                 time.sleep(POLL_SECONDS)
         return replies
 
-    def _record(self, round_index: int, client_id, reply) -> None:
+    def _record(self, round_index: int, client_id, reply, **extra) -> None:
         with self.audit.open("a") as f:
             f.write(
                 json.dumps(
@@ -97,6 +100,7 @@ class NodeClients:
                         "client": client_id,
                         "node": reply.metadata.src_node_id,
                         "type": reply.metadata.message_type,
+                        **extra,
                         **describe(reply),
                     }
                 )
@@ -142,7 +146,7 @@ class NodeClients:
         from flwr.common.constant import ErrorCode
 
         content = {n: RecordDict({"config": ConfigRecord({"config": self.config_text})}) for n in node_ids}
-        replies = self._exchange(content, "query", self.config.fed.round_timeout)
+        replies = self._send(content, "query", self.config.fed.round_timeout)
         for node_id, reply in replies.items():
             if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
                 continue  # a node the SuperLink lost (e.g. one of a restarted federation's former nodes)
@@ -174,12 +178,14 @@ class NodeClients:
     def checkpoint_state(self) -> dict:
         return {}  # client state lives on the nodes
 
+    def aggregation_inputs(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """What the algorithm aggregates: the clients' updates, or under SecAgg+ their sum alone."""
+        return [self.secure_sum] if self.config.secagg.enabled and self.secure_sum else updates
+
     def train_round(
         self, algorithm: Algorithm, round_index: int, sampled: list[int], task: ClientTask
     ) -> list[ClientUpdate]:
         from flwr.app import ConfigRecord, RecordDict
-
-        from ..algorithms import ClientUpdate
 
         fed = self.config.fed
         online = set(self.grid.get_node_ids())
@@ -213,7 +219,31 @@ class NodeClients:
                 records["message"] = message
             contents[node_id] = RecordDict(records)
             client_of[node_id] = cid
-        replies = self._exchange(contents, "train", fed.round_timeout)
+        if self.config.secagg.enabled:
+            from .secagg import secure_round
+
+            updates, self.secure_sum, lost = secure_round(self, round_index, contents, client_of, task.global_state)
+            for node_id, reason in lost.items():
+                self._lost(round_index, client_of[node_id], node_id, reason)
+        else:
+            updates = self._plain_round(round_index, contents, client_of)
+        for cid in sampled:
+            if cid not in client_of.values():
+                self._lost(round_index, cid, self.node_of.get(cid), "not connected")
+        if len(updates) < fed.min_clients:
+            raise UserError(
+                f"round {round_index + 1}: {len(updates)} of {len(sampled)} sampled clients replied, "
+                f"fewer than fed.min_clients={fed.min_clients}; the last checkpoint is kept "
+                f"(continue with --resume)"
+            )
+        return updates
+
+    def _plain_round(self, round_index: int, contents: dict, client_of: dict[int, int]) -> list[ClientUpdate]:
+        """Each sampled node's update, as it sent it."""
+        from ..algorithms import ClientUpdate
+
+        fed = self.config.fed
+        replies = self._send(contents, "train", fed.round_timeout)
         updates = []
         for node_id, cid in client_of.items():
             reply = replies.get(node_id)
@@ -239,15 +269,6 @@ class NodeClients:
                 ClientUpdate(
                     cid, from_record(reply.content["arrays"], self.like), num_examples, metrics=metrics, extras=extras
                 )
-            )
-        for cid in sampled:
-            if cid not in client_of.values():
-                self._lost(round_index, cid, self.node_of.get(cid), "not connected")
-        if len(updates) < fed.min_clients:
-            raise UserError(
-                f"round {round_index + 1}: {len(updates)} of {len(sampled)} sampled clients replied, "
-                f"fewer than fed.min_clients={fed.min_clients}; the last checkpoint is kept "
-                f"(continue with --resume)"
             )
         return updates
 

@@ -27,7 +27,17 @@ PACKED = "trainable"  # the one array of a record: every tensor, flattened, in s
 # The metrics a node reports (client.train_local's and DPO's step statistics, the round's size):
 # named here so that a new one is a decision, not an accident.
 NODE_METRICS = frozenset(
-    {"loss", "steps", "tokens", "seconds", "reward_accuracy", "reward_margin", "num-examples", "client-id"}
+    {
+        "loss",
+        "steps",
+        "tokens",
+        "seconds",
+        "reward_accuracy",
+        "reward_margin",
+        "num-examples",
+        "client-id",
+        "secagg_clipped",  # SecAgg+: coordinates of the move past secagg.clipping_range
+    }
 )
 # Per-step series a node reports: one float per local step (the step's loss, seconds since the first
 # step began); floats only, as many as the steps it took, so no list of token ids fits.
@@ -169,7 +179,7 @@ def numbers(record) -> dict:
 def describe(message) -> dict:
     """What a received message carried, for the run's messages.jsonl: every record's kind, and for
     tensors their names, dtypes and bytes; for metrics their names. Never the values."""
-    from flwr.app import ArrayRecord, MetricRecord
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
     if message.has_error():
         return {"error": message.error.reason}
@@ -184,6 +194,13 @@ def describe(message) -> dict:
             }
         elif isinstance(record, MetricRecord):
             records[name] = {"kind": "metrics", "keys": sorted(record)}
+        elif isinstance(record, ConfigRecord):  # SecAgg+'s protocol: keys, shares, the masked vector
+            values = [v for value in record.values() for v in (value if isinstance(value, list) else [value])]
+            records[name] = {
+                "kind": "config",
+                "keys": sorted(record),
+                "bytes": sum(len(v) for v in values if isinstance(v, bytes)),
+            }
         else:
             records[name] = {"kind": type(record).__name__}
     return {"records": records}

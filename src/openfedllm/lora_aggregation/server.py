@@ -28,13 +28,14 @@ class LoraServer:
         self.merged: StateDict = {}  # module -> sum of the merges so far, float64 (d_out x d_in)
 
     def aggregate(
-        self, model, algorithm: Algorithm, state: StateDict, updates: list[ClientUpdate], seed: int
+        self, model, algorithm: Algorithm, state: StateDict, updates: list[ClientUpdate], seed: int, measure=True
     ) -> tuple[StateDict, dict[str, float]]:
-        """(the next global state, the aggregation error per layer type); merges go into `model`."""
+        """(the next global state, the aggregation error per layer type unless not `measure`);
+        merges go into `model`."""
         frozen = {**models.adapter_state(model), **state} if self.method.freezes_a else state
         outcome = self.method.aggregate(algorithm, state, updates, self.scale, seed)
         # FedSA-LoRA's server never sees a B_i: no mean product to compare with
-        error = {} if self.method.keeps_b else aggregation_error(updates, outcome, self.scale, frozen)
+        error = {} if self.method.keeps_b or not measure else aggregation_error(updates, outcome, self.scale, frozen)
         if outcome.merged:
             dense = {name: stack.dense() for name, stack in outcome.merged.items()}
             if not self.original:
