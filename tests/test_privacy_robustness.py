@@ -180,6 +180,13 @@ def test_adaptive_clipping_moves_c_toward_the_quantile():
         ({"attack": {"fraction": 0.4, "kind": "flip_preferences"}}, "flip_preferences"),
         ({"attack": {"fraction": 0.05}}, "rounds to no malicious client"),
         ({"fed": {"aggregator": "krum", "krum_byzantine": 5}}, "krum_byzantine"),
+        ({"secagg": {"enabled": True}, "fed": {"algorithm": "scaffold"}}, "secagg: not with fed.algorithm scaffold"),
+        ({"secagg": {"enabled": True}, "fed": {"aggregator": "median"}}, "secagg: not with fed.aggregator median"),
+        ({"secagg": {"enabled": True}, "dp": {"clip_norm": 1, "noise_multiplier": 1}}, "secagg: not with dp.mode"),
+        ({"secagg": {"enabled": True}, "fed": {"lora_aggregation": "svd"}}, "secagg: not with fed.lora_aggregation"),
+        ({"secagg": {"enabled": True}, "fed": {"clients_per_round": 1}}, "secagg: needs at least 2 clients"),
+        ({"secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 3}}, "must be less than"),
+        ({"secagg": {"enabled": True, "quantization_range": 2**30}}, "overflow the 2.32 mask range"),
     ],
 )
 def test_unsound_combinations_are_refused_in_one_line(raw, message):
@@ -359,3 +366,44 @@ def test_a_server_optimizer_steps_with_the_robust_delta():
         "w"
     ]  # Delta = median(y_i - first) = (1, -0.5); v = 0.9 v + Delta
     assert second.tolist() == pytest.approx([2.0 + 0.5 * (0.9 * 2 + 1.0), 0.5 + 0.5 * (0.9 * -1 - 0.5)])
+
+
+def test_a_secagg_reply_may_hold_the_protocol_and_numbers_only():
+    """The server's check of each SecAgg+ stage's reply (flower/secagg.check_reply)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+    from flwr.common import ndarray_to_bytes
+
+    from openfedllm.flower.secagg import check_reply
+
+    def masked(vector, *, metrics=None, status=None, params=None):
+        content = RecordDict(
+            {
+                "secaggplus_configs": ConfigRecord(
+                    {"masked_params": [ndarray_to_bytes(np.array([7])), ndarray_to_bytes(vector)]}
+                ),
+                "metrics": MetricRecord(metrics or {"loss": 1.5, "steps": 2, "num-examples": 12}),
+                "fitres.metrics": ConfigRecord({}),
+                "fitres.num_examples": MetricRecord({"num_examples": 12}),
+                "fitres.parameters": params or ArrayRecord(),
+                "fitres.status": ConfigRecord(status or {"code": 0, "message": ""}),
+            }
+        )
+        return content
+
+    good = np.arange(5, dtype=np.int64)
+    check_reply(masked(good), "collect_masked_vectors", 5)
+    check_reply(RecordDict({"secaggplus_configs": ConfigRecord({"pk1": b"k", "pk2": b"k"})}), "setup", 5)
+    bad = [
+        (masked(good.astype(np.float32)), "one integer vector"),  # an unmasked float update
+        (masked(np.arange(6)), "one integer vector"),  # not the shared tensors' size
+        (masked(good, metrics={"loss": 1.0, "text": 3}), "metric 'text'"),
+        (masked(good, status={"code": 0, "message": "my secret row"}), "status"),
+        (masked(good, params=ArrayRecord({"0": Array(np.zeros(5, np.float32))})), "unmasked arrays"),
+    ]
+    for content, message in bad:
+        with pytest.raises(ValueError, match=message):
+            check_reply(content, "collect_masked_vectors", 5)
+    with pytest.raises(ValueError, match="record 'extra'"):
+        check_reply(RecordDict({"secaggplus_configs": ConfigRecord({}), "extra": ConfigRecord({})}), "unmask", 5)
+    with pytest.raises(ValueError, match="unexpected protocol keys"):
+        check_reply(RecordDict({"secaggplus_configs": ConfigRecord({"pk1": b"k", "notes": b"x"})}), "setup", 5)

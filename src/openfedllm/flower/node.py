@@ -4,6 +4,10 @@ A node trains with the simulation's own code (`rounds.train_client`) and the alg
 the config names; only the server's tensors and the round's settings come in, and only trainable
 tensors and numbers go out (`transport.check_outgoing` runs on every reply before it leaves).
 
+With `secagg.enabled`, a round is Flower's SecAgg+ protocol (`secagg.py`): `secaggplus_mod`
+answers its key stages, and at the masked-vector stage this same handler trains and replies with
+the move y_i - x and its weight, which the mod masks before anything leaves the node.
+
 Which data a node holds comes from its node config (`flower-supernode --node-config "..."`):
     partition-id=I                 the client's id in the federation (0 .. fed.num_clients-1)
     data-path=FILE [data-format=F] the node's own file (any layout `openfedllm sft` reads); its

@@ -213,8 +213,9 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
     grid = ProtocolGrid(clients, round_index, client_of)
     workflow(config, float(max(weights)))(grid, context)
     lost = dict(grid.errors)
-    if not strategy.results:
-        return [], None, lost or {n: "SecAgg+ halted" for n in client_of}
+    if not strategy.results:  # the workflow stopped: too few nodes stayed for the reconstruction threshold
+        halted = "SecAgg+ halted: too few of the round's nodes stayed for secagg.reconstruction_threshold"
+        return [], None, {n: lost.get(n, halted) for n in client_of}
     parameters: Parameters = strategy.results[0][1].parameters
     mean = unpack(np.asarray(parameters_to_ndarrays(parameters)[0], dtype=np.float64), global_state)
     trace(f"aggregate-round{round_index + 1}", np.concatenate([mean[k].ravel() for k in sorted(mean)]))
