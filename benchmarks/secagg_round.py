@@ -40,6 +40,16 @@ def received_bytes(run_dir: Path) -> float:
     return total / len(per_node_round)
 
 
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Median seconds of each SecAgg+ stage's exchange (all nodes), rounds 2.. (messages.jsonl)."""
+    messages = [json.loads(line) for line in (run_dir / "messages.jsonl").read_text().splitlines()]
+    by_stage: dict[str, dict[int, float]] = {}
+    for m in messages:
+        if m.get("secagg_stage") and m["round"] > 1:
+            by_stage.setdefault(m["secagg_stage"], {})[m["round"]] = m["stage_seconds"]
+    return {stage: statistics.median(t.values()) for stage, t in by_stage.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "sft_quick.yaml"))
@@ -77,6 +87,8 @@ def main() -> None:
                     parts = phases(out)
                     outside[mode] += [t - sum(parts[r]) for r, t in rounds.items() if r > 1]
                     sizes[mode] = received_bytes(out)
+                    if mode == "secagg":
+                        stages = stage_seconds(out)
                     print(f"repeat {k + 1} {mode}: rounds {rounds}", flush=True)
             diff = max_difference(tmp_dir / "plain0", tmp_dir / "secagg0")
         finally:
@@ -96,6 +108,8 @@ def main() -> None:
         f"received per node and round: plain {sizes['plain'] / 1e6:.2f} MB, SecAgg+ {sizes['secagg'] / 1e6:.2f} MB "
         f"({sizes['secagg'] / sizes['plain']:.2f}x)"
     )
+    each = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+    print(f"SecAgg+ stages (the exchange with all nodes, median s): {each}")
     print(f"final adapters after {args.rounds} rounds: max |plain - SecAgg+| = {diff:.2e}")
 
 

@@ -456,7 +456,7 @@ def test_secagg_hides_each_update_sums_them_within_the_quantization_error_and_su
     after it shared its keys. What the server received from a node looks nothing like that node's
     move; the unmasked aggregate is the weighted mean of the moves the nodes sent, within the
     quantization error; the next round starts from x + that mean; the dropout costs the round
-    nothing but client 2."""
+    nothing but client 2. Then local DP under SecAgg+ on the same federation."""
     import numpy as np
 
     from openfedllm.flower import secagg
@@ -508,3 +508,18 @@ def test_secagg_hides_each_update_sums_them_within_the_quantization_error_and_su
     assert stages.count("setup") == 6 and stages.count("unmask") == 5 and None not in stages
     for m in messages:
         assert all(rec["kind"] != "arrays" or not rec["bytes"] for rec in m.get("records", {}).values())
+
+    # Local DP under SecAgg+ (distributed DP): each node clips and noises its own move, all weigh 1,
+    # and the accountant counts the round; the server's only norm is the sum's.
+    dp = tmp_path / "dp"
+    dp_args = tiny_run_args(
+        tiny_model_dir, dp, *NO_BASELINES, "--fed.clients_per_round", "3", "--fed.rounds", "1",
+        "--secagg.enabled", "true", "--dp.mode", "local", "--dp.clip_norm", "0.05",
+        "--dp.noise_multiplier", "0.5", "--federation", CONN,
+    )  # fmt: skip
+    assert main(dp_args) == 0
+    (privacy,) = [json.loads(line) for line in (dp / "metrics.jsonl").read_text().splitlines() if '"privacy"' in line]
+    assert privacy["epsilon"] > 0 and list(privacy["update_norms"]) == ["sum"]
+    moves = [read(f"sent-round1-client{i}") for i in range(3)]
+    assert [read(f"weight-round1-client{i}")[0] for i in range(3)] == [1, 1, 1]
+    assert np.abs(read("aggregate-round1") - sum(moves) / 3).max() <= 2 * c / q + 1e-9

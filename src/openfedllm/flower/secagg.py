@@ -29,6 +29,7 @@ each node counts them (`secagg_clipped` on its client record) and the server war
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -164,9 +165,12 @@ class ProtocolGrid:
         if not messages:
             return []
         stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+        start = time.perf_counter()
         replies = self.clients._exchange(messages, timeout or self.clients.config.fed.round_timeout)
+        took = round(time.perf_counter() - start, 3)  # the stage's exchange, all nodes (benchmarks/secagg_round.py)
         for node_id, reply in replies.items():
-            self.clients._record(self.round_index + 1, self.client_of.get(node_id), reply, secagg_stage=stage)
+            where = {"secagg_stage": stage, "stage_seconds": took}
+            self.clients._record(self.round_index + 1, self.client_of.get(node_id), reply, **where)
             if reply.has_error():
                 self.errors[node_id] = f"SecAgg+ {stage}: {error_reason(reply)}"
                 continue
