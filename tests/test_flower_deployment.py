@@ -92,6 +92,12 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
     deployed = tmp_path / "deployed"
     assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
     _assert_same(_adapter(deployed), _adapter(simulated))
+
+    def ledger(run):  # the byte ledger: measured on the records deployed, computed in the simulation
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["round"], r["client"], r["bytes_up"], r["bytes_down"]) for r in records if r["type"] == "client"]
+
+    assert ledger(deployed) == ledger(simulated) and len(ledger(deployed)) == 4
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/train_loss.png", "checkpoints/progress.json"):
         assert (deployed / name).exists(), name
 

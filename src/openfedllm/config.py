@@ -377,6 +377,18 @@ class SecAggSection:
 
 
 @dataclass
+class CommSection:
+    """What crosses the network: every client record has its bytes_up / bytes_down (docs/metrics.md)."""
+
+    budget_mb: float = opt(
+        0.0,
+        "stop before the round that would bring the run's communication (up + down, all clients) past this "
+        "many MB (10^6 bytes); 0: no budget",
+        low=0,
+    )
+
+
+@dataclass
 class AttackSection:
     """Malicious clients, for research on robustness (docs/privacy_robustness.md)."""
 
@@ -434,6 +446,7 @@ class RunConfig:
     dp: DPSection = field(default_factory=DPSection)
     attack: AttackSection = field(default_factory=AttackSection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
+    comm: CommSection = field(default_factory=CommSection)
 
     def _check_benchmarks(self) -> None:
         """eval.benchmarks names known benchmarks and files that exist, before a run writes anything."""

@@ -74,6 +74,10 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
     }
     if cfg.fed.lora_aggregation != "naive":
         summary["lora_aggregation"] = cfg.fed.lora_aggregation
+    sent = [r for r in records if r["type"] == "client" and r["phase"] == "federated" and "bytes_up" in r]
+    if sent:  # FlowerTune's communication cost is bytes_up + bytes_down
+        up, down = sum(r["bytes_up"] for r in sent), sum(r["bytes_down"] for r in sent)
+        summary["communication"] = {"bytes_up": up, "bytes_down": down, "bytes_total": up + down}
     privacy = [r for r in records if r["type"] == "privacy" and r["phase"] == "federated"]
     if privacy:
         last = privacy[-1]
@@ -225,7 +229,12 @@ def banner(setup, run_dir: Path, resume: bool) -> str:
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     trainable = sum(t.numel() for t in setup.initial_state.values())
     what = f"LoRA r{cfg.lora.rank} on {', '.join(cfg.lora.target_modules)}" if models.is_peft(model) else "every weight"
-    per_client_mib = sum(t.numel() * 4 for t in setup.initial_state.values()) / 2**20  # float32 on the wire
+    from .flower.transport import payload_bytes
+    from .ledger import mb
+    from .rounds import lora_method
+
+    # what one message carries: the shared tensors as serialised (FFA / FedSA-LoRA: half the adapter)
+    per_client = payload_bytes(lora_method(cfg, "federated").shared(dict(setup.initial_state)))
     fed, train = cfg.fed, cfg.train
     sampled = fed.sampled()
     origin = card.base_model_id(cfg.model.name)
@@ -241,8 +250,7 @@ def banner(setup, run_dir: Path, resume: bool) -> str:
         f"  schedule   {fed.rounds} rounds x {train.local_steps} local steps x batch "
         f"{train.batch_size * train.grad_accum} = {fed.rounds * sampled * train.local_steps:,} client steps"
         + (f"; then baselines: {', '.join(baselines)}" if baselines else ""),
-        f"  per round  {per_client_mib:.1f} MiB to and from each sampled client "
-        f"({2 * sampled * per_client_mib:.1f} MiB in all)",
+        f"  per round  {mb(per_client)} to and from each sampled client ({mb(2 * sampled * per_client)} in all)",
     ]
     return "\n".join(lines)
 

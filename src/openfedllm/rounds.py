@@ -32,6 +32,7 @@ from .combine import Combiner, client_side, plain
 from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
+from .ledger import Ledger, mb
 from .lora_aggregation import LoraAggregation
 from .lora_aggregation import build as build_lora
 from .lora_aggregation.base import LOCAL
@@ -178,7 +179,10 @@ class LocalClients:
         return [len(p) for p in self.partitions]
 
     def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
+        from .flower.transport import payload_bytes
+
         updates = []
+        down = payload_bytes(task.global_state) + payload_bytes(task.message)  # what a deployment would send
         for cid in sampled:
             rows = [self.setup.train_rows[i] for i in self.partitions[cid]]
             update, own_state = train_client(
@@ -186,6 +190,7 @@ class LocalClients:
             )
             if own_state:
                 self.client_states[cid] = own_state
+            update.bytes_down, update.bytes_up = down, payload_bytes(update.weights) + payload_bytes(update.extras)
             updates.append(update)
         return updates
 
@@ -219,6 +224,7 @@ def client_records(phase: str, round_index: int, update: ClientUpdate, lr: float
             "tokens": m.pop("tokens"),
             "seconds": m.pop("seconds"),
             "lr": lr,
+            **({"bytes_up": update.bytes_up, "bytes_down": update.bytes_down} if phase == "federated" else {}),
             **m,
         }
     )
@@ -274,6 +280,15 @@ def run_phase(
     state = lora.shared(dict(setup.initial_state)) if state is None else state
     last_eval = None
     rounds = cfg.fed.rounds
+    ledger = Ledger.start(cfg, log.path) if phase == "federated" else None
+    if ledger is not None:
+        from .flower.transport import payload_bytes
+
+        # before any round: each sampled client receives x (+ the broadcast) and sends y_i back
+        # (SCAFFOLD: with its c_i change, the adapter's shape again; SecAgg+: as int64, twice float32)
+        up = payload_bytes(state) * (2 if cfg.fed.algorithm == "scaffold" or cfg.secagg.enabled else 1)
+        first_round = per_round * (payload_bytes(state) + payload_bytes(algorithm.server_message()) + up)
+        ledger.check_plan(start_round, rounds, first_round)
     bar = tqdm(
         range(start_round, rounds),
         desc=f"{phase} rounds",
@@ -291,6 +306,8 @@ def run_phase(
             lr=cosine_lr(r, rounds, cfg.train.lr, cfg.train.min_lr),
             steps=steps,
         )
+        if ledger is not None:
+            ledger.check(r, first_round)
         sample_seed = combiner.sampling_seed(cfg.train.seed) if combiner else cfg.train.seed
         sampled = sample_clients(sample_seed, phase, r, len(clients.sizes()), per_round)
         updates = clients.train_round(algorithm, r, sampled, task)
@@ -317,6 +334,8 @@ def run_phase(
         models.load_trainable_state(setup.model, lora.global_model(state, setup.initial_state))
         replied = [u.client_id for u in updates]
         message = f"[{phase}] round {r + 1}/{rounds}  clients {replied}  train loss {np.mean(losses):.3f}"
+        if ledger is not None:
+            message += f"  sent {mb(ledger.add(updates))}"
         privacy: dict = {}
         if combiner is not None:
             record = combiner.record(phase, r + 1)

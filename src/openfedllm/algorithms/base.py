@@ -37,6 +37,8 @@ class ClientUpdate:
     num_examples: int  # n_i: size of the client's training partition (the aggregation weight)
     metrics: dict[str, Any] = field(default_factory=dict)  # numbers, and per-step series (lists of floats)
     extras: StateDict = field(default_factory=dict)  # algorithm-specific tensors (SCAFFOLD: c_i+ - c_i)
+    bytes_up: int = 0  # payload the client sent this round (its update and extras, as serialised)
+    bytes_down: int = 0  # payload it received (x, and the algorithm's broadcast)
 
 
 class Algorithm:

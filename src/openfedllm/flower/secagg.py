@@ -155,16 +155,22 @@ class ProtocolGrid:
     client_of: dict[int, int]  # node id -> client id
     masked: dict[int, Any] = field(default_factory=dict)  # node id -> its masked-vector reply
     errors: dict[int, str] = field(default_factory=dict)  # node id -> why it dropped out
+    sent: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes sent to it, all stages
+    received: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes from it, all stages
 
     def send_and_receive(self, messages, *, timeout=None):
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
         from .server import error_reason
+        from .transport import content_bytes
 
         messages = list(messages)
         if not messages:
             return []
         stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+        for message in messages:
+            node = message.metadata.dst_node_id
+            self.sent[node] = self.sent.get(node, 0) + content_bytes(message.content)
         start = time.perf_counter()
         replies = self.clients._exchange(messages, timeout or self.clients.config.fed.round_timeout)
         took = round(time.perf_counter() - start, 3)  # the stage's exchange, all nodes (benchmarks/secagg_round.py)
@@ -174,6 +180,7 @@ class ProtocolGrid:
             if reply.has_error():
                 self.errors[node_id] = f"SecAgg+ {stage}: {error_reason(reply)}"
                 continue
+            self.received[node_id] = self.received.get(node_id, 0) + content_bytes(reply.content)
             check_reply(reply.content, stage, self.clients.num_values)
             if stage == "collect_masked_vectors":
                 self.masked[node_id] = reply
@@ -232,7 +239,9 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
         metrics.pop("client-id", None)
         clipped += int(metrics.get("secagg_clipped", 0))
         total += fitres.num_examples
-        updates.append(ClientUpdate(proxy.client_id, {}, clients.examples[proxy.client_id], metrics=metrics))
+        update = ClientUpdate(proxy.client_id, {}, clients.examples[proxy.client_id], metrics=metrics)
+        update.bytes_down, update.bytes_up = grid.sent[proxy.node_id], grid.received[proxy.node_id]
+        updates.append(update)
         lost.pop(proxy.node_id, None)
     if clipped:
         print(

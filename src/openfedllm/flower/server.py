@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..errors import UserError
-from .transport import check_outgoing, describe, from_record, numbers, to_record
+from .transport import check_outgoing, content_bytes, describe, from_record, numbers, to_record
 
 if TYPE_CHECKING:
     from flwr.app import Message, RecordDict
@@ -265,11 +265,12 @@ class NodeClients:
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             extras = from_record(reply.content["extras"], self.like) if "extras" in reply.content else {}
-            updates.append(
-                ClientUpdate(
-                    cid, from_record(reply.content["arrays"], self.like), num_examples, metrics=metrics, extras=extras
-                )
+            update = ClientUpdate(
+                cid, from_record(reply.content["arrays"], self.like), num_examples, metrics=metrics, extras=extras
             )
+            # what crossed the network, measured on the records themselves
+            update.bytes_down, update.bytes_up = content_bytes(contents[node_id]), content_bytes(reply.content)
+            updates.append(update)
         return updates
 
     def _lost(self, round_index: int, cid: int, node_id, reason: str) -> None:
