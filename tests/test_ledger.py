@@ -75,3 +75,36 @@ def test_a_budget_refuses_a_plan_that_cannot_fit_and_stops_an_extension_before_t
     spent = sum(r["bytes_up"] + r["bytes_down"] for r in _records(out) if r["type"] == "client")
     assert spent == 2 * per_round <= float(budget) * 1e6 < 3 * per_round
     np.testing.assert_equal(spent, json.loads((out / "summary.json").read_text())["communication"]["bytes_total"])
+
+
+def test_tensorboard_and_mlflow_mirror_metrics_jsonl_read_back_with_their_own_readers(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, *NO_BASELINES, "--fed.rounds", "2", "--log.tensorboard", "true")
+    assert main([*args, "--log.mlflow", "local"]) == 0
+    records = _records(out)
+    evals = {r["round"]: r["loss"] for r in records if r["type"] == "eval"}
+    client = next(r for r in records if r["type"] == "client")
+    steps = [(r["global_step"], r["loss"]) for r in records if r["type"] == "step" and r["client"] == client["client"]]
+    sent = f"federated/client/client{client['client']}/bytes_up"
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("federated/eval/loss")} == pytest.approx(evals)
+    assert [e.value for e in events.Scalars(sent) if e.step == client["round"]] == [client["bytes_up"]]
+    tb_steps = [(e.step, e.value) for e in events.Scalars(f"federated/step/client{client['client']}/loss")]
+    assert [t for t, _ in tb_steps] == [t for t, _ in steps]
+    assert [v for _, v in tb_steps] == pytest.approx([v for _, v in steps])
+
+    mlflow = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "mlflow_run_id").read_text()
+    history = {m.step: m.value for m in mlflow.get_metric_history(run_id, "federated/eval/loss")}
+    assert history == pytest.approx(evals) and len(history) == 3  # before training, rounds 1 and 2
+    run = mlflow.get_run(run_id)
+    assert run.data.params["fed.rounds"] == "2" and run.info.status == "FINISHED"
+    mine = [r["bytes_up"] for r in records if r["type"] == "client" and r["client"] == client["client"]]
+    assert run.data.metrics[sent] == mine[-1]

@@ -389,6 +389,14 @@ class CommSection:
 
 
 @dataclass
+class LogSection:
+    """Experiment tracking: metrics.jsonl mirrored as the run writes it (docs/metrics.md)."""
+
+    tensorboard: bool = opt(False, "also write TensorBoard event files to RUN/tensorboard")
+    mlflow: str = opt("", "also log to MLflow: a tracking URI, or local (a SQLite store, RUN/mlflow.db); '': off")
+
+
+@dataclass
 class AttackSection:
     """Malicious clients, for research on robustness (docs/privacy_robustness.md)."""
 
@@ -447,6 +455,7 @@ class RunConfig:
     attack: AttackSection = field(default_factory=AttackSection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
     comm: CommSection = field(default_factory=CommSection)
+    log: LogSection = field(default_factory=LogSection)
 
     def _check_benchmarks(self) -> None:
         """eval.benchmarks names known benchmarks and files that exist, before a run writes anything."""

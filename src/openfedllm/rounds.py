@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import attacks, card, faults, models, personalize
+from . import attacks, card, faults, models, personalize, tracking
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import LocalSteps, cosine_lr, train_local
 from .combine import Combiner, client_side, plain
@@ -506,14 +506,23 @@ def run(
             f"Resuming {run_dir}: {progress['phase']} phase after round {progress['round']}; "
             f"finished phases: {', '.join(done) or 'none'}"
         )
-    for phase in phases_of(cfg):
-        if phase in done:
-            continue
-        if checkpoint is not None and checkpoint.progress["phase"] == phase:
-            resume_phase(setup, phase, run_dir, log, done, checkpoint, clients if phase == "federated" else None)
-        else:
-            run_phase(setup, phase, run_dir, log, done, clients=clients if phase == "federated" else None)
-        done = done + [phase]
+    log.mirrors = tracking.mirrors(cfg, run_dir)
+    try:
+        if checkpoint is None:  # what was written before the mirrors could open (the run dir is new)
+            for record in log.records():
+                for mirror in log.mirrors:
+                    mirror.write(record)
+        for phase in phases_of(cfg):
+            if phase in done:
+                continue
+            if checkpoint is not None and checkpoint.progress["phase"] == phase:
+                resume_phase(setup, phase, run_dir, log, done, checkpoint, clients if phase == "federated" else None)
+            else:
+                run_phase(setup, phase, run_dir, log, done, clients=clients if phase == "federated" else None)
+            done = done + [phase]
+    finally:
+        for mirror in log.mirrors:
+            mirror.close()
     plot_run(log.records(), run_dir / "plots", run_title(run_dir, cfg))
     summary = summarize(log.records(), run_dir, cfg)
     return summary

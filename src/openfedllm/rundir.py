@@ -32,6 +32,7 @@ class MetricsLog:
 
     def __init__(self, path: Path):
         self.path = path
+        self.mirrors: list = []  # tracking.py: TensorBoard / MLflow get every record too
 
     def lines(self) -> int:
         if not self.path.exists():
@@ -63,9 +64,12 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         """Append one record, stamped with the time it was written (`time`, Unix seconds)."""
+        record = {**record, "time": round(time.time(), 3)}
         with disk_errors(self.path.parent, "metrics.jsonl"):
             with self.path.open("a") as f:
-                f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+                f.write(json.dumps(record) + "\n")
+        for mirror in self.mirrors:
+            mirror.write(record)
 
     def records(self) -> list[dict]:
         if not self.path.exists():
