@@ -195,7 +195,7 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
     """One round under SecAgg+: (each replying client's update without tensors, the one update
     holding x + the unmasked weighted mean of the moves, {node id: why it was lost})."""
     import torch
-    from flwr.app import ConfigRecord, Context, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
     from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server import ServerConfig
     from flwr.server.compat import LegacyContext
@@ -212,10 +212,11 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
         settings = dict(content["config"])
         fitins.append((NodeProxy(node_id, client_of[node_id]), FitIns(ndarrays_to_parameters([packed]), settings)))
     local_dp = dp_on(config) and config.dp.mode == "local"
-    weights = [1 if local_dp else clients.examples[c] for c in client_of.values()]
+    weight_of = {c: 1 if local_dp else clients.examples[c] for c in client_of.values()}
+    weights = list(weight_of.values())
     strategy = _collector(fitins)
-    state = RecordDict({"config": ConfigRecord({"current_round": round_index + 1})})
-    state["parameters"] = _empty_arrays()
+    # the workflow reads the round number and (for configure_fit, which ignores them) the parameters
+    state = RecordDict({"config": ConfigRecord({"current_round": round_index + 1}), "parameters": ArrayRecord()})
     context = LegacyContext(
         Context(run_id=0, node_id=0, node_config={}, state=state, run_config={}),
         config=ServerConfig(num_rounds=config.fed.rounds),
@@ -238,6 +239,11 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
         metrics.pop("num-examples", None)
         metrics.pop("client-id", None)
         clipped += int(metrics.get("secagg_clipped", 0))
+        if fitres.num_examples != weight_of[proxy.client_id]:  # the weight it scaled its masked move by
+            raise ValueError(
+                f"SecAgg+: client {proxy.client_id} weighed its move {fitres.num_examples}, "
+                f"not the {weight_of[proxy.client_id]} it reported"
+            )
         total += fitres.num_examples
         update = ClientUpdate(proxy.client_id, {}, clients.examples[proxy.client_id], metrics=metrics)
         update.bytes_down, update.bytes_up = grid.sent[proxy.node_id], grid.received[proxy.node_id]
@@ -251,12 +257,6 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
         )
     summed = ClientUpdate(-1, apply_step(global_state, delta), total)
     return updates, summed, lost
-
-
-def _empty_arrays():
-    from flwr.app import ArrayRecord
-
-    return ArrayRecord()
 
 
 def masked_vector(reply) -> np.ndarray:
