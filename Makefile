@@ -25,8 +25,9 @@ demo: $(STAMP)
 quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/openfedllm sft --config configs/sft_quick.yaml
 
+# --durations: the slowest tests in every log, so the suite's budget (about 15 minutes) stays visible
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15
 
 # The inner loop: everything but the tests marked slow (real federations, the real model).
 test-fast: $(STAMP)
