@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -302,6 +303,9 @@ def test_ctrl_c_while_starting_is_one_line_and_writes_nothing(ctx, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        # A suite started in the background (nohup, `cmd &` in a script) inherits SIGINT ignored, and
+        # Python then installs no KeyboardInterrupt handler: give the run the terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.returncode == 130 and proc.stderr.strip() == "openfedllm sft: interrupted", proc.stderr
     assert list(tmp_path.iterdir()) == []
