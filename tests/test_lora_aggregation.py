@@ -467,3 +467,25 @@ def test_methods_are_compared_with_naive_seed_by_seed_with_a_paired_t_test():
     text = "\n".join(versus_lines(rows))
     # by hand: differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t = 0.2 / (0.1 / sqrt 3) = 3.464, 2 df: p = 0.074
     assert "- svd: all domains +0.200 (p=0.07, not significant); own domain +0.000 (p=1.00, not significant)" in text
+
+
+def test_a_node_with_its_own_data_file_trains_at_its_own_rank(tmp_path):
+    """A data-path node runs a federation of one (flower/node.py): its config keeps its rank alone,
+    validates, and the shared client code picks that rank."""
+    import yaml
+
+    from openfedllm.config import build, to_dict
+    from openfedllm.errors import UserError
+    from openfedllm.flower.node import node_run_config
+    from openfedllm.rounds import client_rank
+
+    rows = tmp_path / "mine.json"
+    rows.write_text(json.dumps([{"instruction": f"Say {i}.", "output": str(i)} for i in range(8)]))
+    text = yaml.safe_dump(to_dict(build({"fed": {"num_clients": 3, "client_ranks": [2, 4, 8]}})))
+    config = node_run_config(text, {"partition-id": "2", "data-path": str(rows)})
+    config.validate()
+    assert config.fed.client_ranks == [8] and client_rank(config, 2) == 8
+    simulated = build({"fed": {"num_clients": 3, "client_ranks": [2, 4, 8]}})
+    assert [client_rank(simulated, c) for c in range(3)] == [2, 4, 8]
+    with pytest.raises(UserError, match="partition-id=3, but fed.client_ranks has 3 ranks"):
+        node_run_config(text, {"partition-id": "3", "data-path": str(rows)})

@@ -110,6 +110,12 @@ def save_trained(setup: Setup, state: dict[str, torch.Tensor], path: Path) -> No
     card.finish(path, setup.config)  # the summary adds the results when the run ends
 
 
+def client_rank(cfg, client_id: int) -> int:
+    """A client's LoRA rank under fed.client_ranks. A node with its own data file runs a federation
+    of one (flower/node.py), whose config holds that client's rank alone."""
+    return cfg.fed.client_ranks[client_id if cfg.fed.num_clients > 1 else 0]
+
+
 def train_client(
     setup: Setup, algorithm, phase: str, round_index: int, client_id: int, rows: list, task: ClientTask, own_state: dict
 ) -> tuple[ClientUpdate, dict]:
@@ -123,7 +129,7 @@ def train_client(
     own_state = {k: v for k, v in own_state.items() if not k.startswith(LOCAL)}
     start = lora.client_start(task.global_state, setup.initial_state, kept)
     if cfg.fed.client_ranks and phase == "federated":  # heterogeneous ranks: this client's own
-        start = truncate_rank(start, cfg.fed.client_ranks[client_id])
+        start = truncate_rank(start, client_rank(cfg, client_id))
     models.load_trainable_state(setup.model, start)
     params = models.trainable_parameters(setup.model)
     client_name = client_id if phase == "federated" else phase

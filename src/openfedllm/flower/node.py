@@ -85,6 +85,11 @@ def node_run_config(config_text: str, node: dict):
         # The whole file is this client's: a federation of one inside the node.
         config.data.path, config.data.name = str(node["data-path"]), ""
         config.data.format = str(node.get("data-format", "auto"))
+        if config.fed.client_ranks:  # the federation of one keeps this client's rank
+            ranks, client = config.fed.client_ranks, int(node["partition-id"])
+            if not 0 <= client < len(ranks):
+                raise UserError(f"node config: partition-id={client}, but fed.client_ranks has {len(ranks)} ranks")
+            config.fed.client_ranks = [ranks[client]]
         config.fed.num_clients = config.fed.clients_per_round = 1
         config.fed.split = "iid"
         # attack: simulates malicious clients on partitions of the run's data; a data owner's node
