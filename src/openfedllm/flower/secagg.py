@@ -233,7 +233,8 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
     trace(f"aggregate-round{round_index + 1}", np.concatenate([mean[k].ravel() for k in sorted(mean)]))
     delta = {k: torch.from_numpy(np.array(v)) for k, v in mean.items()}
     updates, total, clipped = [], 0, 0
-    for proxy, fitres in strategy.results:
+    order = list(client_of.values())  # the sampled order, as a plain round logs them (not arrival order)
+    for proxy, fitres in sorted(strategy.results, key=lambda result: order.index(result[0].client_id)):
         reply = grid.masked[proxy.node_id]
         metrics = numbers(reply.content["metrics"])
         metrics.pop("num-examples", None)
