@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from openfedllm.algorithms import ClientUpdate, FedAvg, FedProx
 from openfedllm.lora_aggregation import LORA_AGGREGATIONS, aggregation_error, build
@@ -489,3 +490,33 @@ def test_a_node_with_its_own_data_file_trains_at_its_own_rank(tmp_path):
     assert [client_rank(simulated, c) for c in range(3)] == [2, 4, 8]
     with pytest.raises(UserError, match="partition-id=3, but fed.client_ranks has 3 ranks"):
         node_run_config(text, {"partition-id": "3", "data-path": str(rows)})
+
+
+def test_ranks_by_data_size(tiny_model_dir, tmp_path):
+    from openfedllm.cli import main
+    from openfedllm.lora_aggregation import ranks_by_size
+
+    # sizes 10, 3, 7, 3: ascending (ties by id) clients 1, 3, 2, 0; two equal groups
+    assert ranks_by_size([2, 4], [10, 3, 7, 3]) == [4, 2, 4, 2]
+    # position p of 5 takes tier floor(3p / 5): positions 0-1, 2-3, 4
+    assert ranks_by_size([2, 4, 8], [5, 6, 7, 8, 9]) == [2, 2, 4, 4, 8]
+    assert ranks_by_size([4], [1, 2]) == [4, 4]
+    # a run: the ranks its clients' sizes give are written out (and used) as fed.client_ranks
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, out, "--fed.rank_by_size", "[2, 8]", "--fed.split", "dirichlet")
+    args += ["--fed.clients_per_round", "3", "--fed.rounds", "1"]
+    assert main([*args, "--baselines.local", "false", "--baselines.centralized", "false"]) == 0
+    written = yaml.safe_load((out / "config.yaml").read_text())["fed"]
+    sizes = _sizes(out)
+    assert len(set(sizes)) > 1  # the Dirichlet split gave the clients different sizes
+    assert written["rank_by_size"] == [2, 8] and written["client_ranks"] == ranks_by_size([2, 8], sizes)
+
+
+def _sizes(run_dir) -> list[int]:
+    """Each client's training rows, from its client records (examples = n_i)."""
+    seen: dict[int, int] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["type"] == "client":
+            seen[record["client"]] = record["examples"]
+    return [seen[c] for c in sorted(seen)]

@@ -165,6 +165,11 @@ class FedConfig:
         "trains the first r_i components); empty: every client lora.rank; with naive (HetLoRA's "
         "zero-padding), svd (each client takes its top r_i), flora or fedex",
     )
+    rank_by_size: list[int] = opt(
+        [],
+        "heterogeneous ranks by data size instead of a list: clients sorted by their training rows get these "
+        "ranks in equal groups, smallest first (e.g. [4, 8, 16]); the result is written out as fed.client_ranks",
+    )
     personalize_steps: int = opt(
         0,
         "after the federation, each client fine-tunes the global model this many local steps on its own "

@@ -68,6 +68,11 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
     dpo = config.train.objective == "dpo"
     data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout)
     clients = split_clients(data["train_domains"], config) if train else [[] for _ in range(config.fed.num_clients)]
+    if train and config.fed.rank_by_size and not config.fed.client_ranks:
+        from .lora_aggregation import ranks_by_size
+
+        config.fed.client_ranks = ranks_by_size(config.fed.rank_by_size, [len(c) for c in clients])
+        print(f"fed.rank_by_size: client ranks {config.fed.client_ranks} (by training rows)")
     if train:  # malicious clients' data, before any reference log-prob is computed on it
         clients = attacks.poison(config, data, clients, harmful_rows(config, tokenizer))
     if not dpo and heldout and config.attack.kind == "harmful_data":  # the safety attack's measure

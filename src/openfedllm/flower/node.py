@@ -85,6 +85,8 @@ def node_run_config(config_text: str, node: dict):
         # The whole file is this client's: a federation of one inside the node.
         config.data.path, config.data.name = str(node["data-path"]), ""
         config.data.format = str(node.get("data-format", "auto"))
+        # fed.rank_by_size is resolved by the server, which knows every size, into fed.client_ranks
+        config.fed.rank_by_size = []
         if config.fed.client_ranks:  # the federation of one keeps this client's rank
             ranks, client = config.fed.client_ranks, int(node["partition-id"])
             if not 0 <= client < len(ranks):

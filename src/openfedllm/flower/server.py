@@ -135,6 +135,13 @@ class NodeClients:
                     flush=True,
                 )
             time.sleep(0.5)
+        if fed.rank_by_size and not fed.client_ranks:  # the nodes train at the ranks their sizes give
+            from ..config import to_dict
+            from ..lora_aggregation import ranks_by_size
+
+            fed.client_ranks = ranks_by_size(fed.rank_by_size, self.sizes())
+            self.config_text = yaml.safe_dump(to_dict(self.config), sort_keys=False)
+            print(f"fed.rank_by_size: client ranks {fed.client_ranks} (by training rows)", flush=True)
         print(
             f"Federation: {len(self.node_of)} nodes; training examples per client: "
             + ", ".join(f"{c}: {self.examples[c]}" for c in sorted(self.examples)),

@@ -40,20 +40,19 @@ def build(name: str) -> LoraAggregation:
 def check(config) -> None:
     """One line for a combination that is not sound (or not built): called when the config is read."""
     name, fed = config.fed.lora_aggregation, config.fed
-    if fed.client_ranks:
+    if fed.client_ranks or fed.rank_by_size:
         if config.model.finetune != "lora":
             raise UserError("fed.client_ranks: per-client LoRA ranks need model.finetune: lora")
-        if len(fed.client_ranks) != fed.num_clients:
-            raise UserError(f"fed.client_ranks: one rank per client ({fed.num_clients}), got {len(fed.client_ranks)}")
-        if any(
-            not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= config.lora.rank for r in fed.client_ranks
-        ):
-            raise UserError(
-                f"fed.client_ranks: each rank must be an integer in 1..lora.rank ({config.lora.rank}), "
-                f"got {fed.client_ranks}"
-            )
         if LORA_AGGREGATIONS[name].freezes_a or LORA_AGGREGATIONS[name].keeps_b:
             raise UserError(f"fed.client_ranks: not with fed.lora_aggregation {name}; use naive, svd, flora or fedex")
+    if fed.client_ranks:
+        if len(fed.client_ranks) != fed.num_clients:
+            raise UserError(f"fed.client_ranks: one rank per client ({fed.num_clients}), got {len(fed.client_ranks)}")
+        _check_ranks("fed.client_ranks", fed.client_ranks, config.lora.rank)
+    elif fed.rank_by_size:  # resolved into fed.client_ranks once the clients' sizes are known
+        if len(fed.rank_by_size) > fed.num_clients:
+            raise UserError(f"fed.rank_by_size: {len(fed.rank_by_size)} ranks for {fed.num_clients} clients")
+        _check_ranks("fed.rank_by_size", fed.rank_by_size, config.lora.rank)
     if name == "naive":
         return
     method = LORA_AGGREGATIONS[name]
@@ -74,6 +73,21 @@ def check(config) -> None:
         raise UserError(
             "fed.lora_aggregation: ffa freezes A at its random initialisation; model.adapter gives a trained A"
         )
+
+
+def _check_ranks(key: str, ranks: list, largest: int) -> None:
+    if any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= largest for r in ranks):
+        raise UserError(f"{key}: each rank must be an integer in 1..lora.rank ({largest}), got {ranks}")
+
+
+def ranks_by_size(tiers: list[int], sizes: list[int]) -> list[int]:
+    """fed.rank_by_size: clients sorted by size (ties by id) split into len(tiers) equal groups,
+    the smallest group taking the first rank."""
+    order = sorted(range(len(sizes)), key=lambda c: (sizes[c], c))
+    ranks = [0] * len(sizes)
+    for position, client in enumerate(order):
+        ranks[client] = tiers[position * len(tiers) // len(sizes)]
+    return ranks
 
 
 def check_federation(config) -> None:
