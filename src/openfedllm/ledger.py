@@ -15,9 +15,7 @@ round has measured them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import UserError
 
@@ -35,15 +33,13 @@ class Ledger:
     last_round: int = 0  # the latest round's bytes, the prediction for the next
 
     @classmethod
-    def start(cls, config, metrics: Path) -> Ledger:
-        """The ledger of the federated phase, with what metrics.jsonl (as resumed) already holds."""
+    def start(cls, config, log) -> Ledger:
+        """The ledger of the federated phase, with what metrics.jsonl (`log`, as resumed) already holds."""
         ledger = cls(config.comm.budget_mb * MB)
         rounds: dict[int, int] = {}
-        if metrics.exists():
-            for line in metrics.read_text().splitlines():
-                r = json.loads(line)
-                if r.get("type") == "client" and r.get("phase") == "federated" and "bytes_up" in r:
-                    rounds[r["round"]] = rounds.get(r["round"], 0) + r["bytes_up"] + r["bytes_down"]
+        for r in log.records():
+            if r.get("type") == "client" and r.get("phase") == "federated" and "bytes_up" in r:
+                rounds[r["round"]] = rounds.get(r["round"], 0) + r["bytes_up"] + r["bytes_down"]
         ledger.spent = sum(rounds.values())
         ledger.last_round = rounds[max(rounds)] if rounds else 0
         return ledger

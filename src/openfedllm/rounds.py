@@ -286,7 +286,7 @@ def run_phase(
     state = lora.shared(dict(setup.initial_state)) if state is None else state
     last_eval = None
     rounds = cfg.fed.rounds
-    ledger = Ledger.start(cfg, log.path) if phase == "federated" else None
+    ledger = Ledger.start(cfg, log) if phase == "federated" else None
     if ledger is not None:
         from .flower.transport import payload_bytes
 
