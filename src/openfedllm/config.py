@@ -22,6 +22,7 @@ from .algorithms import AlgorithmName, FedAdam, FedAvgM, FedProx, Scaffold
 from .algorithms.fedopt import FirstMoment, SecondMoment
 from .algorithms.scaffold import Correction
 from .client import Optimizer
+from .compression import CodecName, ScaleGranularity
 from .data.templates import OverLength, Template
 from .dpo import Loss
 from .errors import UserError
@@ -383,7 +384,17 @@ class SecAggSection:
 
 @dataclass
 class CommSection:
-    """What crosses the network: every client record has its bytes_up / bytes_down (docs/metrics.md)."""
+    """What crosses the network and how (docs/efficiency.md): every client record has its bytes_up /
+    bytes_down (docs/metrics.md)."""
+
+    upload: CodecName = opt(
+        "none", "how each client's update travels up: none (float32), fp16, bf16, int8, nf4, or topk (error feedback)"
+    )
+    download: CodecName = opt("none", "how the global model travels down: none (float32), fp16, bf16, int8 or nf4")
+    topk_fraction: float = opt(
+        0.1, "comm.upload topk: the share of the update's values a client sends", above=0, high=1
+    )
+    int8_scales: ScaleGranularity = opt("tensor", "int8: one scale per tensor, or per row of each tensor")
 
     budget_mb: float = opt(
         0.0,
@@ -537,6 +548,9 @@ class RunConfig:
 
         check_defences(self)
         check_attack(self)
+        from .compression import check as check_compression
+
+        check_compression(self)
         if self.secagg.enabled:
             from .flower.secagg import check as check_secagg
 

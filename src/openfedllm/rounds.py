@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from . import attacks, card, faults, models, personalize, tracking
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import LocalSteps, cosine_lr, train_local
 from .combine import Combiner, client_side, plain
+from .compression import RESIDUAL, Wire, array_bytes
 from .config import phases_of, to_dict
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
@@ -126,7 +128,9 @@ def train_client(
     # what the LoRA aggregation keeps on the client (FedSA-LoRA's B_i) sits beside the algorithm's state
     lora = lora_method(cfg, phase)
     kept = {k[len(LOCAL) :]: v for k, v in own_state.items() if k.startswith(LOCAL)}
-    own_state = {k: v for k, v in own_state.items() if not k.startswith(LOCAL)}
+    # top-k's error feedback is the wire's (compression.Wire.send_update), not the algorithm's
+    residuals = {k: v for k, v in own_state.items() if k.startswith(RESIDUAL)}
+    own_state = {k: v for k, v in own_state.items() if not k.startswith((LOCAL, RESIDUAL))}
     start = lora.client_start(task.global_state, setup.initial_state, kept)
     if cfg.fed.client_ranks and phase == "federated":  # heterogeneous ranks: this client's own
         start = truncate_rank(start, client_rank(cfg, client_id))
@@ -160,7 +164,7 @@ def train_client(
     attack = attacks.kind_of(cfg, client_id, phase)
     if phase == "federated":
         weights, own_state = client_side(cfg, task.global_state, weights, own_state, attack, settings.seed)
-    own_state = {**own_state, **{LOCAL + k: v for k, v in kept.items()}}
+    own_state = {**own_state, **{LOCAL + k: v for k, v in kept.items()}, **residuals}
     metrics = {
         "loss": result.loss,
         "steps": result.steps,
@@ -185,18 +189,28 @@ class LocalClients:
         return [len(p) for p in self.partitions]
 
     def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
-        from .flower.transport import payload_bytes
-
+        # what a deployment would send and receive: the same arrays, encoded and decoded alike
+        wire = Wire.of(self.setup.config, self.phase)
+        x, c = wire.send_state(task.global_state), wire.send_state(task.message)
+        down = array_bytes(x) + array_bytes(c)
+        received = task
+        if not wire.exact:
+            received = replace(
+                task, global_state=wire.receive_state(x, task.global_state), message=wire.receive_state(c, task.message)
+            )
         updates = []
-        down = payload_bytes(task.global_state) + payload_bytes(task.message)  # what a deployment would send
         for cid in sampled:
             rows = [self.setup.train_rows[i] for i in self.partitions[cid]]
             update, own_state = train_client(
-                self.setup, algorithm, self.phase, round_index, cid, rows, task, self.client_states.get(cid, {})
+                self.setup, algorithm, self.phase, round_index, cid, rows, received, self.client_states.get(cid, {})
             )
+            up, extras, own_state = wire.send_update(update.weights, received.global_state, update.extras, own_state)
             if own_state:
                 self.client_states[cid] = own_state
-            update.bytes_down, update.bytes_up = down, payload_bytes(update.weights) + payload_bytes(update.extras)
+            if not wire.exact:  # the server's copy: x + the decoded move
+                update.weights = wire.receive_update(up, task.global_state, update.weights)
+                update.extras = wire.receive_extras(extras, update.extras)
+            update.bytes_down, update.bytes_up = down, array_bytes(up) + array_bytes(extras)
             updates.append(update)
         return updates
 
@@ -288,12 +302,14 @@ def run_phase(
     rounds = cfg.fed.rounds
     ledger = Ledger.start(cfg, log) if phase == "federated" else None
     if ledger is not None:
-        from .flower.transport import payload_bytes
-
         # before any round: each sampled client receives x (+ the broadcast) and sends y_i back
-        # (SCAFFOLD: with its c_i change, the adapter's shape again; SecAgg+: as int64, twice float32)
-        up = payload_bytes(state) * (2 if cfg.fed.algorithm == "scaffold" or cfg.secagg.enabled else 1)
-        first_round = per_round * (payload_bytes(state) + payload_bytes(algorithm.server_message()) + up)
+        # (SCAFFOLD: with its c_i change, the adapter's shape again; SecAgg+: as int64, twice float32).
+        # Every codec's sizes depend on the tensors' shapes only, so encoding x tells them.
+        wire = Wire.of(cfg, phase)
+        down = array_bytes(wire.send_state(state)) + array_bytes(wire.send_state(algorithm.server_message()))
+        up = array_bytes(wire.send_update(state, state, {}, {})[0])
+        up *= 2 if cfg.fed.algorithm == "scaffold" or cfg.secagg.enabled else 1
+        first_round = per_round * (down + up)
         ledger.check_plan(start_round, rounds, first_round)
     bar = tqdm(
         range(start_round, rounds),

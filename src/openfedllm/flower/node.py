@@ -172,37 +172,49 @@ def query(content: dict, node_config) -> dict:
 def train(content: dict, node_config) -> dict:
     """One round of local training on this node's own rows; numpy arrays in, numpy arrays out."""
     from ..algorithms import ClientTask
+    from ..compression import Wire
     from ..models import trainable_state
     from ..rounds import lora_method, train_client
-    from .transport import from_numpy, to_numpy
 
     settings = content["config"]
     node = node_data(settings["config"], node_config)
     if int(settings["client-id"]) != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, the message is for {settings['client-id']}")
-    like = lora_method(node.setup.config, str(settings["phase"])).shared(trainable_state(node.setup.model))
-    message = from_numpy(content["message"], like) if "message" in content else {}
+    phase = str(settings["phase"])
+    like = lora_method(node.setup.config, phase).shared(trainable_state(node.setup.model))
+    wire = Wire.of(node.setup.config, phase)
     task = ClientTask(
-        global_state=from_numpy(content["arrays"], like),
-        message=message,
+        global_state=wire.receive_state(content["arrays"], like),
+        message=wire.receive_state(content.get("message", {}), like),
         lr=float(settings["lr"]),
         steps=int(settings["steps"]),
     )
     r = int(settings["round"])
     folder = state_dir(node_config, str(settings["run-uid"]))
     own_state = load_client_state(folder, r)
-    update, own_state = train_client(
-        node.setup, node.algorithm, str(settings["phase"]), r, node.client_id, node.rows, task, own_state
-    )
+    update, own_state = train_client(node.setup, node.algorithm, phase, r, node.client_id, node.rows, task, own_state)
+    arrays, extras, own_state = wire.send_update(update.weights, task.global_state, update.extras, own_state)
     if own_state:
         save_client_state(folder, r, own_state)
     reply = {
-        "arrays": to_numpy(update.weights),
+        "arrays": arrays,
         "metrics": {**update.metrics, "num-examples": update.num_examples, "client-id": node.client_id},
     }
-    if update.extras:
-        reply["extras"] = to_numpy(update.extras)
+    if extras:
+        reply["extras"] = extras
     return reply
+
+
+def reply_layout(settings: dict) -> dict | int:
+    """What this node's reply may carry: the codec's arrays for the trainable parameters' size (which
+    the server states, as it sent them encoded), read from the run's config without torch."""
+    from ..compression import reply_layout as layout
+
+    comm = (yaml.safe_load(str(settings["config"])) or {}).get("comm") or {}
+    upload, download = comm.get("upload", "none"), comm.get("download", "none")
+    exact = upload == download == "none"
+    fraction, size = float(comm.get("topk_fraction", 0.1)), int(settings["num-values"])
+    return layout(upload, fraction, size, int(settings["num-segments"]), exact)
 
 
 HANDLERS = {"query": query, "train": train}
@@ -220,10 +232,10 @@ def plain(content) -> dict:
 def record_dict(reply: dict):
     from flwr.app import MetricRecord, RecordDict
 
-    from .transport import array_record
+    from .transport import arrays_record
 
     return RecordDict(
-        {name: MetricRecord(value) if name == "metrics" else array_record(value) for name, value in reply.items()}
+        {name: MetricRecord(value) if name == "metrics" else arrays_record(value) for name, value in reply.items()}
     )
 
 
@@ -246,7 +258,10 @@ def _handle(kind: str):
             reply = call(request, handlers="openfedllm.flower.node:HANDLERS")
         out = record_dict(reply)
         # The privacy contract: nothing but the trainable tensors the server sent, and numbers, leaves.
-        check_outgoing(out, sum(a.size for a in content.get("arrays", {}).values()))
+        if secure or kind != "train":
+            check_outgoing(out, sum(a.size for a in content.get("arrays", {}).values()))
+        else:
+            check_outgoing(out, reply_layout(content["config"]))
         if secure:  # the move and the weight, for secaggplus_mod to mask
             out = fit_reply(content, reply)
         return Message(out, reply_to=msg)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..errors import UserError
-from .transport import check_outgoing, content_bytes, describe, from_record, numbers, to_record
+from .transport import arrays_record, check_outgoing, content_bytes, describe, numbers
 
 if TYPE_CHECKING:
     from flwr.app import Message, RecordDict
@@ -56,6 +56,13 @@ class NodeClients:
         # what crosses the network: the shared tensors (FedSA-LoRA: A alone; FFA-LoRA: B alone)
         self.like = lora_method(self.config, "federated").shared(trainable_state(setup.model))
         self.num_values = sum(t.numel() for t in self.like.values())
+        from ..compression import Wire, reply_layout, segments
+
+        # how the tensors travel (comm.upload / comm.download), and what a reply may therefore hold
+        self.wire = Wire.of(self.config)
+        self.num_segments = len(segments(self.like, self.config.comm.int8_scales))
+        comm = self.config.comm
+        self.layout = reply_layout(comm.upload, comm.topk_fraction, self.num_values, self.num_segments, self.wire.exact)
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.audit = run_dir / "messages.jsonl"
         self.node_of: dict[int, int] = {}  # client id -> SuperNode id
@@ -200,8 +207,8 @@ class NodeClients:
             self._rediscover()
             online = set(self.grid.get_node_ids())
         # Packed once per round: every sampled client gets the same x (and SCAFFOLD's c).
-        arrays, broadcast = to_record(task.global_state), algorithm.server_message()
-        message = to_record(broadcast) if broadcast else None
+        arrays, broadcast = arrays_record(self.wire.send_state(task.global_state)), algorithm.server_message()
+        message = arrays_record(self.wire.send_state(broadcast)) if broadcast else None
         contents: dict[int, RecordDict] = {}
         client_of: dict[int, int] = {}
         for cid in sampled:
@@ -219,6 +226,9 @@ class NodeClients:
                         "lr": task.lr,
                         "steps": task.steps,
                         "client-id": cid,
+                        # the reply's size, which a node checks it against (its download may be encoded)
+                        "num-values": self.num_values,
+                        "num-segments": self.num_segments,
                     }
                 ),
             }
@@ -233,7 +243,7 @@ class NodeClients:
             for node_id, reason in lost.items():
                 self._lost(round_index, client_of[node_id], node_id, reason)
         else:
-            updates = self._plain_round(round_index, contents, client_of)
+            updates = self._plain_round(round_index, contents, client_of, task.global_state)
         for cid in sampled:
             if cid not in client_of.values():
                 self._lost(round_index, cid, self.node_of.get(cid), "not connected")
@@ -245,9 +255,10 @@ class NodeClients:
             )
         return updates
 
-    def _plain_round(self, round_index: int, contents: dict, client_of: dict[int, int]) -> list[ClientUpdate]:
-        """Each sampled node's update, as it sent it."""
+    def _plain_round(self, round_index: int, contents: dict, client_of: dict[int, int], x) -> list[ClientUpdate]:
+        """Each sampled node's update, as it sent it (compressed: x + its decoded move)."""
         from ..algorithms import ClientUpdate
+        from .transport import record_arrays
 
         fed = self.config.fed
         replies = self._send(contents, "train", fed.round_timeout)
@@ -267,14 +278,14 @@ class NodeClients:
                 self._lost(round_index, cid, node_id, reason)
                 continue
             self._record(round_index + 1, cid, reply)
-            check_outgoing(reply.content, self.num_values)  # refuse anything but the adapter's tensors and numbers
+            check_outgoing(reply.content, self.layout)  # refuse anything but the adapter's tensors and numbers
             metrics = numbers(reply.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
-            extras = from_record(reply.content["extras"], self.like) if "extras" in reply.content else {}
-            update = ClientUpdate(
-                cid, from_record(reply.content["arrays"], self.like), num_examples, metrics=metrics, extras=extras
-            )
+            got = {name: record_arrays(reply.content[name]) for name in ("arrays", "extras") if name in reply.content}
+            weights = self.wire.receive_update(got["arrays"], x, self.like)
+            extras = self.wire.receive_extras(got.get("extras", {}), self.like)
+            update = ClientUpdate(cid, weights, num_examples, metrics=metrics, extras=extras)
             # what crossed the network, measured on the records themselves
             update.bytes_down, update.bytes_up = content_bytes(contents[node_id]), content_bytes(reply.content)
             updates.append(update)

@@ -134,6 +134,13 @@ def array_record(arrays: dict[str, np.ndarray]):
     return ArrayRecord(array_dict={PACKED: Array(np.ascontiguousarray(pack(arrays)))})
 
 
+def arrays_record(arrays: dict[str, np.ndarray]):
+    """One ArrayRecord of arrays as they are (a codec's, or one packed vector: `compression.Wire`)."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in arrays.items()})
+
+
 def record_arrays(record) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
@@ -165,11 +172,15 @@ def _fit(state: dict, like: dict) -> dict:
     return out
 
 
-def check_outgoing(content, num_values: int) -> None:
-    """Raise unless the RecordDict holds only numeric metrics and ArrayRecords of one packed float
-    vector of exactly `num_values` values, the size of the trainable parameters (the privacy
-    contract of a node: its data never leaves it)."""
+def check_outgoing(content, layout: int | dict[str, tuple[str, int]]) -> None:
+    """Raise unless the RecordDict holds only numeric metrics and ArrayRecords of exactly `layout`:
+    an int is one packed float vector of that many values, the size of the trainable parameters;
+    a compressed reply's layout names each array's dtype and length (compression.reply_layout),
+    which depend only on that size. The privacy contract of a node: its data never leaves it."""
     from flwr.app import ArrayRecord, MetricRecord
+
+    if isinstance(layout, int):
+        layout = {PACKED: ("float", layout)}
 
     for name, record in content.items():
         if isinstance(record, MetricRecord):
@@ -189,16 +200,20 @@ def check_outgoing(content, num_values: int) -> None:
             continue
         if not isinstance(record, ArrayRecord):
             raise ValueError(f"record {name!r} is a {type(record).__name__}; a node sends only tensors and metrics")
-        if set(record) != {PACKED}:
-            raise ValueError(f"record {name!r} holds {sorted(record)[:3]}, not the packed trainable parameters")
-        array = record[PACKED]
-        if not np.issubdtype(np.dtype(array.dtype), np.floating):
-            raise ValueError(f"record {name!r} is {array.dtype}; only float tensors may leave a node")
-        if tuple(array.shape) != (num_values,):
+        if set(record) != set(layout):
             raise ValueError(
-                f"record {name!r} has shape {tuple(array.shape)}, not the {num_values} values of "
-                f"the trainable parameters"
+                f"record {name!r} holds {sorted(record)[:3]}, not the trainable parameters' {sorted(layout)}"
             )
+        for key, (dtype, size) in layout.items():
+            array = record[key]
+            if dtype == "float" and not np.issubdtype(np.dtype(array.dtype), np.floating):
+                raise ValueError(f"record {name!r} is {array.dtype}; only float tensors may leave a node")
+            if dtype != "float" and np.dtype(array.dtype) != np.dtype(dtype):
+                raise ValueError(f"record {name!r}'s {key!r} is {array.dtype}, not {dtype}")
+            if tuple(array.shape) != (size,):
+                raise ValueError(
+                    f"record {name!r} has shape {tuple(array.shape)}, not the {size} values of the trainable parameters"
+                )
 
 
 def numbers(record) -> dict:
