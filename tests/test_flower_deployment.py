@@ -129,26 +129,46 @@ def _deployed_as_simulated(federation_up, model_dir, tmp_path, settings):
     return fed, deployed
 
 
-def _sent_only(deployed: Path, part: str) -> None:
-    """Each training message carried the shared factor only (`part` of the adapter), half of A and B."""
-    shared = sum(t.numel() for k, t in _adapter(deployed).items() if part in k)
-    messages = [json.loads(line) for line in (deployed / "messages.jsonl").read_text().splitlines()]
-    trained = [m for m in messages if m["type"] == "train"]
+def _sent_only(deployed: Path, part: str | dict) -> None:
+    """Each training message carried the shared factor only (`part` of the adapter), half of A and B;
+    or, compressed, exactly the arrays of shapes `part`."""
+    shapes = (
+        part
+        if isinstance(part, dict)
+        else {"trainable": [sum(t.numel() for k, t in _adapter(deployed).items() if part in k)]}
+    )
+    trained = [m for m in _records(deployed, "messages.jsonl") if m["type"] == "train"]
     assert len(trained) == 4
     for m in trained:
-        assert m["records"]["arrays"]["shapes"] == {"trainable": [shared]}
+        assert m["records"]["arrays"]["shapes"] == shapes
 
 
-def test_fedsa_runs_deployed_as_simulated_and_each_node_keeps_its_b(federation_up, tiny_model_dir, tmp_path):
+def _records(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+
+
+def test_fedsa_with_compression_runs_deployed_as_simulated_and_each_node_keeps_its_b_and_residual(
+    federation_up, tiny_model_dir, tmp_path
+):
+    """FedSA-LoRA (A alone travels), compressed both ways: x as int8 down, each move as its top 25%
+    up. The same numbers and bytes as the simulation; each node keeps its B and top-k's residual."""
     settings = ["--fed.num_clients", "2", "--fed.clients_per_round", "2", "--fed.rounds", "2"]
     settings += ["--fed.lora_aggregation", "fedsa", *NO_BASELINES]
+    settings += ["--comm.upload", "topk", "--comm.topk_fraction", "0.25", "--comm.download", "int8"]
     fed, deployed = _deployed_as_simulated(federation_up, tiny_model_dir, tmp_path, settings)
-    _sent_only(deployed, ".lora_A.")
+    shared = sum(t.numel() for k, t in _adapter(deployed).items() if ".lora_A." in k)
+    k = -(-shared // 4)
+    _sent_only(deployed, {"indices": [k], "values": [k]})
+    records = {run: _records(tmp_path / run) for run in ("simulated", "deployed")}
+    ledger = {
+        run: [(r["bytes_up"], r["bytes_down"]) for r in rs if r["type"] == "client"] for run, rs in records.items()
+    }
+    assert ledger["deployed"] == ledger["simulated"] and ledger["deployed"][0][0] == 2 * 128 + 8 * k
     from safetensors.torch import load_file as read
 
-    # each node keeps its own B on its disk, beside the algorithm's client state
+    # each node keeps its own B on its disk, and what top-k has not sent yet, beside the algorithm's state
     kept = list(Path(fed["dir"]).glob("node-state/**/*.safetensors"))
-    assert kept and all(any(".lora_B." in k for k in read(str(f))) for f in kept)
+    assert kept and all(any(".lora_B." in k for k in read(str(f))) and "comm/update" in read(str(f)) for f in kept)
 
 
 def test_ffa_with_local_dp_and_an_attacker_runs_deployed_as_simulated(federation_up, tiny_model_dir, tmp_path):

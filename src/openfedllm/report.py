@@ -229,12 +229,16 @@ def banner(setup, run_dir: Path, resume: bool) -> str:
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     trainable = sum(t.numel() for t in setup.initial_state.values())
     what = f"LoRA r{cfg.lora.rank} on {', '.join(cfg.lora.target_modules)}" if models.is_peft(model) else "every weight"
-    from .flower.transport import payload_bytes
+    from .compression import Wire, array_bytes
     from .ledger import mb
     from .rounds import lora_method
 
-    # what one message carries: the shared tensors as serialised (FFA / FedSA-LoRA: half the adapter)
-    per_client = payload_bytes(lora_method(cfg, "federated").shared(dict(setup.initial_state)))
+    # what one message carries: the shared tensors as serialised (FFA / FedSA-LoRA: half the adapter),
+    # encoded as comm.download / comm.upload say (a codec's sizes depend on the shapes alone)
+    shared = lora_method(cfg, "federated").shared(dict(setup.initial_state))
+    wire = Wire.of(cfg)
+    down, up = array_bytes(wire.send_state(shared)), array_bytes(wire.send_update(shared, shared, {}, {})[0])
+    codecs = "" if wire.exact else f" ({cfg.comm.download} down, {cfg.comm.upload} up)"
     fed, train = cfg.fed, cfg.train
     sampled = fed.sampled()
     origin = card.base_model_id(cfg.model.name)
@@ -250,7 +254,8 @@ def banner(setup, run_dir: Path, resume: bool) -> str:
         f"  schedule   {fed.rounds} rounds x {train.local_steps} local steps x batch "
         f"{train.batch_size * train.grad_accum} = {fed.rounds * sampled * train.local_steps:,} client steps"
         + (f"; then baselines: {', '.join(baselines)}" if baselines else ""),
-        f"  per round  {mb(per_client)} to and from each sampled client ({mb(2 * sampled * per_client)} in all)",
+        f"  per round  {mb(down)} to and {mb(up)} from each sampled client{codecs} "
+        f"({mb(sampled * (down + up))} in all)",
     ]
     return "\n".join(lines)
 
