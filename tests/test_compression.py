@@ -203,3 +203,36 @@ def test_topk_with_scaffold_keeps_its_residuals_in_the_checkpoint_and_resumes_ex
     k = math.ceil(0.2 * n)
     first = _clients(full)[0]  # y_i and SCAFFOLD's c_i change: k indices and k values each
     assert first["bytes_up"] == 2 * (2 * (128 + 4 * k))
+
+
+def test_an_experiment_takes_codecs_as_methods_with_bytes_per_round(tiny_model_dir, tmp_path):
+    import csv
+
+    import yaml
+
+    grid = {
+        "methods": ["none", "int8"],
+        "seeds": [1, 2],
+        "config": {
+            "data": {"train_per_domain": 6, "heldout_per_domain": 2},
+            "fed": {"num_clients": 5, "clients_per_round": 2, "rounds": 2},
+            "train": {"local_steps": 1, "batch_size": 4},
+            "eval": {"max_new_tokens": 3, "every": 2},
+        },
+    }
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    out = tmp_path / "out"
+    assert (
+        main(["experiment", str(tmp_path / "grid.yaml"), "--output-dir", str(out), "--model.name", str(tiny_model_dir)])
+        == 0
+    )
+    with (out / "results.csv").open() as f:
+        rows = {(r["method"], r["seed"]): r for r in csv.DictReader(f)}
+    for seed in ("1", "2"):
+        plain, int8 = rows[("none", seed)], rows[("int8", seed)]
+        clients = _clients(out / "runs" / f"int8-seed{seed}")
+        assert float(int8["mb_up_per_round"]) == pytest.approx(sum(r["bytes_up"] for r in clients) / 2 / 1e6)
+        assert float(plain["mb_up_per_round"]) / float(int8["mb_up_per_round"]) > 3.8
+        assert float(plain["mb_per_round"]) == pytest.approx(2 * float(plain["mb_up_per_round"]))
+    markdown = (out / "results.md").read_text()
+    assert "MB up / round" in markdown and "## Upload codecs against none" in markdown and "- int8:" in markdown

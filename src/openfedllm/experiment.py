@@ -2,7 +2,8 @@
 
 A grid file names the methods (any FL algorithm of the registry, plus `local` and `centralized`;
 or a LoRA aggregation method, `naive`, `ffa`, `flora`, `svd`, `fedex`, or a robust aggregation
-rule, `median`, `trimmed_mean`, `krum`, `multikrum`, with the grid's fed.algorithm),
+rule, `median`, `trimmed_mean`, `krum`, `multikrum`, or an upload codec, `none`, `fp16`, `bf16`,
+`int8`, `nf4`, `topk` (comm.upload), each with the grid's fed.algorithm),
 the seeds, and one run config (the sections of `openfedllm sft`) shared by every cell; its
 `quick` section overrides seeds and config for a run of a few minutes. Each seed prepares the
 data, split and initial adapter once; every method of that seed starts from them. Each cell is an
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import models
 from .algorithms import ALGORITHMS, AlgorithmName
+from .compression import CODECS, CodecName
 from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError
 from .evaluation.heldout import evaluate
@@ -88,7 +90,7 @@ def grid_from_dict(raw: dict, quick: bool = False, overrides: Sequence[tuple[str
         config = _merge(config, q.get("config") or {})
     if not isinstance(methods, list) or not methods:
         raise UserError("experiment: methods must be a non-empty list")
-    valid = [*ALGORITHMS, *BASELINES, *LORA_AGGREGATIONS, *AGGREGATORS]
+    valid = [*ALGORITHMS, *BASELINES, *LORA_AGGREGATIONS, *AGGREGATORS, *CODECS]
     for m in methods:
         if m not in valid:
             raise UserError(f"experiment: unknown method {m!r}; valid: {', '.join(valid)}")
@@ -122,6 +124,8 @@ def cell_config(grid: Grid, method: str, seed: int, local_client: int = 0) -> Ru
         config.fed = dataclasses.replace(config.fed, lora_aggregation=cast(LoraAggregationName, method))
     if method in AGGREGATORS:  # a robust rule, with the grid's fed.algorithm
         config.fed = dataclasses.replace(config.fed, aggregator=cast(AggregatorName, method))
+    if method in CODECS:  # how the clients' updates travel, with the grid's fed.algorithm
+        config.comm = dataclasses.replace(config.comm, upload=cast(CodecName, method))
     return config
 
 
@@ -262,6 +266,11 @@ def result_row(
         row["aggregation_error"] = float(np.mean(errors))
     if any("refusal_rate" in e for e in evals):  # harmful requests refused (dpo; sft under the safety attack)
         row["refusal_rate"] = _mean_or_none([e.get("refusal_rate") for e in evals])
+    sent = [r for r in records if r["type"] == "client" and r.get("phase") == "federated" and "bytes_up" in r]
+    if sent:  # the byte ledger per round, all sampled clients together (docs/efficiency.md)
+        per_round = len({r["round"] for r in sent})
+        row["mb_up_per_round"] = sum(r["bytes_up"] for r in sent) / per_round / 1e6
+        row["mb_per_round"] = sum(r["bytes_up"] + r["bytes_down"] for r in sent) / per_round / 1e6
     privacy = [r for r in records if r["type"] == "privacy"]
     if privacy:  # the epsilon the cell spent (docs/privacy_robustness.md)
         row["epsilon"] = privacy[-1]["epsilon"]
@@ -362,7 +371,7 @@ def results_markdown(rows: list[dict], grid: Grid, command: str) -> str:
             "*refusal rate*: share of held-out harmful requests refused. *epsilon*: the cell's client-level "
             "DP budget spent (docs/privacy_robustness.md).",
         ]
-    lines += ["", *claim_lines(rows), *versus_lines(rows)]
+    lines += ["", *claim_lines(rows), *versus_lines(rows), *versus_lines(rows, "none", CODECS, "Upload codecs")]
     return "\n".join(lines) + "\n"
 
 
@@ -372,19 +381,24 @@ EXTRA_COLUMNS = [
     ("aggregation_error", "aggregation error"),
     ("refusal_rate", "refusal rate (harmful)"),
     ("epsilon", "epsilon"),
+    ("mb_up_per_round", "MB up / round"),
+    ("mb_per_round", "MB up + down / round"),
 ]
 
 
-def versus_lines(rows: list[dict], reference: str = "naive") -> list[str]:
-    """Each LoRA aggregation method against the naive rule, seed by seed (the same data, split and
-    initial adapter), with a two-sided paired t-test: a difference is called significant at p < 0.05."""
+def versus_lines(
+    rows: list[dict], reference: str = "naive", axis=LORA_AGGREGATIONS, title: str = "LoRA aggregation methods"
+) -> list[str]:
+    """Each method of an axis (LoRA aggregation; upload codecs) against its reference (the naive
+    rule; `none`), seed by seed (the same data, split and initial adapter), with a two-sided paired
+    t-test: a difference is called significant at p < 0.05."""
     from scipy.stats import ttest_rel
 
-    methods = [m for m in method_order(rows) if m in LORA_AGGREGATIONS and m != reference]
+    methods = [m for m in method_order(rows) if m in axis and m != reference]
     base = {r["seed"]: r for r in rows if r["method"] == reference}
     if not base or not methods:
         return []
-    out = ["", f"## LoRA aggregation methods against {reference}", "", "Paired over seeds; t-test p-values."]
+    out = ["", f"## {title} against {reference}", "", "Paired over seeds; t-test p-values."]
     for m in methods:
         parts = []
         for key, label in [

@@ -16,7 +16,7 @@ the same on both (tested); its bytes are those of the arrays that would travel (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     StateDict = dict[str, torch.Tensor]
 
 CodecName = Literal["none", "fp16", "bf16", "int8", "nf4", "topk"]
+CODECS = get_args(CodecName)
 ScaleGranularity = Literal["tensor", "row"]
 RESIDUAL = "comm/"  # client-state keys of top-k's error feedback (one flat vector per record it sends)
 
