@@ -35,6 +35,7 @@ from .userfiles import read_yaml
 
 Objective = Literal["sft", "dpo"]  # what local steps minimise
 DPMode = Literal["central", "local"]  # who adds the noise
+Tokenizing = Literal["auto", "eager", "lazy"]  # when sft training rows are tokenized (data/lazy.py)
 AttackKind = Literal["sign_flip", "scale", "noise", "harmful_data", "flip_preferences"]
 
 
@@ -130,6 +131,11 @@ class DataConfig:
     )
     over_length: OverLength = opt(
         "truncate", "training rows longer than data.max_length: truncate (cut at the end) or drop; either way counted"
+    )
+    tokenize: Tokenizing = opt(
+        "auto",
+        "sft training rows: eager (all at start), lazy (each row when a client first uses it: fast start on "
+        "large files), auto (lazy past 50,000 rows)",
     )
     train_per_domain: int = opt(
         200, "built-in suite: training examples (dpo: pairs) per domain", above=0, high=100_000_000

@@ -26,6 +26,7 @@ def inspect(config: RunConfig, png: Path) -> list[dict]:
     tokenizer = models.load_tokenizer(models.resolve_model(config.model.name))
     check_template(config.data.template, tokenizer)
     dpo = config.train.objective == "dpo"
+    config.data.tokenize = "eager"  # every row's token counts are the report
     data = preference_data(config, tokenizer) if dpo else instruction_data(config, tokenizer)
     labels = data["train_domains"]
     clients = split_clients(labels, config)

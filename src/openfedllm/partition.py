@@ -136,15 +136,23 @@ def label_mix(counts: Counter, size: int) -> str:
     return "  ".join(f"{label} {n / size:.0%}" for label, n in counts.most_common(3))
 
 
-def client_table(domains: list[str], clients: list[list[int]], max_columns: int = 8) -> str:
-    """A text table of examples per label for each client; with many labels, each client's top three."""
+def client_table(domains: list[str], clients: list[list[int]], max_columns: int = 8, max_clients: int = 20) -> str:
+    """A text table of examples per label for each client; with many labels, each client's top three.
+    A population past `max_clients` shows its first ones and a line on the sizes of all."""
     names = sorted(set(domains))
     rows = []
-    for cid, idx in enumerate(clients):
+    for cid, idx in enumerate(clients[:max_clients]):
         counts = Counter(domains[i] for i in idx)
         if len(names) <= max_columns:
             rows.append([str(cid), str(len(idx))] + [str(counts.get(d, 0)) for d in names])
         else:
             rows.append([str(cid), str(len(idx)), label_mix(counts, len(idx))])
     header = ["client", "total"] + (names if len(names) <= max_columns else ["label mix (top 3)"])
-    return "\n".join(text_table(header, rows))
+    table = "\n".join(text_table(header, rows))
+    if len(clients) > max_clients:
+        sizes = sorted(len(c) for c in clients)
+        table += (
+            f"\n... and {len(clients) - max_clients:,} more clients; sizes of all {len(clients):,}: "
+            f"min {sizes[0]}, median {sizes[len(sizes) // 2]}, max {sizes[-1]}"
+        )
+    return table

@@ -16,6 +16,7 @@ import numpy as np
 
 from .algorithms import ClientTask, FedAvg
 from .client import cosine_lr
+from .data.lazy import client_rows
 from .evaluation.heldout import evaluate
 from .lora_aggregation.base import LOCAL
 
@@ -55,7 +56,7 @@ def personal_records(setup, clients, lora, state: dict, global_eval: dict, round
             steps = cfg.fed.personalize_steps
             lr = cosine_lr(cfg.fed.rounds - 1, cfg.fed.rounds, cfg.train.lr, cfg.train.min_lr)
             task = ClientTask(global_state=state, message={}, lr=lr, steps=steps)
-            rows = [setup.train_rows[i] for i in partition]
+            rows = client_rows(setup.train_rows, partition)
             update, _ = train_client(setup, FedAvg(), "personal", round_index, k, rows, task, {})
             personal, kind = update.weights, f"fine-tuned {steps} steps"
             trained = {"train_loss": update.metrics["loss"]}

@@ -32,6 +32,7 @@ from .client import LocalSteps, cosine_lr, train_local
 from .combine import Combiner, client_side, plain
 from .compression import RESIDUAL, Wire, array_bytes
 from .config import phases_of, to_dict
+from .data.lazy import LazyRows, client_rows
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
 from .ledger import Ledger, mb
@@ -200,7 +201,7 @@ class LocalClients:
             )
         updates = []
         for cid in sampled:
-            rows = [self.setup.train_rows[i] for i in self.partitions[cid]]
+            rows = client_rows(self.setup.train_rows, self.partitions[cid])
             update, own_state = train_client(
                 self.setup, algorithm, self.phase, round_index, cid, rows, received, self.client_states.get(cid, {})
             )
@@ -498,6 +499,8 @@ def run(
         if clients is None:  # a deployment's clients hold their own data; the nodes report their sizes
             print(f"Clients ({cfg.fed.split} split of {len(setup.train_rows)} {what}):")
             print(client_table(setup.train_domains, setup.clients))
+            if isinstance(setup.train_rows, LazyRows):
+                print("(training rows are tokenized when a client first uses them: data.tokenize)")
         if setup.over_length:
             what = "dropped" if cfg.data.over_length == "drop" else "cut at the end"
             print(

@@ -16,6 +16,7 @@ from . import attacks, faults, memory, models
 from .client import Objective, next_token_loss
 from .config import RunConfig
 from .data import Example, load_examples, split_heldout
+from .data.lazy import LazyRows
 from .data.preference import load_preference_data, tokenize_pair
 from .data.preference_suite import SAFETY, builtin_preferences, harmful_instructions
 from .data.templates import check_template, dialogue_prompt_ids, prompt_ids, tokenize, truncate
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from .models import Model
+
+
+LAZY_FROM = 50_000  # data.tokenize auto: training rows past which they are tokenized when first used
 
 
 @dataclass
@@ -174,20 +178,30 @@ def instruction_data(config: RunConfig, tokenizer, train_rows: bool = True, held
     if not heldout_rows:
         heldout = []
     limit = config.data.max_length
-    rows, domains, dropped, over = [], [], 0, 0
-    for example in train if train_rows else ():
+
+    def fit(example) -> tuple:
+        """(the row within data.max_length, or None if it has no response token left or is dropped;
+        whether it was longer)."""
         row = tokenize(example, config.data.template, tokenizer, 0)
-        if row is not None and len(row.input_ids) > limit:
-            over += 1
-            if config.data.over_length == "drop":
+        if row is None or len(row.input_ids) <= limit:
+            return row, False
+        return (None if config.data.over_length == "drop" else truncate(row, limit)), True
+
+    mode = config.data.tokenize
+    rows: list | LazyRows
+    if mode == "lazy" or (mode == "auto" and len(train) > LAZY_FROM):
+        rows, domains, dropped, over = LazyRows(train if train_rows else [], fit), [e.domain for e in train], 0, 0
+    else:
+        rows, domains, dropped, over = [], [], 0, 0
+        for example in train if train_rows else ():
+            row, longer = fit(example)
+            over += longer
+            if row is None:
+                dropped += not (longer and config.data.over_length == "drop")
                 continue
-            row = truncate(row, limit)
-        if row is None:
-            dropped += 1
-            continue
-        rows.append(row)
-        domains.append(example.domain)
-    if train_rows and not rows:
+            rows.append(row)
+            domains.append(example.domain)
+    if train_rows and not len(rows):
         raise UserError(
             f"data: no training example keeps a response within data.max_length={config.data.max_length} tokens"
         )

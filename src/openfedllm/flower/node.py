@@ -129,7 +129,9 @@ def node_data(config_text: str, node_config) -> NodeData:
         _SETUPS[key] = NodeData(setup, client_id, [], build_algorithm(config.fed))
     prepared = _SETUPS[key]
     setup = prepared.setup
-    rows = [setup.train_rows[i] for i in setup.clients[0 if "data-path" in node else client_id]]
+    from ..data.lazy import client_rows
+
+    rows = client_rows(setup.train_rows, setup.clients[0 if "data-path" in node else client_id])
     if not rows:
         raise UserError(f"node {client_id}: no training rows in its data")
     return NodeData(setup, client_id, rows, prepared.algorithm)
