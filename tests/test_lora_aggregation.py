@@ -344,8 +344,13 @@ def test_a_fedsa_run_keeps_b_on_the_clients_and_scores_each_personalized_model(t
     assert main(tiny_run_args(tiny_model_dir, out, *settings)) == 0
     end = load_checkpoint(out)
     assert end.state and all(".lora_A." in k for k in end.state)  # the server never holds a B
-    kept = {cid: {k for k in s if ".lora_B." in k} for cid, s in end.client_states.items()}
+    from openfedllm.client_state import ClientStore
+
+    store = ClientStore(out / "client-state" / "federated")  # each client's state, on disk
+    states = {cid: store.latest(cid) for cid in range(3)}
+    kept = {cid: {k for k in s if ".lora_B." in k} for cid, s in states.items() if s}
     assert kept and all(keys for keys in kept.values())  # every sampled client keeps its B
+    assert not end.client_states  # the checkpoint holds none: they are read from the store
     records = _records(out)
     assert not [r for r in records if r["type"] == "aggregation"]  # no B_i on the server: no mean product
     personal = [r for r in records if r["type"] == "personal"]
@@ -361,7 +366,7 @@ def test_a_fedsa_run_keeps_b_on_the_clients_and_scores_each_personalized_model(t
     # client 1's own model: the shared A with its B, exported as a plain adapter
     assert main(["export", str(out), "--client", "1", "--output-dir", str(tmp_path / "client1")]) == 0
     own = _adapter(tmp_path, "client1")
-    own_b = {k[len("lora_local/") :]: v for k, v in end.client_states[1].items() if k.startswith("lora_local/")}
+    own_b = {k[len("lora_local/") :]: v for k, v in states[1].items() if k.startswith("lora_local/")}
     for k, v in own.items():
         assert torch.equal(v, own_b[k] if ".lora_B." in k else _adapter(out)[k]), k
     assert main(["export", str(out), "--client", "7", "--output-dir", str(tmp_path / "c7")]) == 2

@@ -68,3 +68,22 @@ def test_a_lazy_run_tokenizes_only_what_its_clients_use_and_equals_the_eager_run
     train_client(setup, FedAvg(), "federated", 0, 0, rows, task, {})
     used = len(setup.train_rows.cache)
     assert 0 < used <= 2 * config.train.batch_size < len(setup.clients[0])
+
+
+def test_the_client_store_reads_as_of_a_round_and_keeps_only_what_a_resume_needs(tmp_path):
+    from openfedllm.client_state import ClientStore
+
+    store = ClientStore(tmp_path / "states")
+    assert store.get(7, 3) == {} and store.latest(7) == {}  # never sampled
+    for r in (0, 2, 5):
+        store.put(7, r, {"c": torch.full((2,), float(r))})
+        store.safe_round = r + 1  # the checkpoint after round r
+    files = sorted(p.name for p in store.client_folder(7).iterdir())
+    # round 5's file, and round 2's: the latest before the last checkpoint (round 5 ran after it)
+    assert files == ["client-state-round2.safetensors", "client-state-round5.safetensors"]
+    store.safe_round = 5  # say the checkpoint after round 5 was never written: a resume reruns round 5
+    assert store.get(7, 5)["c"].tolist() == [2.0, 2.0] and store.get(7, 6)["c"].tolist() == [5.0, 5.0]
+    assert store.latest(7)["c"].tolist() == [5.0, 5.0]
+    # a checkpoint from before the store (client_states.pt): filed as of the round before the resume
+    store.adopt({3: {"c": torch.ones(2)}, 7: {"c": torch.zeros(2)}}, 4)
+    assert store.get(3, 4)["c"].tolist() == [1.0, 1.0] and store.get(7, 4)["c"].tolist() == [2.0, 2.0]

@@ -32,7 +32,13 @@ def personalized(run_dir: Path, config, client: int, adapter: Path, folder: Path
     checkpoint = load_checkpoint(run_dir, FEDERATED_END) or load_checkpoint(run_dir)
     if checkpoint is None or checkpoint.progress["phase"] != "federated":
         raise UserError(f"export --client: {run_dir} has no checkpoint of its federated phase")
-    kept = {k[len(LOCAL) :]: v for k, v in checkpoint.client_states.get(client, {}).items() if k.startswith(LOCAL)}
+    from .client_state import ClientStore
+
+    # the client's state at the federation's end: on disk (ClientStore), or in an older checkpoint's client_states.pt
+    at = checkpoint.progress["round"]
+    store = ClientStore(run_dir / "client-state" / "federated")
+    own = store.get(client, at) or checkpoint.client_states.get(client, {})
+    kept = {k[len(LOCAL) :]: v for k, v in own.items() if k.startswith(LOCAL)}
     if not kept:
         raise UserError(f"export --client {client}: that client was never sampled; it holds the initial B")
     weights = load_file(str(adapter / "adapter_model.safetensors"))

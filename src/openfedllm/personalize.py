@@ -47,9 +47,7 @@ def personal_records(setup, clients, lora, state: dict, global_eval: dict, round
     for k, partition in enumerate(clients.partitions):
         domains = [{setup.train_domains[i] for i in partition}]
         if method.keeps_b:
-            kept = {
-                key[len(LOCAL) :]: v for key, v in clients.client_states.get(k, {}).items() if key.startswith(LOCAL)
-            }
+            kept = {key[len(LOCAL) :]: v for key, v in clients.state_of(k).items() if key.startswith(LOCAL)}
             personal, kind = method.client_start(state, setup.initial_state, kept), "own B"
             trained = {}
         else:

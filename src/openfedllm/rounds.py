@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import attacks, card, faults, models, personalize, tracking
 from .algorithms import ClientTask, ClientUpdate, FedAvg, build_algorithm
 from .client import LocalSteps, cosine_lr, train_local
+from .client_state import ClientStore
 from .combine import Combiner, client_side, plain
 from .compression import RESIDUAL, Wire, array_bytes
 from .config import phases_of, to_dict
@@ -180,11 +181,11 @@ def train_client(
 
 class LocalClients:
     """The simulation's clients: each sampled client trains in turn on the one model in memory, and
-    what lives with a client between rounds (SCAFFOLD's c_i) is kept here, keyed by client id."""
+    what lives with a client between rounds (SCAFFOLD's c_i, FedSA-LoRA's B_i, top-k's residual) is
+    kept on disk by client id (`client_state.ClientStore`), read only when the client is sampled."""
 
-    def __init__(self, setup: Setup, phase: str, partitions: list[list[int]], client_states=None):
-        self.setup, self.phase, self.partitions = setup, phase, partitions
-        self.client_states: dict[int, dict] = dict(client_states or {})
+    def __init__(self, setup: Setup, phase: str, partitions: list[list[int]], store: ClientStore):
+        self.setup, self.phase, self.partitions, self.store = setup, phase, partitions, store
 
     def sizes(self) -> list[int]:
         return [len(p) for p in self.partitions]
@@ -202,12 +203,13 @@ class LocalClients:
         updates = []
         for cid in sampled:
             rows = client_rows(self.setup.train_rows, self.partitions[cid])
+            own_state = self.store.get(cid, round_index)
             update, own_state = train_client(
-                self.setup, algorithm, self.phase, round_index, cid, rows, received, self.client_states.get(cid, {})
+                self.setup, algorithm, self.phase, round_index, cid, rows, received, own_state
             )
             up, extras, own_state = wire.send_update(update.weights, received.global_state, update.extras, own_state)
             if own_state:
-                self.client_states[cid] = own_state
+                self.store.put(cid, round_index, own_state)
             if not wire.exact:  # the server's copy: x + the decoded move
                 update.weights = wire.receive_update(up, task.global_state, update.weights)
                 update.extras = wire.receive_extras(extras, update.extras)
@@ -216,7 +218,11 @@ class LocalClients:
         return updates
 
     def checkpoint_state(self) -> dict:
-        return self.client_states
+        return {}  # on disk, beside the checkpoint (ClientStore): files of later rounds do not count on resume
+
+    def state_of(self, client_id: int) -> dict:
+        """A client's newest state: at the federation's end, what it keeps."""
+        return self.store.latest(client_id)
 
     def aggregation_inputs(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         return updates  # the simulation's server is the clients' process: secagg has nothing to hide here
@@ -281,7 +287,11 @@ def run_phase(
     LocalClients by default, or a deployment's nodes (flower.server.NodeClients)."""
     cfg = setup.config
     partitions, per_round, steps = phase_clients(setup, phase)
-    clients = clients or LocalClients(setup, phase, partitions, client_states)
+    store = None
+    if clients is None:
+        store = ClientStore(run_dir / "client-state" / phase, safe_round=start_round)
+        store.adopt(client_states or {}, start_round)  # a checkpoint from before the store: its client_states.pt
+        clients = LocalClients(setup, phase, partitions, store)
     # a baseline is a federation of one: the client's model is the result
     algorithm = build_algorithm(cfg.fed) if phase == "federated" else FedAvg()
     algorithm.start(clients.sizes())
@@ -406,6 +416,8 @@ def run_phase(
             {"phase": phase, "round": r + 1, "done": done, "metrics_lines": log.lines()},
             clients.checkpoint_state(),
         )
+        if store is not None:
+            store.safe_round = r + 1  # a resume now starts here: older client files can go
         if phase == "federated" and r + 1 == rounds:
             keep_federated_end(run_dir)
         faults.point("checkpoint", r + 1)

@@ -31,7 +31,6 @@ run picks the state as of the round it continues from.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from ..algorithms import Algorithm
     from ..setup import Setup
 
-TRAIN_STATE = "client-state"
 _SETUPS: dict[str, NodeData] = {}  # one prepared node per (config, node config) in this process
 
 
@@ -144,27 +142,6 @@ def state_dir(node_config, run_uid: str) -> Path:
     return Path(str(base)).expanduser() / f"client-{node_config['partition-id']}" / run_uid
 
 
-def load_client_state(folder: Path, round_index: int) -> dict:
-    """The client's state as of before `round_index` (0-based): the file of the latest earlier round."""
-    from safetensors.torch import load_file
-
-    best = None
-    for path in folder.glob(f"{TRAIN_STATE}-round*.safetensors"):
-        r = int(path.stem.rsplit("round", 1)[1])
-        if r < round_index and (best is None or r > best[0]):
-            best = (r, path)
-    return load_file(str(best[1])) if best else {}
-
-
-def save_client_state(folder: Path, round_index: int, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{TRAIN_STATE}-round{round_index}.tmp"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, folder / f"{TRAIN_STATE}-round{round_index}.safetensors")
-
-
 def query(content: dict, node_config) -> dict:
     """Who this node is and how many training examples it holds (the aggregation weight)."""
     node = node_data(content["config"]["config"], node_config)
@@ -192,6 +169,8 @@ def train(content: dict, node_config) -> dict:
         steps=int(settings["steps"]),
     )
     r = int(settings["round"])
+    from ..client_state import load_client_state, save_client_state
+
     folder = state_dir(node_config, str(settings["run-uid"]))
     own_state = load_client_state(folder, r)
     update, own_state = train_client(node.setup, node.algorithm, phase, r, node.client_id, node.rows, task, own_state)
