@@ -98,9 +98,12 @@ def _by_domain(domains: list[str], num_clients: int, rng) -> list[np.ndarray]:
 def _by_key(domains: list[str], num_clients: int, min_size: int, max_size: int, rng) -> list[np.ndarray]:
     """One client per distinct key: the `num_clients` largest keys of at least `min_size` rows, each
     subsampled to `max_size` rows (0: no cap)."""
-    index = np.arange(len(domains))
     keys = np.array(domains)
-    names, counts = np.unique(keys, return_counts=True)
+    # each key's rows, ascending, found once: a stable sort by key (a population of 100,000 keys
+    # must not scan the file once per key)
+    order = np.argsort(keys, kind="stable")
+    names, starts, counts = np.unique(keys[order], return_index=True, return_counts=True)
+    rows_of = {str(k): order[s : s + c] for k, s, c in zip(names, starts, counts)}
     eligible = [(int(c), str(k)) for k, c in zip(names, counts) if c >= min_size]
     if len(eligible) < num_clients:
         raise UserError(
@@ -110,7 +113,7 @@ def _by_key(domains: list[str], num_clients: int, min_size: int, max_size: int, 
     chosen = sorted(eligible, key=lambda ck: (-ck[0], ck[1]))[:num_clients]
     parts = []
     for _, key in sorted(chosen, key=lambda ck: ck[1]):
-        rows = index[keys == key]
+        rows = rows_of[key]
         if max_size and len(rows) > max_size:
             rows = np.sort(rng.choice(rows, size=max_size, replace=False))
         parts.append(rows)
