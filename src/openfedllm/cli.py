@@ -305,7 +305,9 @@ def cmd_federation(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=0, help="up: SuperLink port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--tls", action="store_true", help="up: HTTPS with a development CA made in DIR/certs")
     parser.add_argument("--auth", action="store_true", help="up: only registered node keys may join (implies --tls)")
-    parser.add_argument("--threads", type=int, default=0, help="up: torch threads per node (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="up: torch threads per node (0: the cores shared among the nodes)"
+    )
     parser.add_argument(
         "--data",
         action="append",
