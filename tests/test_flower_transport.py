@@ -63,3 +63,15 @@ def test_only_the_trainable_vector_and_metrics_may_leave_a_node():
         check_outgoing(RecordDict({"metrics": MetricRecord({"patient_name_tokens": [15496, 995, 11]})}), 2)
     with pytest.raises(ValueError, match="'loss' is a list; only single numbers"):
         check_outgoing(RecordDict({"metrics": MetricRecord({"loss": [15496, 995, 11]})}), 2)
+
+
+def test_nodes_started_on_one_machine_share_its_cores_by_default(monkeypatch, tmp_path):
+    import os
+
+    from openfedllm.flower.federation import node_config_of, threads_per_node
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [threads_per_node(n) for n in (1, 3, 8, 20)] == [8, 2, 1, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert threads_per_node(3) == 1  # 3 nodes on 2 cores: one thread each, never torch's 2 each
+    assert node_config_of(0, 3, tmp_path, threads_per_node(3)).endswith(" threads=1")
