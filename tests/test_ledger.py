@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from openfedllm.cli import main
-from openfedllm.flower.transport import array_record, content_bytes, payload_bytes, to_numpy
+from openfedllm.compression import Wire, array_bytes
+from openfedllm.config import build
+from openfedllm.flower.transport import arrays_record, content_bytes
 
 from .conftest import tiny_run_args
 
@@ -25,12 +27,13 @@ NO_BASELINES = ["--baselines.local", "false", "--baselines.centralized", "false"
         {"a": torch.ones(2, dtype=torch.float64), "b": torch.zeros(100_000)},  # one float64 widens the vector
     ],
 )
-def test_payload_bytes_is_what_the_message_carries(state):
+def test_the_simulations_bytes_are_what_the_message_carries(state):
     from flwr.app import RecordDict
 
-    sent = RecordDict({"arrays": array_record(to_numpy(state))})
-    assert payload_bytes(state) == content_bytes(sent) == len(sent["arrays"]["trainable"].data)
-    assert payload_bytes({}) == 0
+    arrays = Wire.of(build({})).send_state(state)  # uncompressed: one packed float vector
+    sent = RecordDict({"arrays": arrays_record(arrays)})
+    assert array_bytes(arrays) == content_bytes(sent) == len(sent["arrays"]["trainable"].data)
+    assert array_bytes(Wire.of(build({})).send_state({})) == 0
 
 
 def _records(run_dir):

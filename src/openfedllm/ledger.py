@@ -2,7 +2,8 @@
 
 Every federated client record in metrics.jsonl carries `bytes_up` (its update and extras, as
 serialised) and `bytes_down` (x and the algorithm's broadcast). The simulation computes them with
-`transport.payload_bytes`, exactly what a deployment's records measure (tested). A run's total,
+`compression.array_bytes` on the arrays a deployment would send, exactly what a deployment's
+records measure (tested). A run's total,
 up + down over all clients and rounds, is FlowerTune's "communication cost".
 
 With a budget, the run stops with one line before the round that would pass it, its last

@@ -142,6 +142,10 @@ class Wire:
         return self.down.encode(flat(state).float(), segments(state, self.scales))
 
     def receive_state(self, arrays: dict[str, np.ndarray], like: StateDict) -> StateDict:
+        return self._decoded(self.down, arrays, like)
+
+    def _decoded(self, codec: Codec, arrays: dict[str, np.ndarray], like: StateDict) -> StateDict:
+        """The tensors `arrays` stand for, named, shaped and typed after `like`."""
         if not arrays:
             return {}
         if self.exact:
@@ -149,7 +153,7 @@ class Wire:
 
             return from_numpy(arrays, like)
         n = sum(t.numel() for t in like.values())
-        return shaped(self.down.decode(arrays, n, segments(like, self.scales)), like)
+        return shaped(codec.decode(arrays, n, segments(like, self.scales)), like)
 
     # --- a client's reply ----------------------------------------------------------------------
 
@@ -179,22 +183,13 @@ class Wire:
     def receive_update(self, arrays: dict[str, np.ndarray], x: StateDict, like: StateDict) -> StateDict:
         """Server side: the client's y^_i = x + its decoded move, from the server's own x."""
         if self.exact:
-            from ..flower.transport import from_numpy
-
-            return from_numpy(arrays, like)
+            return self._decoded(self.up, arrays, like)
+        base = flat(x)
         n = sum(t.numel() for t in like.values())
-        move = self.up.decode(arrays, n, segments(like, self.scales))
-        return shaped(flat(x) + move.to(flat(x).dtype), like)
+        return shaped(base + self.up.decode(arrays, n, segments(like, self.scales)).to(base.dtype), like)
 
     def receive_extras(self, arrays: dict[str, np.ndarray], like: StateDict) -> StateDict:
-        if not arrays:
-            return {}
-        if self.exact:
-            from ..flower.transport import from_numpy
-
-            return from_numpy(arrays, like)
-        n = sum(t.numel() for t in like.values())
-        return shaped(self.up.decode(arrays, n, segments(like, self.scales)), like)
+        return self._decoded(self.up, arrays, like)
 
 
 def reply_layout(codec: str, topk_fraction: float, n: int, num_segments: int, exact: bool) -> dict:

@@ -44,25 +44,6 @@ NODE_METRICS = frozenset(
 NODE_SERIES = frozenset({"step_losses", "step_seconds"})
 
 
-def payload_bytes(state: dict) -> int:
-    """The bytes of `state` as one message carries it: the packed vector (`pack`) serialised as
-    Flower's Array holds it (an .npy header, then the values; float32, or float64 if any tensor is),
-    without building it. 0 for nothing sent. The simulation counts with this; a deployment measures
-    the real records (`content_bytes`), and the two agree (tested)."""
-    import io
-
-    if not state:
-        return 0
-    wide = any(str(t.dtype) in ("torch.float64", "float64") for t in state.values())
-    dtype = np.dtype(np.float64 if wide else np.float32)
-    count = sum(int(np.prod(tuple(t.shape))) for t in state.values())
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count,)}
-    )
-    return len(header.getvalue()) + count * dtype.itemsize
-
-
 def content_bytes(content) -> int:
     """The payload bytes of a RecordDict as sent: its arrays' serialised data, and the bytes values of
     its config records (SecAgg+'s keys, shares and masked vectors). Settings text and metrics are
