@@ -24,7 +24,6 @@ from openfedllm.config import build
 
 
 def adapter(layers: int, width: int, kv: int, rank: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
     out = {}
     for layer in range(layers):
         for proj, d_out in (("q", width), ("k", kv), ("v", kv), ("o", width)):
@@ -32,7 +31,6 @@ def adapter(layers: int, width: int, kv: int, rank: int) -> dict[str, torch.Tens
             for part, shape in (("lora_A", (rank, width)), ("lora_B", (d_out, rank))):
                 t = torch.distributions.StudentT(3.0).sample(shape) * 1e-3
                 out[f"{name}.{part}.weight"] = t
-    del g
     return out
 
 
