@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 pytest.importorskip("flwr")
@@ -189,6 +190,38 @@ def test_ffa_with_local_dp_and_an_attacker_runs_deployed_as_simulated(federation
 
     kept = list(Path(fed["dir"]).glob("node-state/**/*.safetensors"))
     assert kept and all("dp_secret" in read(str(f)) for f in kept)
+
+
+def test_flora_at_ranks_by_size_runs_deployed_as_simulated_each_node_following_the_merges_into_w(
+    federation_up, tiny_model_dir, tmp_path
+):
+    """FLoRA merges every round's stacked factors into W and restarts the adapter: each node rebuilds
+    W from the merges it lacks (a client not sampled in a round catches up later) and trains at the
+    rank the server gave it by data size; the same adapter and the same bytes as the simulation."""
+    settings = ["--fed.lora_aggregation", "flora", "--fed.rank_by_size", "[2, 8]", "--fed.split", "dirichlet"]
+    settings += NO_BASELINES
+    simulated = tmp_path / "simulated"
+    assert main(tiny_run_args(tiny_model_dir, simulated, *settings)) == 0
+    fed = federation_up(3)
+    deployed = tmp_path / "deployed"
+    assert main(tiny_run_args(tiny_model_dir, deployed, *settings, "--federation", CONN)) == 0
+    for name, value in _adapter(simulated).items():
+        assert torch.equal(_adapter(deployed)[name], value), name  # bit for bit: every W the same
+    configs = [yaml.safe_load((run / "config.yaml").read_text())["fed"] for run in (simulated, deployed)]
+    assert configs[0]["client_ranks"] == configs[1]["client_ranks"] and sorted(configs[1]["client_ranks"]) == [2, 2, 8]
+    records = {run: _records(run) for run in (simulated, deployed)}
+    ledger = {
+        run: [(r["round"], r["client"], r["bytes_up"], r["bytes_down"]) for r in rs if r["type"] == "client"]
+        for run, rs in records.items()
+    }
+    assert ledger[deployed] == ledger[simulated]
+    down = {(r, c): d for r, c, _, d in ledger[deployed]}
+    x = min(down.values())  # round 1: the adapter alone
+    assert all(d > x for (r, _), d in down.items() if r > 1)  # later: and the merges the client lacks
+    # seed 42 samples [0, 2], [0, 1], [0, 2]: in round 3 client 2 catches up on two rounds' merges, client 0 on one
+    assert down[(3, 2)] > down[(3, 0)] > x
+    merges = list(Path(fed["dir"]).glob("node-state/**/merges/round*.safetensors"))
+    assert {p.name for p in merges} == {"round0.safetensors", "round1.safetensors"}
 
 
 def test_tls_refuses_plaintext_nodes_and_auth_refuses_unregistered_keys(federation_up, tmp_path):

@@ -144,9 +144,6 @@ def _train_command(argv: list[str], objective: str) -> int:
 
         check_output_dir(run_dir)
     if args.federation:
-        from .lora_aggregation import check_federation
-
-        check_federation(config)
         return _submit(args.federation, config, run_dir, bool(args.resume))
     if config.secagg.enabled:
         print("secagg: SecAgg+ runs on a Flower federation (--federation); this simulation aggregates in the clear")

@@ -41,6 +41,7 @@ from .lora_aggregation import LoraAggregation
 from .lora_aggregation import build as build_lora
 from .lora_aggregation.base import LOCAL
 from .lora_aggregation.factors import truncate_rank
+from .lora_aggregation.merges import MergeLog
 from .lora_aggregation.server import LoraServer
 from .partition import client_table
 from .plots import plot_run, run_title
@@ -67,8 +68,11 @@ class Clients(Protocol):
     def sizes(self) -> list[int]:
         """Each client's number of training rows (examples or pairs), by client id."""
 
-    def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
-        """The updates of the sampled clients that replied, each trained from `task`."""
+    def train_round(
+        self, algorithm, round_index: int, sampled: list[int], task: ClientTask, merges: MergeLog
+    ) -> list[ClientUpdate]:
+        """The updates of the sampled clients that replied, each trained from `task` on the frozen
+        weights with every merge of `merges` (FLoRA, FedEx-LoRA) before round `round_index`."""
 
     def checkpoint_state(self) -> dict:
         """What the server's checkpoint keeps of the clients (SCAFFOLD's c_i in the simulation)."""
@@ -190,7 +194,9 @@ class LocalClients:
     def sizes(self) -> list[int]:
         return [len(p) for p in self.partitions]
 
-    def train_round(self, algorithm, round_index: int, sampled: list[int], task: ClientTask) -> list[ClientUpdate]:
+    def train_round(
+        self, algorithm, round_index: int, sampled: list[int], task: ClientTask, merges: MergeLog
+    ) -> list[ClientUpdate]:
         # what a deployment would send and receive: the same arrays, encoded and decoded alike
         wire = Wire.of(self.setup.config, self.phase)
         x, c = wire.send_state(task.global_state), wire.send_state(task.message)
@@ -213,7 +219,10 @@ class LocalClients:
             if not wire.exact:  # the server's copy: x + the decoded move
                 update.weights = wire.receive_update(up, task.global_state, update.weights)
                 update.extras = wire.receive_extras(extras, update.extras)
-            update.bytes_down, update.bytes_up = down, array_bytes(up) + array_bytes(extras)
+            # the clients train on the server's model, whose W has every merge; a node is sent those it lacks
+            update.bytes_down = down + merges.bytes_for(cid, round_index)
+            merges.delivered(cid, round_index)
+            update.bytes_up = array_bytes(up) + array_bytes(extras)
             updates.append(update)
         return updates
 
@@ -299,7 +308,12 @@ def run_phase(
     combiner = Combiner.start(cfg) if phase == "federated" and not plain(cfg) else None
     algorithm.combine = combiner
     # how the LoRA factors are combined (the baselines have one client: nothing to combine)
-    lora = LoraServer(lora_method(cfg, phase), cfg.lora.alpha / cfg.lora.rank)
+    lora = LoraServer(
+        lora_method(cfg, phase),
+        cfg.lora.alpha / cfg.lora.rank,
+        len(clients.sizes()),
+        deployed=not isinstance(clients, LocalClients),  # a deployment's nodes are sent the merges themselves
+    )
     if server_state:
         algorithm.load_state_dict(server_state)
         lora.load_state_dict(setup.model, server_state)
@@ -343,7 +357,7 @@ def run_phase(
             ledger.check(r, first_round)
         sample_seed = combiner.sampling_seed(cfg.train.seed) if combiner else cfg.train.seed
         sampled = sample_clients(sample_seed, phase, r, len(clients.sizes()), per_round)
-        updates = clients.train_round(algorithm, r, sampled, task)
+        updates = clients.train_round(algorithm, r, sampled, task, lora.merges)
         faults.point("replies", r + 1)
         for update in updates:
             records = client_records(phase, r, update, task.lr)
@@ -359,7 +373,9 @@ def run_phase(
         if models.is_peft(setup.model):
             seed = derive_seed(cfg.train.seed, phase, r, "lora")
             # under SecAgg+ the server has the sum only: no clients' products to measure against
-            state, error = lora.aggregate(setup.model, algorithm, state, inputs, seed, measure=inputs is updates)
+            state, error = lora.aggregate(
+                setup.model, algorithm, state, inputs, seed, measure=inputs is updates, round_index=r
+            )
             if error:
                 log.write({"type": "aggregation", "phase": phase, "round": r + 1, "aggregation_error": error})
         else:

@@ -25,14 +25,15 @@ tokenized rows, reached over a Unix socket on the node itself), then checks and 
 
 What lives with a client between rounds (SCAFFOLD's c_i) is kept on the node's disk, one file per
 round the client trained in, so it survives a restart of the server or of the node, and a resumed
-run picks the state as of the round it continues from.
+run picks the state as of the round it continues from. So are the merges FLoRA and FedEx-LoRA fold
+into the frozen weights (`lora_aggregation.merges`), from which the node rebuilds W as of each round.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..algorithms import Algorithm
+    from ..lora_aggregation.merges import FrozenBase
     from ..setup import Setup
 
 _SETUPS: dict[str, NodeData] = {}  # one prepared node per (config, node config) in this process
@@ -53,6 +55,13 @@ class NodeData:
     client_id: int
     rows: list  # this client's training rows
     algorithm: Algorithm  # the configured algorithm; the node calls only its client side
+    frozen: FrozenBase = field(default_factory=lambda: _frozen_base())  # FLoRA / FedEx-LoRA: merges in W
+
+
+def _frozen_base() -> FrozenBase:
+    from ..lora_aggregation.merges import FrozenBase  # torch: the worker's, not the ClientApp's
+
+    return FrozenBase()
 
 
 def node_settings(node_config) -> dict:
@@ -132,7 +141,7 @@ def node_data(config_text: str, node_config) -> NodeData:
     rows = client_rows(setup.train_rows, setup.clients[0 if "data-path" in node else client_id])
     if not rows:
         raise UserError(f"node {client_id}: no training rows in its data")
-    return NodeData(setup, client_id, rows, prepared.algorithm)
+    return NodeData(setup, client_id, rows, prepared.algorithm, prepared.frozen)
 
 
 def state_dir(node_config, run_uid: str) -> Path:
@@ -172,6 +181,9 @@ def train(content: dict, node_config) -> dict:
     from ..client_state import load_client_state, save_client_state
 
     folder = state_dir(node_config, str(settings["run-uid"]))
+    if "merged-rounds" in settings:  # FLoRA / FedEx-LoRA: W as the server's, merges kept beside the client state
+        merges = content.get("merges", {})
+        node.frozen.bring(node.setup.model, folder / "merges", int(settings["merged-rounds"]), merges)
     own_state = load_client_state(folder, r)
     update, own_state = train_client(node.setup, node.algorithm, phase, r, node.client_id, node.rows, task, own_state)
     arrays, extras, own_state = wire.send_update(update.weights, task.global_state, update.extras, own_state)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from flwr.app import Message, RecordDict
 
     from ..algorithms import Algorithm, ClientTask, ClientUpdate
+    from ..lora_aggregation.merges import MergeLog
 
 POLL_SECONDS = 0.1  # how often the server asks the SuperLink for replies (Flower's own loop waits 3 s)
 
@@ -54,7 +55,9 @@ class NodeClients:
         from ..rounds import lora_method
 
         # what crosses the network: the shared tensors (FedSA-LoRA: A alone; FFA-LoRA: B alone)
-        self.like = lora_method(self.config, "federated").shared(trainable_state(setup.model))
+        method = lora_method(self.config, "federated")
+        self.like = method.shared(trainable_state(setup.model))
+        self.merging = method.merges_into_base  # FLoRA, FedEx-LoRA: the nodes' W follows the server's
         self.num_values = sum(t.numel() for t in self.like.values())
         from ..compression import Wire, reply_layout, segments
 
@@ -197,7 +200,7 @@ class NodeClients:
         return [self.secure_sum] if self.config.secagg.enabled and self.secure_sum else updates
 
     def train_round(
-        self, algorithm: Algorithm, round_index: int, sampled: list[int], task: ClientTask
+        self, algorithm: Algorithm, round_index: int, sampled: list[int], task: ClientTask, merges: MergeLog
     ) -> list[ClientUpdate]:
         from flwr.app import ConfigRecord, RecordDict
 
@@ -234,6 +237,9 @@ class NodeClients:
             }
             if message is not None:
                 records["message"] = message
+            if self.merging:  # FLoRA / FedEx-LoRA: W as of this round, with the merges this node lacks
+                records["config"]["merged-rounds"] = round_index
+                records["merges"] = arrays_record(merges.arrays_for(cid, round_index))
             contents[node_id] = RecordDict(records)
             client_of[node_id] = cid
         if self.config.secagg.enabled:
@@ -244,6 +250,8 @@ class NodeClients:
                 self._lost(round_index, client_of[node_id], node_id, reason)
         else:
             updates = self._plain_round(round_index, contents, client_of, task.global_state)
+            for update in updates:
+                merges.delivered(update.client_id, round_index)
         for cid in sampled:
             if cid not in client_of.values():
                 self._lost(round_index, cid, self.node_of.get(cid), "not connected")
@@ -361,9 +369,6 @@ def serve_run(grid, run_config) -> dict:
     # Baselines pool data or train one client alone on the server: neither exists in a deployment.
     config.baselines.local = config.baselines.centralized = False
     config.validate()
-    from ..lora_aggregation import check_federation
-
-    check_federation(config)  # also for a run submitted with flwr run, past openfedllm's own check
     created = not run_dir.exists()
     try:
         with console_log(run_dir):

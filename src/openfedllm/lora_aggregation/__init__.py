@@ -90,16 +90,6 @@ def ranks_by_size(tiers: list[int], sizes: list[int]) -> list[int]:
     return ranks
 
 
-def check_federation(config) -> None:
-    """A method that changes the frozen weights every round needs the nodes to follow: not built."""
-    name = config.fed.lora_aggregation
-    if LORA_AGGREGATIONS[name].merges_into_base:
-        raise UserError(
-            f"fed.lora_aggregation: {name} changes the frozen weights every round, which the Flower "
-            "nodes do not follow yet; simulate it, or use naive, ffa, fedsa or svd on a federation"
-        )
-
-
 def aggregation_error(
     updates: list[ClientUpdate], outcome: Outcome, scale: float, frozen: StateDict
 ) -> dict[str, float]:

@@ -4,7 +4,8 @@ merges into the frozen weights, measure the aggregation error, checkpoint and sa
 In the simulation the server's model is the clients' model, so a merge into its frozen weights
 is what every client trains on next. What was merged is kept twice: the current frozen weights
 (a checkpoint restores them bit for bit) and the running sum of the merges in float64 (the saved
-adapter is the exact total change, base merges included, so it loads with plain peft).
+adapter is the exact total change, base merges included, so it loads with plain peft). Each round's
+merges also go to `merges` (a MergeLog), from which a deployment's nodes rebuild their own W.
 """
 
 from __future__ import annotations
@@ -18,20 +19,29 @@ from ..algorithms import Algorithm, ClientUpdate, StateDict
 from . import aggregation_error
 from .base import LoraAggregation
 from .factors import Stack, modules
+from .merges import MergeLog
 
 
 class LoraServer:
-    def __init__(self, method: LoraAggregation, scale: float):
+    def __init__(self, method: LoraAggregation, scale: float, num_clients: int = 0, deployed: bool = False):
         self.method = method
         self.scale = scale  # s = lora.alpha / lora.rank
+        self.merges = MergeLog(num_clients, keep_tensors=deployed)  # what the clients' W lacks
         self.original: StateDict = {}  # the frozen weights before the first merge (restored after the phase)
         self.merged: StateDict = {}  # module -> sum of the merges so far, float64 (d_out x d_in)
 
     def aggregate(
-        self, model, algorithm: Algorithm, state: StateDict, updates: list[ClientUpdate], seed: int, measure=True
+        self,
+        model,
+        algorithm: Algorithm,
+        state: StateDict,
+        updates: list[ClientUpdate],
+        seed: int,
+        measure=True,
+        round_index: int = 0,
     ) -> tuple[StateDict, dict[str, float]]:
         """(the next global state, the aggregation error per layer type unless not `measure`);
-        merges go into `model`."""
+        merges go into `model` and into the log of round `round_index`."""
         frozen = {**models.adapter_state(model), **state} if self.method.freezes_a else state
         outcome = self.method.aggregate(algorithm, state, updates, self.scale, seed)
         # FedSA-LoRA's server never sees a B_i: no mean product to compare with
@@ -43,6 +53,7 @@ class LoraServer:
             for name, delta in dense.items():
                 self.merged[name] = self.merged.get(name, torch.zeros_like(delta)) + delta
             models.add_to_base(model, dense)
+            self.merges.add(round_index, outcome.merged)
         return outcome.state, error
 
     def shared(self, state: StateDict) -> StateDict:
@@ -57,9 +68,14 @@ class LoraServer:
     def state_dict(self, model) -> dict:
         if not self.merged:
             return {}
-        return {"lora_merged": dict(self.merged), "lora_base": models.base_weights(model, self.merged)}
+        return {
+            "lora_merged": dict(self.merged),
+            "lora_base": models.base_weights(model, self.merged),
+            **self.merges.state_dict(),
+        }
 
     def load_state_dict(self, model, state: dict) -> None:
+        self.merges.load_state_dict(state)
         if state.get("lora_merged"):
             self.merged = {k: v.to(torch.float64) for k, v in state["lora_merged"].items()}
             self.original = models.base_weights(model, self.merged)  # a freshly loaded model: the originals
