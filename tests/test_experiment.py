@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,16 @@ def test_claim_check_by_hand():
     lines = claim_lines(rows)
     assert "- fedavg: held-out loss 0.850 vs 1.100 (-0.250, better on 2 of 2 seeds)" in lines[4]
     assert lines[-1] == "1 of 2 FL algorithms beat local training on held-out loss."
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_grid_loads_and_each_cell_validates(path):
+    """A grid's bad key would otherwise surface only when someone runs it (load_grid builds and
+    validates every cell's config, full and --quick)."""
+    from openfedllm.experiment import load_grid
+
+    for quick in (False, True):
+        grid = load_grid(str(path), quick=quick)
+        assert grid.methods and grid.seeds
