@@ -474,10 +474,12 @@ def test_a_client_of_rank_r_trains_the_first_r_components_only():
     assert truncate_rank(state, 3) == state
 
 
-@pytest.mark.parametrize("method", ["svd", "flora", "naive"])
+@pytest.mark.parametrize("method, algorithm", [("svd", "fedavg"), ("flora", "fedprox"), ("naive", "scaffold")])
 def test_clients_of_mixed_ranks_train_within_their_rank_in_one_federation(
-    method, tiny_model_dir, tmp_path, monkeypatch
+    method, algorithm, tiny_model_dir, tmp_path, monkeypatch
 ):
+    """Also under FedProx's pull towards x and SCAFFOLD's correction c - c_i, whose components beyond
+    a client's rank come from the other clients: the client trains against them within its rank."""
     from openfedllm import rounds
     from openfedllm.cli import main
 
@@ -493,6 +495,7 @@ def test_clients_of_mixed_ranks_train_within_their_rank_in_one_federation(
     ranks = [2, 4, 8]
     out = tmp_path / method
     args = tiny_run_args(tiny_model_dir, out, "--fed.lora_aggregation", method, "--fed.client_ranks", "[2, 4, 8]")
+    args += ["--fed.algorithm", algorithm, "--fed.fedprox_mu", "0.5"]
     assert main([*args, *NO_BASELINE_ARGS]) == 0
     federated = seen[:6]  # 3 rounds x 2 sampled clients
     assert {u.client_id for u in federated} == {0, 1, 2}

@@ -138,8 +138,15 @@ def train_client(
     residuals = {k: v for k, v in own_state.items() if k.startswith(RESIDUAL)}
     own_state = {k: v for k, v in own_state.items() if not k.startswith((LOCAL, RESIDUAL))}
     start = lora.client_start(task.global_state, setup.initial_state, kept)
+    trained_against = task
     if cfg.fed.client_ranks and phase == "federated":  # heterogeneous ranks: this client's own
-        start = truncate_rank(start, client_rank(cfg, client_id))
+        rank = client_rank(cfg, client_id)
+        start = truncate_rank(start, rank)
+        # what the local steps pull towards (FedProx's x, SCAFFOLD's c - c_i) within the rank too: the
+        # other clients' components beyond it would move the zeros and lift the update's rank
+        trained_against = replace(
+            task, global_state=truncate_rank(task.global_state, rank), message=truncate_rank(task.message, rank)
+        )
     models.load_trainable_state(setup.model, start)
     params = models.trainable_parameters(setup.model)
     client_name = client_id if phase == "federated" else phase
@@ -160,12 +167,12 @@ def train_client(
         setup.model,
         rows,
         settings,
-        hooks=algorithm.client_hooks(params, task, own_state),
+        hooks=algorithm.client_hooks(params, trained_against, own_state),
         objective=setup.objective,
         desc=f"round {round_index + 1} client {client_name}",
     )
     weights, kept = lora.client_finish(models.trainable_state(setup.model), kept)
-    extras, own_state = algorithm.client_finish(task, weights, own_state)
+    extras, own_state = algorithm.client_finish(trained_against, weights, own_state)
     # an attacker's reply, then local DP's noise: on the client, before anything leaves it
     attack = attacks.kind_of(cfg, client_id, phase)
     if phase == "federated":
