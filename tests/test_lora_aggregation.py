@@ -474,12 +474,16 @@ def test_a_client_of_rank_r_trains_the_first_r_components_only():
     assert truncate_rank(state, 3) == state
 
 
-@pytest.mark.parametrize("method, algorithm", [("svd", "fedavg"), ("flora", "fedprox"), ("naive", "scaffold")])
+@pytest.mark.parametrize(
+    "method, algorithm, upload",
+    [("svd", "fedavg", "int8"), ("flora", "fedprox", "none"), ("naive", "scaffold", "none")],
+)
 def test_clients_of_mixed_ranks_train_within_their_rank_in_one_federation(
-    method, algorithm, tiny_model_dir, tmp_path, monkeypatch
+    method, algorithm, upload, tiny_model_dir, tmp_path, monkeypatch
 ):
     """Also under FedProx's pull towards x and SCAFFOLD's correction c - c_i, whose components beyond
-    a client's rank come from the other clients: the client trains against them within its rank."""
+    a client's rank come from the other clients: the client trains against them within its rank.
+    Its bytes follow its rank: it sends (and receives) its first r_i components alone."""
     from openfedllm import rounds
     from openfedllm.cli import main
 
@@ -495,7 +499,7 @@ def test_clients_of_mixed_ranks_train_within_their_rank_in_one_federation(
     ranks = [2, 4, 8]
     out = tmp_path / method
     args = tiny_run_args(tiny_model_dir, out, "--fed.lora_aggregation", method, "--fed.client_ranks", "[2, 4, 8]")
-    args += ["--fed.algorithm", algorithm, "--fed.fedprox_mu", "0.5"]
+    args += ["--fed.algorithm", algorithm, "--fed.fedprox_mu", "0.5", "--comm.upload", upload]
     assert main([*args, *NO_BASELINE_ARGS]) == 0
     federated = seen[:6]  # 3 rounds x 2 sampled clients
     assert {u.client_id for u in federated} == {0, 1, 2}
@@ -503,6 +507,23 @@ def test_clients_of_mixed_ranks_train_within_their_rank_in_one_federation(
         for module in modules(u.weights):
             product = u.weights[module.b_key].double() @ u.weights[module.a_key].double()
             assert torch.linalg.matrix_rank(product) <= ranks[u.client_id], (method, u.client_id, module.name)
+    # per component of rank: d_in + d_out values per module (an 8-byte scale per tensor for int8)
+    per_rank = sum(
+        t.shape[1] + _adapter(out)[k.replace(".lora_A.", ".lora_B.")].shape[0]
+        for k, t in _adapter(out).items()
+        if ".lora_A." in k
+    )
+    tensors = len(_adapter(out))
+    clients = [r for r in _records(out) if r["type"] == "client" and r["phase"] == "federated"]
+    assert len(clients) == 6
+    for r in clients:
+        rank = ranks[r["client"]]
+        if upload == "int8":  # int8 values, then a float32 scale per tensor
+            assert r["bytes_up"] == (128 + rank * per_rank) + (128 + 4 * tensors)
+        else:  # float32 values; SCAFFOLD's c_i change beside them
+            assert r["bytes_up"] == (128 + 4 * rank * per_rank) * (2 if algorithm == "scaffold" else 1)
+        if method == "svd":
+            assert r["bytes_down"] == 128 + 4 * rank * per_rank  # x at the client's rank
     errors = [r["aggregation_error"] for r in _records(out) if r["type"] == "aggregation"]
     if method == "flora":  # the stacked factors take any mix of ranks exactly
         assert all(e < 1e-6 for round_errors in errors for e in round_errors.values())

@@ -124,6 +124,15 @@ def client_rank(cfg, client_id: int) -> int:
     return cfg.fed.client_ranks[client_id if cfg.fed.num_clients > 1 else 0]
 
 
+def wire_rank(cfg, phase: str, client_id: int) -> int | None:
+    """The rank a client's tensors travel at (compression.Wire): its own under fed.client_ranks, so
+    its bytes follow it; None (the whole adapter) otherwise, and under SecAgg+, whose masked sum
+    needs every client's vector the same length."""
+    if phase != "federated" or not cfg.fed.client_ranks or cfg.secagg.enabled:
+        return None
+    return client_rank(cfg, client_id)
+
+
 def train_client(
     setup: Setup, algorithm, phase: str, round_index: int, client_id: int, rows: list, task: ClientTask, own_state: dict
 ) -> tuple[ClientUpdate, dict]:
@@ -205,27 +214,36 @@ class LocalClients:
         self, algorithm, round_index: int, sampled: list[int], task: ClientTask, merges: MergeLog
     ) -> list[ClientUpdate]:
         # what a deployment would send and receive: the same arrays, encoded and decoded alike
-        wire = Wire.of(self.setup.config, self.phase)
-        x, c = wire.send_state(task.global_state), wire.send_state(task.message)
-        down = array_bytes(x) + array_bytes(c)
-        received = task
-        if not wire.exact:
-            received = replace(
-                task, global_state=wire.receive_state(x, task.global_state), message=wire.receive_state(c, task.message)
-            )
+        cfg = self.setup.config
+        wire = Wire.of(cfg, self.phase)
+        sent: dict = {}  # by the rank the tensors travel at: what every client of that rank receives
         updates = []
         for cid in sampled:
+            rank = wire_rank(cfg, self.phase, cid)
+            if rank not in sent:
+                x, c = wire.send_state(task.global_state, rank), wire.send_state(task.message, rank)
+                received = task
+                if not wire.exact or rank is not None:
+                    received = replace(
+                        task,
+                        global_state=wire.receive_state(x, task.global_state, rank),
+                        message=wire.receive_state(c, task.message, rank),
+                    )
+                sent[rank] = (array_bytes(x) + array_bytes(c), received)
+            down, received = sent[rank]
             rows = client_rows(self.setup.train_rows, self.partitions[cid])
             own_state = self.store.get(cid, round_index)
             update, own_state = train_client(
                 self.setup, algorithm, self.phase, round_index, cid, rows, received, own_state
             )
-            up, extras, own_state = wire.send_update(update.weights, received.global_state, update.extras, own_state)
+            up, extras, own_state = wire.send_update(
+                update.weights, received.global_state, update.extras, own_state, rank
+            )
             if own_state:
                 self.store.put(cid, round_index, own_state)
-            if not wire.exact:  # the server's copy: x + the decoded move
-                update.weights = wire.receive_update(up, task.global_state, update.weights)
-                update.extras = wire.receive_extras(extras, update.extras)
+            if not wire.exact or rank is not None:  # the server's copy: x + the decoded move
+                update.weights = wire.receive_update(up, task.global_state, update.weights, rank)
+                update.extras = wire.receive_extras(extras, update.extras, rank)
             # the clients train on the server's model, whose W has every merge; a node is sent those it lacks
             update.bytes_down = down + merges.bytes_for(cid, round_index)
             merges.delivered(cid, round_index)

@@ -130,9 +130,14 @@ class Wire:
         """Both directions `none`: the tensors themselves travel, bit for bit."""
         return not (self.up.lossy or self.down.lossy)
 
+    # Every method takes the client's LoRA rank under fed.client_ranks (None: the adapter's own):
+    # a client of rank r sends and receives its first r components only (factors.narrow_rank); the
+    # rest are zeros on both sides, filled back in after decoding (widen_rank).
+
     # --- the server's broadcast (x, SCAFFOLD's c) ---------------------------------------------
 
-    def send_state(self, state: StateDict) -> dict[str, np.ndarray]:
+    def send_state(self, state: StateDict, rank: int | None = None) -> dict[str, np.ndarray]:
+        state = narrow(state, rank)
         if not state:
             return {}
         if self.exact:
@@ -141,29 +146,31 @@ class Wire:
             return {"trainable": pack(to_numpy(state))}
         return self.down.encode(flat(state).float(), segments(state, self.scales))
 
-    def receive_state(self, arrays: dict[str, np.ndarray], like: StateDict) -> StateDict:
-        return self._decoded(self.down, arrays, like)
+    def receive_state(self, arrays: dict[str, np.ndarray], like: StateDict, rank: int | None = None) -> StateDict:
+        return self._decoded(self.down, arrays, like, rank)
 
-    def _decoded(self, codec: Codec, arrays: dict[str, np.ndarray], like: StateDict) -> StateDict:
+    def _decoded(self, codec: Codec, arrays: dict[str, np.ndarray], like: StateDict, rank: int | None) -> StateDict:
         """The tensors `arrays` stand for, named, shaped and typed after `like`."""
         if not arrays:
             return {}
+        sent = narrow(like, rank)
         if self.exact:
             from ..flower.transport import from_numpy
 
-            return from_numpy(arrays, like)
-        n = sum(t.numel() for t in like.values())
-        return shaped(codec.decode(arrays, n, segments(like, self.scales)), like)
+            return widen(from_numpy(arrays, sent), like, rank)
+        n = sum(t.numel() for t in sent.values())
+        return widen(shaped(codec.decode(arrays, n, segments(sent, self.scales)), sent), like, rank)
 
     # --- a client's reply ----------------------------------------------------------------------
 
     def send_update(
-        self, weights: StateDict, start: StateDict, extras: StateDict, own_state: StateDict
+        self, weights: StateDict, start: StateDict, extras: StateDict, own_state: StateDict, rank: int | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], StateDict]:
         """Client side: (the update's arrays, the extras' arrays, the client's new state). `start`
         is the global state as the client received it; own_state carries top-k's residuals."""
         if self.exact:
-            return self.send_state(weights), self.send_state(extras), own_state
+            return self.send_state(weights, rank), self.send_state(extras, rank), own_state
+        weights, start, extras = narrow(weights, rank), narrow(start, rank), narrow(extras, rank)
         segs = segments(weights, self.scales)
         update, own_state = self._encode(flat(weights) - flat(start), segs, own_state, "update")
         sent_extras: dict[str, np.ndarray] = {}
@@ -180,16 +187,38 @@ class Wire:
         arrays = self.up.encode(v, segs)
         return arrays, {**own_state, name: v - self.up.decode(arrays, v.numel(), segs)}
 
-    def receive_update(self, arrays: dict[str, np.ndarray], x: StateDict, like: StateDict) -> StateDict:
+    def receive_update(
+        self, arrays: dict[str, np.ndarray], x: StateDict, like: StateDict, rank: int | None = None
+    ) -> StateDict:
         """Server side: the client's y^_i = x + its decoded move, from the server's own x."""
         if self.exact:
-            return self._decoded(self.up, arrays, like)
-        base = flat(x)
-        n = sum(t.numel() for t in like.values())
-        return shaped(base + self.up.decode(arrays, n, segments(like, self.scales)).to(base.dtype), like)
+            return self._decoded(self.up, arrays, like, rank)
+        sent = narrow(like, rank)
+        base = flat(narrow(x, rank))
+        n = sum(t.numel() for t in sent.values())
+        moved = base + self.up.decode(arrays, n, segments(sent, self.scales)).to(base.dtype)
+        return widen(shaped(moved, sent), like, rank)
 
-    def receive_extras(self, arrays: dict[str, np.ndarray], like: StateDict) -> StateDict:
-        return self._decoded(self.up, arrays, like)
+    def receive_extras(self, arrays: dict[str, np.ndarray], like: StateDict, rank: int | None = None) -> StateDict:
+        return self._decoded(self.up, arrays, like, rank)
+
+
+def narrow(state: StateDict, rank: int | None) -> StateDict:
+    """The first `rank` components of a LoRA state (all of it for None): what travels for a client."""
+    if rank is None or not state:
+        return state
+    from ..lora_aggregation.factors import narrow_rank
+
+    return narrow_rank(state, rank)
+
+
+def widen(state: StateDict, like: StateDict, rank: int | None) -> StateDict:
+    """narrow undone: `like`'s shapes, zeros beyond the components that travelled."""
+    if rank is None:
+        return state
+    from ..lora_aggregation.factors import widen_rank
+
+    return widen_rank(state, like)
 
 
 def reply_layout(codec: str, topk_fraction: float, n: int, num_segments: int, exact: bool) -> dict:

@@ -162,7 +162,7 @@ def train(content: dict, node_config) -> dict:
     from ..algorithms import ClientTask
     from ..compression import Wire
     from ..models import trainable_state
-    from ..rounds import lora_method, train_client
+    from ..rounds import lora_method, train_client, wire_rank
 
     settings = content["config"]
     node = node_data(settings["config"], node_config)
@@ -171,9 +171,10 @@ def train(content: dict, node_config) -> dict:
     phase = str(settings["phase"])
     like = lora_method(node.setup.config, phase).shared(trainable_state(node.setup.model))
     wire = Wire.of(node.setup.config, phase)
+    rank = wire_rank(node.setup.config, phase, node.client_id)  # its own rank: its bytes follow it
     task = ClientTask(
-        global_state=wire.receive_state(content["arrays"], like),
-        message=wire.receive_state(content.get("message", {}), like),
+        global_state=wire.receive_state(content["arrays"], like, rank),
+        message=wire.receive_state(content.get("message", {}), like, rank),
         lr=float(settings["lr"]),
         steps=int(settings["steps"]),
     )
@@ -186,7 +187,7 @@ def train(content: dict, node_config) -> dict:
         node.frozen.bring(node.setup.model, folder / "merges", int(settings["merged-rounds"]), merges)
     own_state = load_client_state(folder, r)
     update, own_state = train_client(node.setup, node.algorithm, phase, r, node.client_id, node.rows, task, own_state)
-    arrays, extras, own_state = wire.send_update(update.weights, task.global_state, update.extras, own_state)
+    arrays, extras, own_state = wire.send_update(update.weights, task.global_state, update.extras, own_state, rank)
     if own_state:
         save_client_state(folder, r, own_state)
     reply = {

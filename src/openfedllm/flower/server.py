@@ -59,18 +59,36 @@ class NodeClients:
         self.like = method.shared(trainable_state(setup.model))
         self.merging = method.merges_into_base  # FLoRA, FedEx-LoRA: the nodes' W follows the server's
         self.num_values = sum(t.numel() for t in self.like.values())
-        from ..compression import Wire, reply_layout, segments
+        from ..compression import Wire
 
-        # how the tensors travel (comm.upload / comm.download), and what a reply may therefore hold
-        self.wire = Wire.of(self.config)
-        self.num_segments = len(segments(self.like, self.config.comm.int8_scales))
-        comm = self.config.comm
-        self.layout = reply_layout(comm.upload, comm.topk_fraction, self.num_values, self.num_segments, self.wire.exact)
+        self.wire = Wire.of(self.config)  # how the tensors travel (comm.upload / comm.download)
         self.log = MetricsLog(run_dir / "metrics.jsonl")
         self.audit = run_dir / "messages.jsonl"
         self.node_of: dict[int, int] = {}  # client id -> SuperNode id
         self.examples: dict[int, int] = {}  # client id -> its training examples (the aggregation weight)
         self.secure_sum: ClientUpdate | None = None  # SecAgg+: the round's one update, x + the unmasked mean
+
+    # --- what travels -----------------------------------------------------------------------------
+
+    def rank_of(self, client_id: int) -> int | None:
+        """The rank the client's tensors travel at (fed.client_ranks), None for the whole adapter."""
+        from ..rounds import wire_rank
+
+        return wire_rank(self.config, "federated", client_id)
+
+    def sizes_at(self, rank: int | None) -> tuple[int, int]:
+        """(values, int8 segments) of what a client of this rank sends."""
+        from ..compression import narrow, segments
+
+        sent = narrow(self.like, rank)
+        return sum(t.numel() for t in sent.values()), len(segments(sent, self.config.comm.int8_scales))
+
+    def layout_at(self, rank: int | None) -> dict:
+        """What a reply of a client of this rank may hold (transport.check_outgoing)."""
+        from ..compression import reply_layout
+
+        comm = self.config.comm
+        return reply_layout(comm.upload, comm.topk_fraction, *self.sizes_at(rank), self.wire.exact)
 
     # --- sending and receiving ---------------------------------------------------------------
 
@@ -209,15 +227,20 @@ class NodeClients:
         if any(self.node_of.get(c) not in online for c in sampled):
             self._rediscover()
             online = set(self.grid.get_node_ids())
-        # Packed once per round: every sampled client gets the same x (and SCAFFOLD's c).
-        arrays, broadcast = arrays_record(self.wire.send_state(task.global_state)), algorithm.server_message()
-        message = arrays_record(self.wire.send_state(broadcast)) if broadcast else None
+        # Packed once per round and rank: every sampled client of a rank gets the same x (and c).
+        broadcast = algorithm.server_message()
+        packed: dict = {}
         contents: dict[int, RecordDict] = {}
         client_of: dict[int, int] = {}
         for cid in sampled:
             node_id = self.node_of.get(cid)
             if node_id is None or node_id not in online:
                 continue
+            rank = self.rank_of(cid)
+            if rank not in packed:
+                message = arrays_record(self.wire.send_state(broadcast, rank)) if broadcast else None
+                packed[rank] = (arrays_record(self.wire.send_state(task.global_state, rank)), message)
+            arrays, message = packed[rank]
             records = {
                 "arrays": arrays,
                 "config": ConfigRecord(
@@ -230,8 +253,8 @@ class NodeClients:
                         "steps": task.steps,
                         "client-id": cid,
                         # the reply's size, which a node checks it against (its download may be encoded)
-                        "num-values": self.num_values,
-                        "num-segments": self.num_segments,
+                        "num-values": self.sizes_at(rank)[0],
+                        "num-segments": self.sizes_at(rank)[1],
                     }
                 ),
             }
@@ -286,13 +309,14 @@ class NodeClients:
                 self._lost(round_index, cid, node_id, reason)
                 continue
             self._record(round_index + 1, cid, reply)
-            check_outgoing(reply.content, self.layout)  # refuse anything but the adapter's tensors and numbers
+            rank = self.rank_of(cid)
+            check_outgoing(reply.content, self.layout_at(rank))  # the adapter's tensors and numbers alone
             metrics = numbers(reply.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             got = {name: record_arrays(reply.content[name]) for name in ("arrays", "extras") if name in reply.content}
-            weights = self.wire.receive_update(got["arrays"], x, self.like)
-            extras = self.wire.receive_extras(got.get("extras", {}), self.like)
+            weights = self.wire.receive_update(got["arrays"], x, self.like, rank)
+            extras = self.wire.receive_extras(got.get("extras", {}), self.like, rank)
             update = ClientUpdate(cid, weights, num_examples, metrics=metrics, extras=extras)
             # what crossed the network, measured on the records themselves
             update.bytes_down, update.bytes_up = content_bytes(contents[node_id]), content_bytes(reply.content)

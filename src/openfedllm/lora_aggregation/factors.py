@@ -169,3 +169,30 @@ def truncate_rank(state: StateDict, rank: int) -> StateDict:
             value[:, rank:] = 0
         out[key] = value
     return out
+
+
+def narrow_rank(state: StateDict, rank: int) -> StateDict:
+    """What a client of rank `rank` sends and receives: its first `rank` components alone (the
+    rows of A and columns of B that truncate_rank keeps; the rest are zeros both sides know)."""
+    out = {}
+    for key, value in state.items():
+        if A_PART in key:
+            value = value[:rank]
+        elif B_PART in key:
+            value = value[:, :rank]
+        out[key] = value.contiguous()
+    return out
+
+
+def widen_rank(state: StateDict, like: StateDict) -> StateDict:
+    """narrow_rank undone: each tensor in `like`'s shape, zero beyond the components given."""
+    out = {}
+    for key, value in state.items():
+        ref = like[key]
+        if value.shape == ref.shape:
+            out[key] = value
+            continue
+        full = torch.zeros(ref.shape, dtype=value.dtype, device=value.device)
+        full[tuple(slice(0, n) for n in value.shape)] = value
+        out[key] = full
+    return out
