@@ -67,6 +67,37 @@ def max_difference(a: Path, b: Path) -> float:
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
+def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
+    """The simulation, then the deployment, of the same job: each round's time, walls, the adapters' gap."""
+    from openfedllm.flower import federation
+
+    def threads(n: int | None) -> list[str]:
+        return [] if args.defaults else ["--train.threads", str(n)]
+
+    sim, sim_wall, _ = run_cli(["sft", *common, *threads(args.sim_threads), "--output-dir", str(tmp / "sim")], env)
+    fed_dir = tmp / "federation"
+    start = time.perf_counter()
+    record = federation.up(nodes, fed_dir, threads=0 if args.defaults else args.node_threads)
+    up_seconds = time.perf_counter() - start
+    try:
+        env_fed = dict(env, FLWR_HOME=record["flwr_home"])
+        server = threads(args.server_threads or args.sim_threads)
+        dep_args = ["sft", *common, *server, "--output-dir", str(tmp / "dep"), "--federation", federation.CONNECTION]
+        dep, dep_wall, _ = run_cli(dep_args, env_fed)
+    finally:
+        federation.down(fed_dir)
+    return {
+        "sim": sim,
+        "dep": dep,
+        "sim_wall": sim_wall,
+        "dep_wall": dep_wall,
+        "up": up_seconds,
+        "diff": max_difference(tmp / "sim", tmp / "dep"),
+        "sim_parts": phases(tmp / "sim"),
+        "dep_parts": phases(tmp / "dep"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "sft_quick.yaml"))
@@ -79,13 +110,17 @@ def main() -> None:
         default=0,
         help="torch threads of the ServerApp's evaluation (default: --sim-threads)",
     )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="no thread options anywhere: what a user gets (federation up shares the cores among its nodes)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="simulation/deployment pairs, interleaved")
     parser.add_argument("--node-poll", type=float, default=0.2, help="SuperNode idle poll, seconds")
     parser.add_argument("--exec-poll", type=float, default=0.1, help="SuperExec task poll, seconds")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import yaml
-
-    from openfedllm.flower import federation
 
     nodes = yaml.safe_load(Path(args.config).read_text()).get("fed", {}).get("num_clients", 5)
     common = [
@@ -101,62 +136,50 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     os.environ["OPENFEDLLM_NODE_POLL"] = str(args.node_poll)  # what federation.up passes to the nodes
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.exec_poll)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        sim, sim_wall, _ = run_cli(
-            ["sft", *common, "--train.threads", str(args.sim_threads), "--output-dir", str(tmp / "sim")], env
-        )
-        fed_dir = tmp / "federation"
-        start = time.perf_counter()
-        record = federation.up(nodes, fed_dir, threads=args.node_threads)
-        up_seconds = time.perf_counter() - start
-        try:
-            env_fed = dict(env, FLWR_HOME=record["flwr_home"])
-            dep, dep_wall, _ = run_cli(
-                [
-                    "sft",
-                    *common,
-                    "--train.threads",
-                    str(args.server_threads or args.sim_threads),
-                    "--output-dir",
-                    str(tmp / "dep"),
-                    "--federation",
-                    federation.CONNECTION,
-                ],
-                env_fed,
-            )
-        finally:
-            federation.down(fed_dir)
-        diff = max_difference(tmp / "sim", tmp / "dep")
-        sim_parts, dep_parts = phases(tmp / "sim"), phases(tmp / "dep")
-
+    threads = (
+        "no thread options (torch's default in the simulation and the ServerApp; federation up's share per node)"
+        if args.defaults
+        else f"simulation {args.sim_threads} threads, server {args.server_threads or args.sim_threads}, "
+        f"nodes {args.node_threads} thread(s) each"
+    )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; simulation "
-        f"{args.sim_threads} threads, server {args.server_threads or args.sim_threads}, nodes {args.node_threads} "
-        f"thread(s) each, node poll {args.node_poll} s, "
-        f"SuperExec poll {args.exec_poll} s"
+        f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; {threads}; "
+        f"node poll {args.node_poll} s, SuperExec poll {args.exec_poll} s"
     )
-    print(
-        f"{'round':>5} {'simulation s':>13} {'deployment s':>13} {'ratio':>6}   slowest client's training s "
-        f"(sim / dep)   evaluation s (sim / dep)"
-    )
-    for r in sorted(sim):
-        d = dep.get(r, float("nan"))
-        (st, se), (dt, de) = sim_parts[r], dep_parts.get(r, (float("nan"), float("nan")))
+    ratios = []
+    for repeat in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            pair = one_pair(args, common, env, nodes, Path(tmp))
+        sim, dep = pair["sim"], pair["dep"]
+        print(f"repeat {repeat + 1} of {args.repeats}")
         print(
-            f"{r:>5} {sim[r]:>13.1f} {d:>13.1f} {d / sim[r]:>6.2f}   {st:>10.1f} / {dt:<10.1f}"
-            f"               {se:>5.1f} / {de:<5.1f}"
+            f"{'round':>5} {'simulation s':>13} {'deployment s':>13} {'ratio':>6}   slowest client's training s "
+            f"(sim / dep)   evaluation s (sim / dep)"
         )
-    steady = [r for r in sorted(sim) if r > 1]
-    if steady:
-        s, d = statistics.mean(sim[r] for r in steady), statistics.mean(dep[r] for r in steady)
+        for r in sorted(sim):
+            d = dep.get(r, float("nan"))
+            nan = (float("nan"), float("nan"))
+            (st, se), (dt, de) = pair["sim_parts"][r], pair["dep_parts"].get(r, nan)
+            print(
+                f"{r:>5} {sim[r]:>13.1f} {d:>13.1f} {d / sim[r]:>6.2f}   {st:>10.1f} / {dt:<10.1f}"
+                f"               {se:>5.1f} / {de:<5.1f}"
+            )
+        steady = [r for r in sorted(sim) if r > 1]
+        if steady:
+            s, d = statistics.mean(sim[r] for r in steady), statistics.mean(dep[r] for r in steady)
+            ratios.append(d / s)
+            print(f"rounds 2-{args.rounds}: simulation {s:.1f} s, deployment {d:.1f} s per round: ratio {d / s:.2f}")
         print(
-            f"rounds 2-{args.rounds}: simulation {s:.1f} s, deployment {d:.1f} s per round: ratio {d / s:.2f} "
-            f"(goal <= 1.25)"
+            f"wall: simulation {pair['sim_wall']:.0f} s, deployment {pair['dep_wall']:.0f} s "
+            f"(+ federation up {pair['up']:.1f} s); final adapters: max |simulation - deployment| = "
+            f"{pair['diff']:.2e}"
         )
-    print(f"wall: simulation {sim_wall:.0f} s, deployment {dep_wall:.0f} s (+ federation up {up_seconds:.1f} s)")
-    print(f"final adapters: max |simulation - deployment| = {diff:.2e}")
+    if ratios:
+        print(
+            f"steady-state ratio per repeat: {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"median {statistics.median(ratios):.2f} (goal <= 1.25)"
+        )
 
 
 if __name__ == "__main__":
