@@ -102,7 +102,9 @@ class MergeLog:
                 self.rounds = {m: {k: t.numpy() for k, t in arrays.items()} for m, arrays in saved["rounds"].items()}
                 missing = sorted(set(self.sizes) - set(self.rounds))
                 if missing:  # a simulation's checkpoint, continued on a federation
-                    raise RuntimeError(
+                    from ..errors import UserError
+
+                    raise UserError(
                         f"the checkpoint holds no merges of round {missing[0] + 1}, which the nodes need; "
                         "resume it as a simulation"
                     )
