@@ -126,8 +126,8 @@ class FrozenBase:
 
         by_round: dict[int, dict[str, torch.Tensor]] = {}
         for key, array in received.items():
-            m, rest = key.split(SEP, 1)
-            by_round.setdefault(int(m), {})[rest] = torch.from_numpy(np.array(array, dtype=np.float64))
+            sent_round, rest = key.split(SEP, 1)
+            by_round.setdefault(int(sent_round), {})[rest] = torch.from_numpy(np.array(array, dtype=np.float64))
         folder.mkdir(parents=True, exist_ok=True)
         for m, tensors in by_round.items():
             tmp = folder / f".round{m}.tmp"
