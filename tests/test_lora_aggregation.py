@@ -180,7 +180,10 @@ def test_a_node_rebuilds_the_servers_frozen_weights_from_the_merges_it_lacks(tin
     log = server.merges
     assert list(log.pending(1, 3)) == [0, 1, 2] and list(log.pending(0, 3)) == [1, 2]
     sent = log.arrays_for(1, 3)
-    assert len(sent) == 3 * 2 * len(names) and log.bytes_for(1, 3) == array_bytes(sent)
+    # per module and round: the clients' B in float32 with each column's coefficient, and V (their A) in float32
+    assert len(sent) == 3 * 3 * len(names) and log.bytes_for(1, 3) == array_bytes(sent)
+    assert {k.rsplit(":", 1)[1] for k in sent} == {"b", "coef", "v"}
+    assert all(a.dtype == np.float32 for k, a in sent.items() if not k.endswith(":coef"))
 
     node, folder = FrozenBase(), tmp_path / "merges"
     node.bring(node_model, folder, 3, sent)

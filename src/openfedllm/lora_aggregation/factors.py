@@ -44,25 +44,41 @@ def modules(keys) -> list[Module]:
     return found
 
 
+NARROW = (torch.float32, torch.bfloat16, torch.float16)  # factors float32 holds exactly
+
+
 @dataclass
 class Stack:
-    """U @ V as stacked factors: U (d_out x R), V (R x d_in), float64."""
+    """U @ V as stacked factors: U (d_out x R), V (R x d_in), float64. When U was made from the
+    clients' own factors, `b` keeps them (float32, exact for float32 / bf16 / fp16 factors) and
+    `coef` each column's coefficient, U = b * coef bit for bit, so the stack can travel at half the
+    bytes of U (merges.py)."""
 
     u: torch.Tensor
     v: torch.Tensor
+    b: torch.Tensor | None = None
+    coef: torch.Tensor | None = None
 
     @classmethod
     def of(cls, terms: list[tuple[float, torch.Tensor, torch.Tensor]]) -> Stack:
         """sum_k c_k * B_k @ A_k from (c_k, B_k, A_k) terms (any ranks)."""
         u = torch.cat([c * b.to(torch.float64) for c, b, _ in terms], dim=1)
         v = torch.cat([a.to(torch.float64) for _, _, a in terms], dim=0)
-        return cls(u, v)
+        if not all(b.dtype in NARROW for _, b, _ in terms):
+            return cls(u, v)
+        b = torch.cat([b.to("cpu", torch.float32) for _, b, _ in terms], dim=1)
+        coef = torch.cat([torch.full((b_k.shape[1],), float(c), dtype=torch.float64) for c, b_k, _ in terms])
+        return cls(u, v, b, coef)
 
     def plus(self, other: Stack) -> Stack:
-        return Stack(torch.cat([self.u, other.u], dim=1), torch.cat([self.v, other.v], dim=0))
+        u, v = torch.cat([self.u, other.u], dim=1), torch.cat([self.v, other.v], dim=0)
+        if self.b is None or other.b is None or self.coef is None or other.coef is None:
+            return Stack(u, v)
+        return Stack(u, v, torch.cat([self.b, other.b], dim=1), torch.cat([self.coef, other.coef]))
 
     def minus(self, other: Stack) -> Stack:
-        return self.plus(Stack(-other.u, other.v))
+        negated = None if other.coef is None else -other.coef  # b * (-c) = -(b * c), exactly
+        return self.plus(Stack(-other.u, other.v, other.b, negated))
 
     def dense(self) -> torch.Tensor:
         return self.u @ self.v  # (d_out, d_in)

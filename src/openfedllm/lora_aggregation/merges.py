@@ -34,11 +34,28 @@ SEP = ":"  # array names: "{round}:{module}:u" / ":v" (module names hold dots, n
 
 
 def round_arrays(round_index: int, merged: dict[str, Stack]) -> dict[str, np.ndarray]:
+    """A round's merges as arrays: per module the clients' own factors in float32 with each
+    column's float64 coefficient (U = b * coef, exactly), or U itself in float64 when it was not
+    made that way; V in float32 when that holds it exactly (the clients' A), else float64."""
     out = {}
     for name in sorted(merged):
-        out[f"{round_index}{SEP}{name}{SEP}u"] = merged[name].u.numpy()
-        out[f"{round_index}{SEP}{name}{SEP}v"] = merged[name].v.numpy()
+        stack, key = merged[name], f"{round_index}{SEP}{name}{SEP}"
+        if stack.b is not None and stack.coef is not None:
+            out[key + "b"], out[key + "coef"] = stack.b.numpy(), stack.coef.cpu().numpy()
+        else:
+            out[key + "u"] = stack.u.cpu().numpy()
+        v = stack.v.cpu()
+        out[key + "v"] = v.float().numpy() if torch.equal(v.float().double(), v) else v.numpy()
     return out
+
+
+def rebuilt(tensors: dict[str, torch.Tensor], name: str) -> Stack:
+    """The stack of one module from its arrays (round_arrays), U and V as the server had them."""
+    v = tensors[f"{name}{SEP}v"].to(torch.float64)
+    if f"{name}{SEP}u" in tensors:
+        return Stack(tensors[f"{name}{SEP}u"].to(torch.float64), v)
+    b, coef = tensors[f"{name}{SEP}b"], tensors[f"{name}{SEP}coef"].to(torch.float64)
+    return Stack(b.to(torch.float64) * coef, v)
 
 
 class MergeLog:
@@ -127,7 +144,7 @@ class FrozenBase:
         by_round: dict[int, dict[str, torch.Tensor]] = {}
         for key, array in received.items():
             sent_round, rest = key.split(SEP, 1)
-            by_round.setdefault(int(sent_round), {})[rest] = torch.from_numpy(np.array(array, dtype=np.float64))
+            by_round.setdefault(int(sent_round), {})[rest] = torch.from_numpy(np.array(array))
         folder.mkdir(parents=True, exist_ok=True)
         for m, tensors in by_round.items():
             tmp = folder / f".round{m}.tmp"
@@ -142,7 +159,7 @@ class FrozenBase:
                 raise RuntimeError(f"this node lacks the merges of round {m + 1} into its frozen weights ({path})")
             tensors = by_round.get(m) or load_file(str(path))
             names = sorted({k.rsplit(SEP, 1)[0] for k in tensors})
-            dense = {name: Stack(tensors[f"{name}{SEP}u"], tensors[f"{name}{SEP}v"]).dense() for name in names}
+            dense = {name: rebuilt(tensors, name).dense() for name in names}
             if not self.original:
                 self.original = models.base_weights(model, dense)
             models.add_to_base(model, dense)
