@@ -30,7 +30,7 @@ import torch
 
 from .factors import Stack
 
-SEP = ":"  # array names: "{round}:{module}:u" / ":v" (module names hold dots, never colons)
+SEP = ":"  # array names: "{round}:{module}:b" / ":coef" / ":v" (or ":u"); module names hold no colons
 
 
 def round_arrays(round_index: int, merged: dict[str, Stack]) -> dict[str, np.ndarray]:
