@@ -239,8 +239,9 @@ class NodeClients:
             rank = self.rank_of(cid)
             if rank not in packed:
                 message = arrays_record(self.wire.send_state(broadcast, rank)) if broadcast else None
-                packed[rank] = (arrays_record(self.wire.send_state(task.global_state, rank)), message)
-            arrays, message = packed[rank]
+                x = arrays_record(self.wire.send_state(task.global_state, rank))
+                packed[rank] = (x, message, self.sizes_at(rank))
+            arrays, message, (num_values, num_segments) = packed[rank]
             records = {
                 "arrays": arrays,
                 "config": ConfigRecord(
@@ -253,8 +254,8 @@ class NodeClients:
                         "steps": task.steps,
                         "client-id": cid,
                         # the reply's size, which a node checks it against (its download may be encoded)
-                        "num-values": self.sizes_at(rank)[0],
-                        "num-segments": self.sizes_at(rank)[1],
+                        "num-values": num_values,
+                        "num-segments": num_segments,
                     }
                 ),
             }
