@@ -10,6 +10,9 @@ AdamW lr 5e-5 with a cosine across rounds, fp32, gradient clipping 1.0.
      --reference gc:    gradient checkpointing on, as the reference runs by default;
      --reference plain: no gradient checkpointing (the loop a careful user writes by hand).
   B  `openfedllm.client.train_local` with openfedllm's defaults.
+  C  (with --bf16) B on a bfloat16 base model (`model.dtype: bfloat16`), the adapter in float32: a
+     different number format, so its losses are compared, not expected to be equal. Pays on CPUs
+     with AMX / AVX512-BF16 (torch then runs bf16 matrix multiplies through oneDNN).
 
 Both run the same steps on the same batches from the same initial adapter. Each run is its own
 process (so its peak RSS is its own), A/B/A/B interleaved so that machine drift hits both, torch
@@ -18,7 +21,7 @@ min/median/max over the pairs, and both loss trajectories (a faster step that le
 does not count).
 
     python benchmarks/round_speed.py [--data ALPACA.json] [--rounds 3] [--repeats 3]
-                                     [--reference gc|plain] [--threads 2]
+                                     [--reference gc|plain] [--threads 2] [--bf16]
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def worker(args) -> dict:
 
     path = models.resolve_model(args.model)
     tokenizer = models.load_tokenizer(path)
-    model = models.load_base_model(path)
+    model = models.load_base_model(path, dtype="bfloat16" if args.worker == "C" else "float32")
     torch.manual_seed(0)
     model = models.add_lora(model, 8, 16, 0.05, ["q_proj", "v_proj"])
     rows, clients = job_data(args, tokenizer)
@@ -102,7 +105,7 @@ def worker(args) -> dict:
                 padded += len(idx) * max(len(client_rows[i].input_ids) for i in idx)
                 loss_tokens += sum(sum(t != -100 for t in client_rows[i].labels[1:]) for i in idx)
             models.load_trainable_state(model, state)
-            if args.worker == "A":
+            if args.worker == "A":  # B and C: train_local
                 step_losses, times = plain_steps(client_rows, lr, seed)
             else:
                 result = train_local(
@@ -186,7 +189,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-5)
-    add_worker_arguments(parser, ["A", "B"])
+    parser.add_argument("--bf16", action="store_true", help="also run C: B on a bfloat16 base model")
+    add_worker_arguments(parser, ["A", "B", "C"])
     args = parser.parse_args()
     if answer_as_worker(args, worker):
         return
@@ -205,9 +209,10 @@ def main() -> None:
         f"reference A = plain loop {'with' if args.reference == 'gc' else 'without'} gradient checkpointing"
     )
     print(batch_stats(args))
-    results = {"A": [], "B": []}
+    variants = "ABC" if args.bf16 else "AB"
+    results: dict[str, list] = {v: [] for v in variants}
     for rep in range(args.repeats):
-        for variant in "AB":
+        for variant in variants:
             res = run_variant(args, variant)
             results[variant].append(res)
             total = sum(res["step_times"])
@@ -218,20 +223,25 @@ def main() -> None:
             )
     first = results["A"][0]
     print(f"tokens: {first['padded_tokens']} padded, {first['loss_tokens'] / first['padded_tokens']:.0%} carry loss")
-    ratios = [sum(b["step_times"]) / sum(a["step_times"]) for a, b in zip(results["A"], results["B"])]
-    for variant in "AB":
+    for variant in variants:
         per_step = [sum(r["step_times"]) / len(r["step_times"]) for r in results[variant]]
         tps = [r["padded_tokens"] / sum(r["step_times"]) for r in results[variant]]
         print(
             f"{variant}: median {statistics.median(per_step):.3f} s/step, {statistics.median(tps):.0f} padded "
             f"tokens/s, peak {max(r['peak_gib'] for r in results[variant]):.2f} GiB"
         )
-    print(f"time ratio B/A: min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  max {max(ratios):.3f}")
-    loss_a, loss_b = results["A"][0]["losses"], results["B"][0]["losses"]
-    gap = max(abs(a - b) for a, b in zip(loss_a, loss_b))
+    loss_a = results["A"][0]["losses"]
     print("loss per step A: " + " ".join(f"{x:.4f}" for x in loss_a))
-    print("loss per step B: " + " ".join(f"{x:.4f}" for x in loss_b))
-    print(f"largest per-step loss difference |A - B|: {gap:.2e}")
+    for variant in variants[1:]:
+        ratios = [sum(v["step_times"]) / sum(a["step_times"]) for a, v in zip(results["A"], results[variant])]
+        print(
+            f"time ratio {variant}/A: min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  "
+            f"max {max(ratios):.3f}"
+        )
+        losses = results[variant][0]["losses"]
+        print(f"loss per step {variant}: " + " ".join(f"{x:.4f}" for x in losses))
+        gap = max(abs(a - b) for a, b in zip(loss_a, losses))
+        print(f"largest per-step loss difference |A - {variant}|: {gap:.2e}")
     if tmp:
         os.unlink(tmp.name)
 

@@ -99,6 +99,15 @@ def test_a_run_over_tls_with_node_auth_equals_the_simulation_and_sends_only_tens
         return [(r["round"], r["client"], r["bytes_up"], r["bytes_down"]) for r in records if r["type"] == "client"]
 
     assert ledger(deployed) == ledger(simulated) and len(ledger(deployed)) == 4
+    # and what Flower moved for them: the payload plus its framing (protobuf, object headers, the
+    # settings text), a few kB a message; only a deployment has messages to measure
+    sent = [r for r in _records(deployed) if r["type"] == "client"]
+    for r in sent:
+        assert r["bytes_up"] < r["wire_up"] < r["bytes_up"] + 4096
+        assert r["bytes_down"] < r["wire_down"] < r["bytes_down"] + 8192
+    assert not [r for r in _records(simulated) if "wire_up" in r]
+    communication = json.loads((deployed / "summary.json").read_text())["communication"]
+    assert communication["wire_total"] == sum(r["wire_up"] + r["wire_down"] for r in sent)
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/train_loss.png", "checkpoints/progress.json"):
         assert (deployed / name).exists(), name
 
@@ -541,6 +550,7 @@ def test_secagg_hides_each_update_sums_them_within_the_quantization_error_and_su
         if r["type"] == "client":
             clients[r["round"]].add(r["client"])
             assert r["secagg_clipped"] == 0
+            assert r["wire_up"] > r["bytes_up"] > 0 and r["wire_down"] > r["bytes_down"] > 0  # all stages' messages
     assert clients == {1: {0, 1, 2}, 2: {0, 1}}
     (lost,) = [r for r in records if r["type"] == "lost"]
     assert lost["client"] == 2 and lost["round"] == 2 and "collect_masked_vectors" in lost["reason"]

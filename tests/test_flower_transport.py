@@ -75,3 +75,34 @@ def test_nodes_started_on_one_machine_share_its_cores_by_default(monkeypatch, tm
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert threads_per_node(3) == 1  # 3 nodes on 2 cores: one thread each, never torch's 2 each
     assert node_config_of(0, 3, tmp_path, threads_per_node(3)).endswith(" threads=1")
+
+
+@pytest.fixture
+def as_a_server_task(monkeypatch):
+    """Messages carry the sending task's identity; a ServerApp process has one, a test sets one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def test_message_bytes_are_the_payload_plus_a_fixed_framing_and_identical_chunks_travel_once(as_a_server_task):
+    from flwr.app import Message
+
+    from openfedllm.flower.transport import content_bytes, message_bytes
+
+    rng = np.random.default_rng(0)
+
+    def message(n: int, fill=None) -> Message:
+        values = rng.standard_normal(n).astype(np.float32) if fill is None else np.full(n, fill, np.float32)
+        content = RecordDict({"arrays": ArrayRecord({PACKED: Array(values)}), "config": ConfigRecord({"round": 1})})
+        return Message(content, dst_node_id=7, message_type="train")
+
+    small, double = message(1000), message(2000)
+    assert content_bytes(small.content) == 4000 + 128  # the values as .npy: a 128-byte header
+    framing = message_bytes(small) - content_bytes(small.content)
+    assert 0 < framing < 2048  # protobuf, object headers, the metadata: well under a LoRA adapter's bytes
+    assert message_bytes(double) - content_bytes(double.content) == framing  # it does not grow with the values
+    # Flower cuts large arrays into chunks addressed by their hash: a run of equal chunks moves once
+    zeros = message(6_000_000, fill=0.0)
+    assert content_bytes(zeros.content) == 24_000_128 > message_bytes(zeros) > 4_000_000

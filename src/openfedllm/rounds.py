@@ -286,6 +286,7 @@ def client_records(phase: str, round_index: int, update: ClientUpdate, lr: float
             "seconds": m.pop("seconds"),
             "lr": lr,
             **({"bytes_up": update.bytes_up, "bytes_down": update.bytes_down} if phase == "federated" else {}),
+            **({"wire_up": update.wire_up, "wire_down": update.wire_down} if update.wire_up else {}),
             **m,
         }
     )

@@ -39,6 +39,8 @@ class ClientUpdate:
     extras: StateDict = field(default_factory=dict)  # algorithm-specific tensors (SCAFFOLD: c_i+ - c_i)
     bytes_up: int = 0  # payload the client sent this round (its update and extras, as serialised)
     bytes_down: int = 0  # payload it received (x, and the algorithm's broadcast)
+    wire_up: int = 0  # deployed: the messages it sent as Flower transfers them (payload + framing); 0 simulated
+    wire_down: int = 0  # deployed: the messages it received as Flower transfers them; 0 simulated
 
 
 class Algorithm:

@@ -157,12 +157,15 @@ class ProtocolGrid:
     errors: dict[int, str] = field(default_factory=dict)  # node id -> why it dropped out
     sent: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes sent to it, all stages
     received: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes from it, all stages
+    # the same, as Flower transfers them (transport.message_bytes: payload and framing)
+    wire_sent: dict[int, int] = field(default_factory=dict)
+    wire_received: dict[int, int] = field(default_factory=dict)
 
     def send_and_receive(self, messages, *, timeout=None):
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
         from .server import error_reason
-        from .transport import content_bytes
+        from .transport import content_bytes, message_bytes
 
         messages = list(messages)
         if not messages:
@@ -171,6 +174,7 @@ class ProtocolGrid:
         for message in messages:
             node = message.metadata.dst_node_id
             self.sent[node] = self.sent.get(node, 0) + content_bytes(message.content)
+            self.wire_sent[node] = self.wire_sent.get(node, 0) + message_bytes(message)
         start = time.perf_counter()
         replies = self.clients._exchange(messages, timeout or self.clients.config.fed.round_timeout)
         took = round(time.perf_counter() - start, 3)  # the stage's exchange, all nodes (benchmarks/secagg_round.py)
@@ -181,6 +185,7 @@ class ProtocolGrid:
                 self.errors[node_id] = f"SecAgg+ {stage}: {error_reason(reply)}"
                 continue
             self.received[node_id] = self.received.get(node_id, 0) + content_bytes(reply.content)
+            self.wire_received[node_id] = self.wire_received.get(node_id, 0) + message_bytes(reply)
             check_reply(reply.content, stage, self.clients.num_values)
             if stage == "collect_masked_vectors":
                 self.masked[node_id] = reply
@@ -248,6 +253,7 @@ def secure_round(clients, round_index: int, contents: dict, client_of: dict[int,
         total += fitres.num_examples
         update = ClientUpdate(proxy.client_id, {}, clients.examples[proxy.client_id], metrics=metrics)
         update.bytes_down, update.bytes_up = grid.sent[proxy.node_id], grid.received[proxy.node_id]
+        update.wire_down, update.wire_up = grid.wire_sent[proxy.node_id], grid.wire_received[proxy.node_id]
         updates.append(update)
         lost.pop(proxy.node_id, None)
     if clipped:

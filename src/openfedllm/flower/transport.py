@@ -60,6 +60,17 @@ def content_bytes(content) -> int:
     return total
 
 
+def message_bytes(message) -> int:
+    """The bytes Flower transfers for `message`: every object of its tree (the message with its
+    metadata, the RecordDict, each record, each array and its chunks) as Flower serialises it to push
+    or pull, each distinct object once (objects are addressed by their hash, so identical chunks
+    travel once). The payload plus Flower's framing: protobuf, object headers, metadata. The HTTP
+    and TLS layers underneath are not counted."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
 def to_numpy(state: dict) -> dict[str, np.ndarray]:
     """Tensors as float32/float64 numpy arrays (bf16 / fp16 cast to float32, exactly)."""
     import torch
