@@ -13,6 +13,12 @@ compared (the deployment must do the same work, not just be fast).
 
     python benchmarks/deployment_round.py [--config configs/sft_quick.yaml] [--rounds 4]
                                           [--node-threads 1] [--sim-threads 2]
+                                          [--clients N] [--pin-nodes]
+
+--clients N runs the job with N clients, all sampled each round (N nodes). --pin-nodes pins node
+i, with every process it starts (SuperExec, ClientApps, its warm worker), to core i mod the cores;
+the SuperLink and the ServerApp stay unpinned. With 2 clients on 2 cores each node owns a core, the
+nearest this machine comes to nodes on machines of their own.
 """
 
 from __future__ import annotations
@@ -67,6 +73,34 @@ def max_difference(a: Path, b: Path) -> float:
     return max(float((x[k] - y[k]).abs().max()) for k in x)
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def pin_nodes(record: dict) -> None:
+    """Node i and what it has started so far to core i mod the cores; what they start later inherits it."""
+    cores = sorted(os.sched_getaffinity(0))
+    for i, pid in enumerate(record["nodes"].values()):
+        for p in descendants(pid):
+            try:
+                os.sched_setaffinity(p, {cores[i % len(cores)]})
+            except ProcessLookupError:
+                pass
+
+
 def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
     """The simulation, then the deployment, of the same job: each round's time, walls, the adapters' gap."""
     from openfedllm.flower import federation
@@ -79,6 +113,8 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
     start = time.perf_counter()
     record = federation.up(nodes, fed_dir, threads=0 if args.defaults else args.node_threads)
     up_seconds = time.perf_counter() - start
+    if args.pin_nodes:
+        pin_nodes(record)
     try:
         env_fed = dict(env, FLWR_HOME=record["flwr_home"])
         server = threads(args.server_threads or args.sim_threads)
@@ -116,13 +152,15 @@ def main() -> None:
         help="no thread options anywhere: what a user gets (federation up shares the cores among its nodes)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="simulation/deployment pairs, interleaved")
+    parser.add_argument("--clients", type=int, default=0, help="clients (and nodes), all sampled each round")
+    parser.add_argument("--pin-nodes", action="store_true", help="node i to core i mod the cores")
     parser.add_argument("--node-poll", type=float, default=0.2, help="SuperNode idle poll, seconds")
     parser.add_argument("--exec-poll", type=float, default=0.1, help="SuperExec task poll, seconds")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import yaml
 
-    nodes = yaml.safe_load(Path(args.config).read_text()).get("fed", {}).get("num_clients", 5)
+    nodes = args.clients or yaml.safe_load(Path(args.config).read_text()).get("fed", {}).get("num_clients", 5)
     common = [
         "--config",
         args.config,
@@ -133,6 +171,8 @@ def main() -> None:
         "--baselines.centralized",
         "false",
     ]
+    if args.clients:
+        common += ["--fed.num_clients", str(args.clients), "--fed.clients_per_round", str(args.clients)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     os.environ["OPENFEDLLM_NODE_POLL"] = str(args.node_poll)  # what federation.up passes to the nodes
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.exec_poll)
@@ -146,6 +186,7 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; {threads}; "
         f"node poll {args.node_poll} s, SuperExec poll {args.exec_poll} s"
+        + ("; node i pinned to core i mod the cores" if args.pin_nodes else "")
     )
     ratios = []
     for repeat in range(args.repeats):
