@@ -77,10 +77,11 @@ def summarize(records: list[dict], run_dir: Path, cfg: RunConfig) -> dict:
     sent = [r for r in records if r["type"] == "client" and r["phase"] == "federated" and "bytes_up" in r]
     if sent:  # FlowerTune's communication cost is bytes_up + bytes_down
         up, down = sum(r["bytes_up"] for r in sent), sum(r["bytes_down"] for r in sent)
-        summary["communication"] = {"bytes_up": up, "bytes_down": down, "bytes_total": up + down}
+        communication = {"bytes_up": up, "bytes_down": down, "bytes_total": up + down}
         if all("wire_up" in r for r in sent):  # deployed: what Flower moved, payload and framing
             wire_up, wire_down = sum(r["wire_up"] for r in sent), sum(r["wire_down"] for r in sent)
-            summary["communication"].update(wire_up=wire_up, wire_down=wire_down, wire_total=wire_up + wire_down)
+            communication.update(wire_up=wire_up, wire_down=wire_down, wire_total=wire_up + wire_down)
+        summary["communication"] = communication
     privacy = [r for r in records if r["type"] == "privacy" and r["phase"] == "federated"]
     if privacy:
         last = privacy[-1]
