@@ -67,7 +67,7 @@ class NodeClients:
         self.node_of: dict[int, int] = {}  # client id -> SuperNode id
         self.examples: dict[int, int] = {}  # client id -> its training examples (the aggregation weight)
         self.secure_sum: ClientUpdate | None = None  # SecAgg+: the round's one update, x + the unmasked mean
-        self.framed_sent: dict[int, int] = {}  # node id -> bytes Flower moved for the last message sent to it
+        self.last_sent: dict[int, Message] = {}  # node id -> the last message sent to it (for its wire bytes)
 
     # --- what travels -----------------------------------------------------------------------------
 
@@ -98,7 +98,7 @@ class NodeClients:
         from flwr.app import Message
 
         messages = [Message(c, dst_node_id=n, message_type=message_type) for n, c in contents.items()]
-        self.framed_sent = {m.metadata.dst_node_id: message_bytes(m) for m in messages}
+        self.last_sent = {m.metadata.dst_node_id: m for m in messages}
         return self._exchange(messages, timeout)
 
     def _exchange(self, messages: list[Message], timeout: float) -> dict[int, Message]:
@@ -323,7 +323,7 @@ class NodeClients:
             update = ClientUpdate(cid, weights, num_examples, metrics=metrics, extras=extras)
             # what crossed the network, measured on the records themselves
             update.bytes_down, update.bytes_up = content_bytes(contents[node_id]), content_bytes(reply.content)
-            update.wire_down, update.wire_up = self.framed_sent[node_id], message_bytes(reply)
+            update.wire_down, update.wire_up = message_bytes(self.last_sent[node_id]), message_bytes(reply)
             updates.append(update)
         return updates
 
