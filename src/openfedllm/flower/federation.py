@@ -221,9 +221,11 @@ def register_node(public_key: Path, flwr_home: Path, connection: str = CONNECTIO
 # --- processes -------------------------------------------------------------------------------------
 
 
-def superlink_command(port: int, folder: Path, certs: dict | None, auth: bool) -> list[str]:
+def superlink_command(port: int, folder: Path, certs: dict | None, auth: bool, warm: bool = True) -> list[str]:
+    """The SuperLink's command line; `warm`: openfedllm's wrapper, whose SuperExec forks each
+    ServerApp from a parent with torch and openfedllm imported (superlink.py)."""
     cmd = [
-        "flower-superlink",
+        *([sys.executable, "-m", "openfedllm.flower.superlink"] if warm else ["flower-superlink"]),
         "--port",
         str(port),
         "--database",
@@ -443,7 +445,7 @@ def simulate(run_config: dict, num_clients: int, cpus: float, gpus: float) -> in
     port = free_port()
     home = folder / "flwr"
     write_connection(home, f"127.0.0.1:{port}", None, SIMULATION)
-    cmd = superlink_command(port, folder, None, False) + ["--simulation", "--isolation", "subprocess"]
+    cmd = superlink_command(port, folder, None, False, warm=False) + ["--simulation", "--isolation", "subprocess"]
     cmd += ["--fleet-api-address", f"127.0.0.1:{free_port()}", "--control-api-address", f"127.0.0.1:{free_port()}"]
     link = start(cmd, folder / "superlink.log", flwr_env(home))
     try:

@@ -12,11 +12,12 @@ on (TESTED_FLOWER); on another, this command stops with one line (use plain `flo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import types
 
-TESTED_FLOWER = ("1.41.0",)
+from .superexec import COMMAND, PRELOAD_ENV, TESTED_FLOWER
 
 
 def main() -> None:
@@ -24,13 +25,31 @@ def main() -> None:
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
-    if flwr.__version__ not in TESTED_FLOWER or getattr(loop, "time", None) is not time:
+    if (
+        flwr.__version__ not in TESTED_FLOWER
+        or getattr(loop, "time", None) is not time
+        or getattr(loop, "subprocess", None) is not subprocess
+    ):
         sys.exit(
             f"openfedllm.flower.supernode: patches Flower {', '.join(TESTED_FLOWER)}'s node loop; this is "
             f"Flower {flwr.__version__}: run plain flower-supernode instead"
         )
 
     poll = float(os.environ.get("OPENFEDLLM_NODE_POLL", "0.2"))
+    # The SuperExec it starts for ClientApp tasks: openfedllm's, which forks each one from a parent
+    # that has Flower and the ClientApp imported (superexec.py), instead of a cold flwr-clientapp.
+    popen = subprocess.Popen
+
+    def start_superexec(command, *args, **kwargs):
+        if list(command[:1]) == ["flower-superexec"]:
+            command = [*COMMAND, *command[1:]]
+        return popen(command, *args, **kwargs)
+
+    shell = types.ModuleType("subprocess")
+    shell.__dict__.update(subprocess.__dict__)
+    setattr(shell, "Popen", start_superexec)  # noqa: B010 - a module's attribute
+    setattr(loop, "subprocess", shell)  # noqa: B010
+    os.environ.setdefault(PRELOAD_ENV, "flwr-clientapp")  # the SuperExec inherits it
     # The loop module calls time.sleep(3) when idle (and 0.5 s waits while pushing); cap only its own
     # waits, through a copy of the time module that only that module sees.
     shim = types.ModuleType("time")

@@ -1,0 +1,118 @@
+"""The warm SuperExec: each task in a process of its own, forked from the SuperExec, run as the
+command Flower's own SubprocessExecutor would have started, with the same arguments.
+
+The task's entry point is replaced by one that reports what it saw; the fork, the arguments, the
+exit status and the reaping are the real ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+from flwr.supercore.constant import TaskType  # noqa: E402
+from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus, SubprocessExecutor  # noqa: E402
+
+from openfedllm.flower import superexec  # noqa: E402
+
+
+def _spec(task_type: TaskType, task_id: int, **kwargs) -> ExecutionSpec:
+    values = dict(
+        task_type=task_type,
+        runtime_api_address="127.0.0.1:9094",
+        token=f"token-{task_id}",
+        insecure=False,
+        root_certificates_path="/certs/ca.crt",
+        runtime_dependency_install=False,
+        parent_pid=os.getpid(),
+        suppress_output=False,
+        task_id=task_id,
+    )
+    return ExecutionSpec(**{**values, **kwargs})
+
+
+def _flowers_own_command(spec: ExecutionSpec, monkeypatch) -> list[str]:
+    """What Flower's SubprocessExecutor would have started for the spec (its Popen, captured)."""
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    started = []
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", lambda args, **kw: started.append(args))
+    SubprocessExecutor().launch(spec)
+    monkeypatch.undo()
+    return started[0]
+
+
+def _wait_for(paths: list[Path], timeout: float = 60) -> None:
+    """Until every file exists (a cap for a stuck child, not a pace)."""
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.exists() for p in paths), [str(p) for p in paths if not p.exists()]
+
+
+def test_each_task_is_its_own_forked_process_running_flowers_command_line(tmp_path, monkeypatch):
+    specs = [
+        _spec(TaskType.CLIENT_APP, 1),
+        _spec(TaskType.CLIENT_APP, 2, insecure=True, root_certificates_path=None),
+        _spec(TaskType.SERVER_APP, 3, runtime_dependency_install=True),
+    ]
+    expected = [_flowers_own_command(s, monkeypatch) for s in specs]
+    assert expected[0][0] == "flwr-clientapp" and expected[2][0] == "flwr-serverapp"
+
+    def task_main():  # stands in for flwr-clientapp / flwr-serverapp: reports, then exits as flwr_exit does
+        import sys
+
+        import numpy as np
+
+        task_id = int(sys.argv[sys.argv.index("--token") + 1].split("-")[-1])
+        out = tmp_path / f"task{task_id}.json"
+        report = {"argv": sys.argv, "pid": os.getpid(), "ppid": os.getppid(), "draw": np.random.rand()}
+        out.write_text(json.dumps(report))
+        raise SystemExit(0 if task_id != 3 else 1)
+
+    monkeypatch.setattr(superexec, "entry_point", lambda command: task_main)
+    monkeypatch.setattr(superexec, "preload", lambda command: None)
+    loaded_before = set(superexec.PRELOAD)
+    executor = superexec.ForkExecutor(SubprocessExecutor())
+    for spec in specs:
+        assert executor.launch(spec).status == LaunchResultStatus.ACCEPTED
+    reports = [tmp_path / f"task{i}.json" for i in (1, 2, 3)]
+    _wait_for(reports)
+    got = [json.loads(p.read_text()) for p in reports]
+    for report, command in zip(got, expected):
+        assert report["argv"] == command  # Flower's own command line, argument for argument
+        assert report["ppid"] == os.getpid() and report["pid"] != os.getpid()
+    assert len({r["pid"] for r in got}) == 3
+    # a fork would repeat the parent's numpy stream; each task draws its own
+    assert len({r["draw"] for r in got}) == 3
+    assert executor.loaded == loaded_before  # every type preloaded once, in this (the parent) process
+
+    # The children are reaped by the loop's reconcile, each with the status its task exited with.
+    statuses = {}
+    for pid in list(executor.children):
+        _, status = os.waitpid(pid, 0)
+        statuses[pid] = os.waitstatus_to_exitcode(status)
+    assert sorted(statuses.values()) == [0, 0, 1]
+    executor.reconcile()  # already waited for: gone without an error
+    assert not executor.children
+
+
+def test_task_types_it_does_not_preload_start_as_flower_starts_them(monkeypatch):
+    launched = []
+
+    class Fallback(SubprocessExecutor):
+        def launch(self, spec):
+            launched.append(spec.task_type)
+            return super().launch(spec)
+
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", lambda args, **kw: None)
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked a task it does not preload"))
+    executor = superexec.ForkExecutor(Fallback())
+    assert executor.launch(_spec(TaskType.SIMULATION, 1)).status == LaunchResultStatus.ACCEPTED
+    assert launched == [TaskType.SIMULATION] and not executor.children
