@@ -116,3 +116,13 @@ def test_task_types_it_does_not_preload_start_as_flower_starts_them(monkeypatch)
     executor = superexec.ForkExecutor(Fallback())
     assert executor.launch(_spec(TaskType.SIMULATION, 1)).status == LaunchResultStatus.ACCEPTED
     assert launched == [TaskType.SIMULATION] and not executor.children
+
+
+def test_a_fork_that_fails_is_a_failed_launch_not_a_dead_superexec(monkeypatch):
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(superexec, "preload", lambda command: None)
+    monkeypatch.setattr(os, "fork", no_fork)
+    result = superexec.ForkExecutor(SubprocessExecutor()).launch(_spec(TaskType.CLIENT_APP, 1))
+    assert result.status == LaunchResultStatus.FAILED and "could not fork flwr-clientapp" in result.message

@@ -112,7 +112,10 @@ class ForkExecutor:
         main = entry_point(command)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no memory or no process slot: the SuperLink hears the task failed
+            return LaunchResult.failed(f"could not fork {command}: {exc}")
         if pid:
             self.children.add(pid)
             return LaunchResult.accepted()
