@@ -126,3 +126,15 @@ def test_a_fork_that_fails_is_a_failed_launch_not_a_dead_superexec(monkeypatch):
     monkeypatch.setattr(os, "fork", no_fork)
     result = superexec.ForkExecutor(SubprocessExecutor()).launch(_spec(TaskType.CLIENT_APP, 1))
     assert result.status == LaunchResultStatus.FAILED and "could not fork flwr-clientapp" in result.message
+
+
+def test_the_wrappers_stop_with_one_line_on_a_flower_they_were_not_tested_on(monkeypatch):
+    import flwr
+
+    with pytest.raises(SystemExit, match=r"^openfedllm.flower.supernode: patches Flower 1.41.0's supernode; "):
+        superexec.require_tested_flower("supernode", patched_in_place=False)  # the patched attribute is gone
+    monkeypatch.setattr(flwr, "__version__", "2.0.0")
+    with pytest.raises(SystemExit, match="this is Flower 2.0.0: run plain flower-superlink instead"):
+        superexec.require_tested_flower("superlink", patched_in_place=True)
+    monkeypatch.undo()
+    superexec.require_tested_flower("superexec", patched_in_place=True)  # the tested version: no exit

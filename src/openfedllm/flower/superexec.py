@@ -43,6 +43,18 @@ PRELOAD = {
 PRELOAD_ENV = "OPENFEDLLM_SUPEREXEC_PRELOAD"
 
 
+def require_tested_flower(wrapper: str, patched_in_place: bool) -> None:
+    """Stop with one line unless this is a Flower version the wrapper's patch is tested on, with the
+    attribute it patches still there; the plain Flower command works instead, only slower."""
+    import flwr
+
+    if flwr.__version__ not in TESTED_FLOWER or not patched_in_place:
+        sys.exit(
+            f"openfedllm.flower.{wrapper}: patches Flower {', '.join(TESTED_FLOWER)}'s {wrapper}; this is "
+            f"Flower {flwr.__version__}: run plain flower-{wrapper} instead"
+        )
+
+
 def preload(command: str) -> None:
     """Import what `command`'s process would; one that fails is left to the task, which reports it."""
     for module in PRELOAD.get(command, []):
@@ -156,16 +168,11 @@ def _run_child(main, args: list[str], suppress_output: bool) -> None:
 
 
 def main() -> None:
-    import flwr
     from flwr.supercore.cli import flower_superexec  # the command's function
     from flwr.supercore.constant import ExecutorType
     from flwr.supercore.superexec import run_superexec as loop
 
-    if flwr.__version__ not in TESTED_FLOWER or not hasattr(loop, "get_executor"):
-        sys.exit(
-            f"openfedllm.flower.superexec: patches Flower {', '.join(TESTED_FLOWER)}'s SuperExec; this is "
-            f"Flower {flwr.__version__}: run plain flower-superexec instead"
-        )
+    require_tested_flower("superexec", hasattr(loop, "get_executor"))
     real = loop.get_executor
 
     def get_executor(executor_type, *args, **kwargs):

@@ -11,21 +11,14 @@ from __future__ import annotations
 import os
 import sys
 
-from .superexec import COMMAND, PRELOAD_ENV, TESTED_FLOWER
+from .superexec import COMMAND, PRELOAD_ENV, require_tested_flower
 
 
 def main() -> None:
     import importlib
 
-    import flwr
-
     cli = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function
-
-    if flwr.__version__ not in TESTED_FLOWER or not hasattr(cli, "_get_superexec_command"):
-        sys.exit(
-            f"openfedllm.flower.superlink: patches Flower {', '.join(TESTED_FLOWER)}'s SuperLink; this is "
-            f"Flower {flwr.__version__}: run plain flower-superlink instead"
-        )
+    require_tested_flower("superlink", hasattr(cli, "_get_superexec_command"))
     real = cli._get_superexec_command
 
     def superexec_command(*args, **kwargs) -> list[str]:

@@ -17,23 +17,16 @@ import sys
 import time
 import types
 
-from .superexec import COMMAND, PRELOAD_ENV, TESTED_FLOWER
+from .superexec import COMMAND, PRELOAD_ENV, require_tested_flower
 
 
 def main() -> None:
-    import flwr
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
-    if (
-        flwr.__version__ not in TESTED_FLOWER
-        or getattr(loop, "time", None) is not time
-        or getattr(loop, "subprocess", None) is not subprocess
-    ):
-        sys.exit(
-            f"openfedllm.flower.supernode: patches Flower {', '.join(TESTED_FLOWER)}'s node loop; this is "
-            f"Flower {flwr.__version__}: run plain flower-supernode instead"
-        )
+    require_tested_flower(
+        "supernode", getattr(loop, "time", None) is time and getattr(loop, "subprocess", None) is subprocess
+    )
 
     poll = float(os.environ.get("OPENFEDLLM_NODE_POLL", "0.2"))
     # The SuperExec it starts for ClientApp tasks: openfedllm's, which forks each one from a parent
