@@ -341,20 +341,24 @@ def test_federated_dpo_on_the_nodes_equals_the_simulation(federation_up, tiny_mo
             "160",
             "--dpo.max_prompt_length",
             "96",
+            "--fed.num_clients",
+            "2",
             *extra,
         )
         args[0] = "dpo"
         return main(args)
 
     assert dpo(tmp_path / "simulated") == 0
-    federation_up(3)
+    federation_up(2)
     assert dpo(tmp_path / "deployed", "--federation", CONN) == 0
     _assert_same(_adapter(tmp_path / "deployed"), _adapter(tmp_path / "simulated"))
     summary = json.loads((tmp_path / "deployed" / "summary.json").read_text())
     assert summary["objective"] == "dpo" and "pref_accuracy" in summary["evaluation"]["federated"]
 
 
+# 2 clients on 2 nodes, both sampled every round: every node holds a c_i from every round
 RESUME_SETTINGS = [*NO_BASELINES, "--fed.algorithm", "scaffold", "--fed.rounds", "3"]
+RESUME_SETTINGS += ["--fed.num_clients", "2", "--fed.clients_per_round", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +388,7 @@ def test_a_killed_server_resumes_exactly_wherever_the_kill_lands(
 
     monkeypatch.setenv(faults.ENV, kill_at)  # the SuperLink's processes inherit it; the resumed run passes
     monkeypatch.setenv(faults.ONCE_ENV, str(tmp_path / "killed-once"))
-    fed = federation_up(3)
+    fed = federation_up(2)
     out = tmp_path / "run"
     args = tiny_run_args(tiny_model_dir, out, *RESUME_SETTINGS, "--federation", CONN)
     run = subprocess.Popen(
@@ -414,7 +418,7 @@ def test_a_killed_server_resumes_exactly_wherever_the_kill_lands(
         assert not (out / "checkpoints").exists()
     if restart:  # the same folder again: the nodes find their client state where they left it
         federation.down(Path(fed["dir"]))
-        assert federation.up(3, Path(fed["dir"]), threads=1)["flwr_home"] == fed["flwr_home"]
+        assert federation.up(2, Path(fed["dir"]), threads=1)["flwr_home"] == fed["flwr_home"]
 
     assert main(["sft", "--federation", CONN, "--resume", str(out)]) == 0
     _assert_same(_adapter(out), scaffold_simulated)

@@ -151,11 +151,8 @@ class NodeClients:
             if not missing:
                 break
             waited = time.monotonic() - start
-            if waited > fed.connect_timeout:
-                raise UserError(
-                    f"only {len(self.node_of)} of fed.num_clients={fed.num_clients} nodes connected "
-                    f"within fed.connect_timeout={fed.connect_timeout:g} s (missing: client {missing[0]})"
-                )
+            # Said before giving up too: a first query that outlasts the timeout (nodes loading the
+            # model on a busy machine) still leaves the line naming who answered and who did not.
             if waited - said >= WAITING_EVERY:
                 said = waited
                 print(
@@ -163,6 +160,11 @@ class NodeClients:
                     f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}); "
                     f"{waited:.0f} of up to {fed.connect_timeout:g} s (fed.connect_timeout)",
                     flush=True,
+                )
+            if waited > fed.connect_timeout:
+                raise UserError(
+                    f"only {len(self.node_of)} of fed.num_clients={fed.num_clients} nodes connected "
+                    f"within fed.connect_timeout={fed.connect_timeout:g} s (missing: client {missing[0]})"
                 )
             time.sleep(0.5)
         if fed.rank_by_size and not fed.client_ranks:  # the nodes train at the ranks their sizes give
