@@ -1,12 +1,14 @@
-"""`flower-supernode`, with a shorter idle poll: `python -m openfedllm.flower.supernode ARGS`.
+"""`flower-supernode`, with a shorter idle poll and a warm SuperExec: `python -m openfedllm.flower.supernode ARGS`.
 
 Flower 1.41's SuperNode sleeps a fixed 3 s whenever it finds no message for it; a round pays that
 wait twice (the training message, then nothing else: the next round's message). Everything else
-is the real flower-supernode, with its own arguments. OPENFEDLLM_NODE_POLL sets the wait (seconds,
-default 0.2); a plain `flower-supernode` works with the same ClientApp, only slower per round.
+is the real flower-supernode, with its own arguments, except that the SuperExec it starts is
+`openfedllm.flower.superexec` (each ClientApp forked from a parent with Flower imported).
+OPENFEDLLM_NODE_POLL sets the wait (seconds, default 0.2); a plain `flower-supernode` works with
+the same ClientApp, only slower per round.
 
 The patch reaches into Flower's loop module, so it runs only on the Flower versions it is tested
-on (TESTED_FLOWER); on another, this command stops with one line (use plain `flower-supernode`).
+on (superexec.TESTED_FLOWER); on another, this command stops with one line (use plain `flower-supernode`).
 """
 
 from __future__ import annotations
