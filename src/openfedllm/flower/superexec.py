@@ -17,6 +17,7 @@ is tested on (TESTED_FLOWER), like the SuperNode wrapper.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import signal
@@ -64,6 +65,7 @@ def preload(command: str) -> None:
             return
 
 
+@functools.cache  # looked up once: scanning the installed packages' entry points is not free per message
 def entry_point(command: str):
     """The function the console script `command` runs (flwr-clientapp, flwr-serverapp)."""
     from importlib.metadata import entry_points
