@@ -39,11 +39,29 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUND = re.compile(r"\[federated\] round (\d+)/\d+ .*\(round ([\d.]+) s(?:, eval ([\d.]+) s)?")
 
 
-def run_cli(args: list[str], env: dict) -> tuple[dict[int, float], float, str]:
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far by kind (/proc/stat: user nice system idle iowait irq softirq steal)."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:  # not Linux: no figure
+        return [0] * 8
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """The share of the machine's CPU time a hypervisor gave to other guests meanwhile (0-1)."""
+    spent = [b - a for a, b in zip(before, after)]
+    return spent[7] / sum(spent) if sum(spent) else 0.0
+
+
+STEAL: dict[str, float] = {}  # the last run of each kind's steal share
+
+
+def run_cli(args: list[str], env: dict, kind: str = "") -> tuple[dict[int, float], float, str]:
     """(seconds per round, wall seconds, output) of one `openfedllm` process."""
-    start = time.perf_counter()
+    start, ticks = time.perf_counter(), cpu_ticks()
     done = subprocess.run([sys.executable, "-m", "openfedllm.cli", *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    STEAL[kind] = steal_share(ticks, cpu_ticks())
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"openfedllm {' '.join(args[:2])} failed:\n{output[-3000:]}")
@@ -108,7 +126,8 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
     def threads(n: int | None) -> list[str]:
         return [] if args.defaults else ["--train.threads", str(n)]
 
-    sim, sim_wall, _ = run_cli(["sft", *common, *threads(args.sim_threads), "--output-dir", str(tmp / "sim")], env)
+    sim_args = ["sft", *common, *threads(args.sim_threads), "--output-dir", str(tmp / "sim")]
+    sim, sim_wall, _ = run_cli(sim_args, env, "simulation")
     fed_dir = tmp / "federation"
     start = time.perf_counter()
     record = federation.up(nodes, fed_dir, threads=0 if args.defaults else args.node_threads)
@@ -119,7 +138,7 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
         env_fed = dict(env, FLWR_HOME=record["flwr_home"])
         server = threads(args.server_threads or args.sim_threads)
         dep_args = ["sft", *common, *server, "--output-dir", str(tmp / "dep"), "--federation", federation.CONNECTION]
-        dep, dep_wall, _ = run_cli(dep_args, env_fed)
+        dep, dep_wall, _ = run_cli(dep_args, env_fed, "deployment")
     finally:
         federation.down(fed_dir)
     return {
@@ -131,6 +150,7 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
         "diff": max_difference(tmp / "sim", tmp / "dep"),
         "sim_parts": phases(tmp / "sim"),
         "dep_parts": phases(tmp / "dep"),
+        "steal": dict(STEAL),
     }
 
 
@@ -154,8 +174,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="simulation/deployment pairs, interleaved")
     parser.add_argument("--clients", type=int, default=0, help="clients (and nodes), all sampled each round")
     parser.add_argument("--pin-nodes", action="store_true", help="node i to core i mod the cores")
-    parser.add_argument("--node-poll", type=float, default=0.2, help="SuperNode idle poll, seconds")
-    parser.add_argument("--exec-poll", type=float, default=0.1, help="SuperExec task poll, seconds")
+    parser.add_argument("--node-poll", type=float, help="SuperNode poll after a message, s (default: the wrapper's)")
+    parser.add_argument("--node-poll-max", type=float, help="SuperNode idle poll's cap, s (default: the wrapper's)")
+    parser.add_argument("--exec-poll", type=float, help="SuperExec task poll, s (default: Flower's)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import yaml
@@ -174,8 +195,12 @@ def main() -> None:
     if args.clients:
         common += ["--fed.num_clients", str(args.clients), "--fed.clients_per_round", str(args.clients)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    os.environ["OPENFEDLLM_NODE_POLL"] = str(args.node_poll)  # what federation.up passes to the nodes
-    os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.exec_poll)
+    polls = {  # what federation.up passes on to the nodes and SuperExecs
+        "OPENFEDLLM_NODE_POLL": args.node_poll,
+        "OPENFEDLLM_NODE_POLL_MAX": args.node_poll_max,
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": args.exec_poll,
+    }
+    os.environ.update({k: str(v) for k, v in polls.items() if v is not None})
     threads = (
         "no thread options (torch's default in the simulation and the ServerApp; federation up's share per node)"
         if args.defaults
@@ -185,7 +210,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"config {Path(args.config).name}, {nodes} clients, {args.rounds} rounds; {threads}; "
-        f"node poll {args.node_poll} s, SuperExec poll {args.exec_poll} s"
+        f"polls: {', '.join(f'{k}={v}' for k, v in polls.items() if v is not None) or 'the defaults'}"
         + ("; node i pinned to core i mod the cores" if args.pin_nodes else "")
     )
     ratios = []
@@ -214,7 +239,8 @@ def main() -> None:
         print(
             f"wall: simulation {pair['sim_wall']:.0f} s, deployment {pair['dep_wall']:.0f} s "
             f"(+ federation up {pair['up']:.1f} s); final adapters: max |simulation - deployment| = "
-            f"{pair['diff']:.2e}"
+            f"{pair['diff']:.2e}; CPU time stolen by the hypervisor: simulation {pair['steal']['simulation']:.0%}, "
+            f"deployment {pair['steal']['deployment']:.0%}"
         )
     if ratios:
         print(

@@ -138,3 +138,72 @@ def test_the_wrappers_stop_with_one_line_on_a_flower_they_were_not_tested_on(mon
         superexec.require_tested_flower("superlink", patched_in_place=True)
     monkeypatch.undo()
     superexec.require_tested_flower("superexec", patched_in_place=True)  # the tested version: no exit
+
+
+def test_a_backoff_grows_by_half_to_its_cap_and_restarts_after_an_answer():
+    from openfedllm.flower.polling import Backoff
+
+    waits = Backoff(0.1, 0.5)
+    assert [round(waits.next(), 6) for _ in range(6)] == [0.1, 0.15, 0.225, 0.3375, 0.5, 0.5]
+    waits.reset()
+    assert waits.next() == 0.1
+    assert Backoff(2.0, 1.0).next() == 2.0  # a cap below the start is the start
+
+
+def test_an_idle_node_backs_off_to_its_cap_and_a_message_brings_it_back():
+    from openfedllm.flower.supernode import Waits
+
+    waits = Waits(poll=0.2, cap=1.0)
+    # Flower's idle wait (3 s) after a message: 0.2, then x1.5 per empty pull, capped at 1
+    assert [round(waits.seconds(3), 6) for _ in range(7)] == [0.2, 0.3, 0.45, 0.675, 1.0, 1.0, 1.0]
+    assert waits.seconds(0.5) == 0.2 and waits.seconds(0.1) == 0.1  # a reply wait: at most the poll
+    waits.message()
+    assert waits.seconds(3) == 0.2
+    assert Waits(poll=2.0, cap=1.0).seconds(3) == 2.0  # a cap below the poll is the poll
+
+
+def test_a_woken_sleep_ends_on_a_write_drains_it_and_sleeps_plainly_once_the_writer_is_gone():
+    read, write = os.pipe()
+    sleep = superexec.woken_sleep(read)
+    os.write(write, b"!!!")
+    sleep(60)  # returns at once: a write is pending (else this test would take a minute)
+    with pytest.raises(BlockingIOError):
+        os.read(read, 1)  # drained: the next wait is a full one until the next write
+    os.close(write)
+    sleep(60)  # end of file: returns, and stops watching a pipe nobody writes to
+    start = time.monotonic()
+    sleep(0.2)
+    assert time.monotonic() - start >= 0.2  # a plain sleep, not a busy loop on a readable pipe
+    os.close(read)
+
+
+def test_the_node_wrapper_wakes_its_superexec_for_each_stored_message(monkeypatch):
+    """supernode.patch on a stand-in for Flower's loop module: the SuperExec it starts gets the
+    pipe's read end (fd and env) and the preload; each pull that stored a message writes to it."""
+    import subprocess
+    import types
+
+    from openfedllm.flower import supernode
+
+    started, pulled = [], iter([None, 7])
+    monkeypatch.setattr(subprocess, "Popen", lambda command, *a, **kw: started.append((command, kw)))
+    monkeypatch.delenv(superexec.PRELOAD_ENV, raising=False)
+    loop = types.SimpleNamespace(time=time, subprocess=subprocess, _pull_and_store_message=lambda: next(pulled))
+    waits = supernode.patch(loop)
+
+    loop.subprocess.Popen(["flower-superexec", "--insecure"])
+    loop.subprocess.Popen(["other", "--x"])
+    (command, kw), (other, other_kw) = started
+    assert command == [*superexec.COMMAND, "--insecure"] and (other, other_kw) == (["other", "--x"], {})
+    fd = int(kw["env"][superexec.WAKE_ENV])
+    assert kw["pass_fds"] == (fd,) and kw["env"][superexec.PRELOAD_ENV] == "flwr-clientapp"
+    os.set_blocking(fd, False)
+
+    loop.time.sleep(3)  # no message yet: the idle wait is the poll, then grows
+    assert waits.idle.wait == pytest.approx(0.3)
+    assert loop._pull_and_store_message() is None
+    with pytest.raises(BlockingIOError):
+        os.read(fd, 1)  # nothing stored: no wake-up
+    assert loop._pull_and_store_message() == 7
+    assert os.read(fd, 1) == b"!" and waits.idle.wait == 0.2  # stored: the SuperExec is woken, the poll is fast again
+    assert loop.time.time is time.time and loop.time is not time  # only the loop's own waits change

@@ -36,10 +36,6 @@ OFFLINE_ENV = {  # always set: a federation here must work offline
     "RAY_USAGE_STATS_ENABLED": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
-SPEED_ENV = {  # defaults a setting the user exported overrides
-    # SuperExec (which starts each ServerApp / ClientApp process) looks for work every second by default.
-    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-}
 APP_DIR = Path(__file__).resolve().parent / "app"  # the Flower App's pyproject, shipped in the package
 
 
@@ -97,7 +93,7 @@ def this_terminals() -> Path:
 def flwr_env(flwr_home: Path | None = None) -> dict:
     """This process's environment with the offline settings, the venv's bin first on PATH (the
     SuperLink and SuperNodes start `flower-superexec` by name), and FLWR_HOME if given."""
-    env = {**SPEED_ENV, **os.environ, **OFFLINE_ENV}
+    env = {**os.environ, **OFFLINE_ENV}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)

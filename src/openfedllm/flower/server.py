@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from ..errors import UserError
+from .polling import Backoff
 from .transport import arrays_record, check_outgoing, content_bytes, describe, message_bytes, numbers
 
 if TYPE_CHECKING:
@@ -35,7 +36,11 @@ if TYPE_CHECKING:
     from ..algorithms import Algorithm, ClientTask, ClientUpdate
     from ..lora_aggregation.merges import MergeLog
 
-POLL_SECONDS = 0.1  # how often the server asks the SuperLink for replies (Flower's own loop waits 3 s)
+# How often the server asks the SuperLink for replies (Flower's own loop waits 3 s): 0.1 s after
+# sending and after each reply, growing to 0.5 s while none comes (polling.py: each ask costs the
+# SuperLink CPU that, on one machine, the nodes' training is using); and which nodes are still
+# there, every 2 s.
+POLL_SECONDS, POLL_MAX_SECONDS, LIVENESS_SECONDS = 0.1, 0.5, 2.0
 
 
 WAITING_EVERY = 10.0  # seconds between "waiting for nodes" lines at the start
@@ -103,22 +108,27 @@ class NodeClients:
 
     def _exchange(self, messages: list[Message], timeout: float) -> dict[int, Message]:
         """Push the messages; the replies that arrive within `timeout` seconds, by node id. A node
-        that leaves the federation meanwhile is given up at once."""
+        that leaves the federation meanwhile is given up within LIVENESS_SECONDS."""
         node_of_message = [m.metadata.dst_node_id for m in messages]
         ids = dict(zip(self.grid.push_messages(messages), node_of_message))  # message id -> node id
         pending = {m for m in ids if m}
         replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout
+        checked = time.monotonic()
+        waits = Backoff(POLL_SECONDS, POLL_MAX_SECONDS)
         while pending and time.monotonic() < deadline:
             for reply in self.grid.pull_messages(list(pending)):
                 mid = reply.metadata.reply_to_message_id
                 if mid in pending:
                     pending.discard(mid)
                     replies[ids[mid]] = reply
+                    waits.reset()
             if pending:
-                online = set(self.grid.get_node_ids())
-                pending = {m for m in pending if ids[m] in online}
-                time.sleep(POLL_SECONDS)
+                if time.monotonic() - checked >= LIVENESS_SECONDS:
+                    online = set(self.grid.get_node_ids())
+                    pending = {m for m in pending if ids[m] in online}
+                    checked = time.monotonic()
+                time.sleep(min(waits.next(), max(deadline - time.monotonic(), 0)))
         return replies
 
     def _record(self, round_index: int, client_id, reply, **extra) -> None:

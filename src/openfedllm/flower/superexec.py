@@ -10,6 +10,12 @@ once, then runs each task in a child forked from itself, calling the same entry 
 passed. Each task still runs in a process of its own that exits when the task ends; only the
 imports are shared (copy-on-write). Other task types (simulation, ...) start as Flower starts them.
 
+A second change on a SuperNode: Flower's loop asks the SuperNode for work every
+FLWR_SUPEREXEC_TASK_POLL_INTERVAL seconds (a request, ~1-2% of a core per SuperExec at 0.1 s, and
+more on the SuperNode that answers it). When started with WAKE_ENV naming a pipe, its wait ends as
+soon as the SuperNode writes to that pipe (it does for each message it stores), so the poll itself
+can stay at Flower's 1 s while a ClientApp still starts at once.
+
 The SuperLink and SuperNode wrappers (`superlink.py`, `supernode.py`) start this in place of
 `flower-superexec`. It patches Flower's executor factory, so it runs only on the Flower versions it
 is tested on (TESTED_FLOWER), like the SuperNode wrapper.
@@ -20,8 +26,11 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import select
 import signal
 import sys
+import time
+import types
 
 TESTED_FLOWER = ("1.41.0",)
 COMMAND = [sys.executable, "-m", "openfedllm.flower.superexec"]  # what the wrappers start instead
@@ -42,6 +51,8 @@ PRELOAD = {
 }
 # Which PRELOAD a SuperExec takes: set by the wrapper that starts it (one SuperExec serves one side).
 PRELOAD_ENV = "OPENFEDLLM_SUPEREXEC_PRELOAD"
+# The read end of a pipe this SuperExec's parent writes to when a task may be waiting (supernode.py).
+WAKE_ENV = "OPENFEDLLM_SUPEREXEC_WAKE_FD"
 
 
 def require_tested_flower(wrapper: str, patched_in_place: bool) -> None:
@@ -169,12 +180,33 @@ def _run_child(main, args: list[str], suppress_output: bool) -> None:
             os._exit(code)
 
 
+def woken_sleep(fd: int):
+    """A `time.sleep` that also ends when `fd` becomes readable, draining it. Once the writer is
+    gone (the SuperNode exited; Flower's parent monitor ends this process soon after) it is a plain sleep."""
+    os.set_blocking(fd, False)
+    watching = True
+
+    def sleep(seconds: float) -> None:
+        nonlocal watching
+        if not watching:
+            time.sleep(seconds)
+            return
+        ready, _, _ = select.select([fd], [], [], seconds)
+        if ready:
+            try:
+                watching = os.read(fd, 4096) != b""  # b"": end of file, no writer left
+            except BlockingIOError:  # another reader drained it first: nothing to wait for
+                pass
+
+    return sleep
+
+
 def main() -> None:
     from flwr.supercore.cli import flower_superexec  # the command's function
     from flwr.supercore.constant import ExecutorType
     from flwr.supercore.superexec import run_superexec as loop
 
-    require_tested_flower("superexec", hasattr(loop, "get_executor"))
+    require_tested_flower("superexec", hasattr(loop, "get_executor") and getattr(loop, "time", None) is time)
     real = loop.get_executor
 
     def get_executor(executor_type, *args, **kwargs):
@@ -182,6 +214,12 @@ def main() -> None:
         return ForkExecutor(executor) if executor_type == ExecutorType.SUBPROCESS else executor
 
     setattr(loop, "get_executor", get_executor)  # noqa: B010 - a module's attribute
+    if os.environ.get(WAKE_ENV):
+        # The loop's wait between polls, through a copy of the time module only that module sees.
+        shim = types.ModuleType("time")
+        shim.__dict__.update(time.__dict__)
+        setattr(shim, "sleep", woken_sleep(int(os.environ[WAKE_ENV])))  # noqa: B010
+        setattr(loop, "time", shim)  # noqa: B010
     # Before the first task: the imports happen while the federation waits for its first run.
     for command in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
         preload(command)
