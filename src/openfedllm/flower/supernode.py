@@ -5,8 +5,8 @@ wait twice (the training message, then nothing else: the next round's message). 
 after a message starts at OPENFEDLLM_NODE_POLL (seconds, default 0.2: SecAgg+'s stages follow each
 other within a second) and grows 1.5x per empty poll up to OPENFEDLLM_NODE_POLL_MAX (default 1): an
 idle node asks the SuperLink once a second, not five times, and the SuperLink's cost of answering
-(~2% of a core per node at 0.2 s) does not sit beside the server's evaluation. A round's first
-message waits at most that cap.
+(~6% of a core per node at 0.2 s, measured here) does not sit beside the server's evaluation. A
+round's first message waits at most that cap.
 
 Everything else is the real flower-supernode, with its own arguments, except that the SuperExec it
 starts is `openfedllm.flower.superexec` (each ClientApp forked from a parent with Flower imported),
