@@ -180,6 +180,15 @@ def _run_child(main, args: list[str], suppress_output: bool) -> None:
             os._exit(code)
 
 
+def module_with(module: types.ModuleType, **changes) -> types.ModuleType:
+    """A copy of `module` with `changes` to its attributes. Set as one Flower module's attribute
+    (its `time`, its `subprocess`), it changes what that module alone calls."""
+    copy = types.ModuleType(module.__name__)
+    copy.__dict__.update(module.__dict__)
+    copy.__dict__.update(changes)
+    return copy
+
+
 def woken_sleep(fd: int):
     """A `time.sleep` that also ends when `fd` becomes readable, draining it. Once the writer is
     gone (the SuperNode exited; Flower's parent monitor ends this process soon after) it is a plain sleep."""
@@ -214,12 +223,8 @@ def main() -> None:
         return ForkExecutor(executor) if executor_type == ExecutorType.SUBPROCESS else executor
 
     setattr(loop, "get_executor", get_executor)  # noqa: B010 - a module's attribute
-    if os.environ.get(WAKE_ENV):
-        # The loop's wait between polls, through a copy of the time module only that module sees.
-        shim = types.ModuleType("time")
-        shim.__dict__.update(time.__dict__)
-        setattr(shim, "sleep", woken_sleep(int(os.environ[WAKE_ENV])))  # noqa: B010
-        setattr(loop, "time", shim)  # noqa: B010
+    if os.environ.get(WAKE_ENV):  # the loop's wait between polls
+        setattr(loop, "time", module_with(time, sleep=woken_sleep(int(os.environ[WAKE_ENV]))))  # noqa: B010
     # Before the first task: the imports happen while the federation waits for its first run.
     for command in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
         preload(command)

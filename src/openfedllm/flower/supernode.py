@@ -23,10 +23,9 @@ import os
 import subprocess
 import sys
 import time
-import types
 
 from .polling import Backoff
-from .superexec import COMMAND, PRELOAD_ENV, WAKE_ENV, require_tested_flower
+from .superexec import COMMAND, PRELOAD_ENV, WAKE_ENV, module_with, require_tested_flower
 
 POLL_ENV, POLL_MAX_ENV = "OPENFEDLLM_NODE_POLL", "OPENFEDLLM_NODE_POLL_MAX"
 
@@ -94,17 +93,10 @@ def patch(loop) -> Waits:
                 pass
         return run_id
 
-    shell = types.ModuleType("subprocess")
-    shell.__dict__.update(subprocess.__dict__)
-    setattr(shell, "Popen", start_superexec)  # noqa: B010 - a module's attribute
-    setattr(loop, "subprocess", shell)  # noqa: B010
+    setattr(loop, "subprocess", module_with(subprocess, Popen=start_superexec))  # noqa: B010 - a module's attribute
     setattr(loop, "_pull_and_store_message", pull_and_wake)  # noqa: B010 - looked up by the loop per pull
-    # The loop module calls time.sleep(3) when idle (and 0.5 s waits while pushing); shorten only its
-    # own waits, through a copy of the time module that only that module sees.
-    shim = types.ModuleType("time")
-    shim.__dict__.update(time.__dict__)
-    setattr(shim, "sleep", lambda seconds: time.sleep(waits.seconds(seconds)))  # noqa: B010 - a module's attribute
-    setattr(loop, "time", shim)  # noqa: B010
+    # The loop module calls time.sleep(3) when idle (and 0.5 s waits while pushing): shorten its waits only.
+    setattr(loop, "time", module_with(time, sleep=lambda seconds: time.sleep(waits.seconds(seconds))))  # noqa: B010
     return waits
 
 
