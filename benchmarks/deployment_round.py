@@ -53,19 +53,16 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return spent[7] / sum(spent) if sum(spent) else 0.0
 
 
-STEAL: dict[str, float] = {}  # the last run of each kind's steal share
-
-
-def run_cli(args: list[str], env: dict, kind: str = "") -> tuple[dict[int, float], float, str]:
-    """(seconds per round, wall seconds, output) of one `openfedllm` process."""
+def run_cli(args: list[str], env: dict) -> tuple[dict[int, float], float, float]:
+    """(seconds per round, wall seconds, the share of CPU time stolen meanwhile) of one `openfedllm` process."""
     start, ticks = time.perf_counter(), cpu_ticks()
     done = subprocess.run([sys.executable, "-m", "openfedllm.cli", *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    STEAL[kind] = steal_share(ticks, cpu_ticks())
+    stolen = steal_share(ticks, cpu_ticks())
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"openfedllm {' '.join(args[:2])} failed:\n{output[-3000:]}")
-    return {int(r): float(t) + float(e or 0) for r, t, e in ROUND.findall(output)}, wall, output
+    return {int(r): float(t) + float(e or 0) for r, t, e in ROUND.findall(output)}, wall, stolen
 
 
 def phases(run_dir: Path) -> dict[int, tuple[float, float]]:
@@ -127,7 +124,7 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
         return [] if args.defaults else ["--train.threads", str(n)]
 
     sim_args = ["sft", *common, *threads(args.sim_threads), "--output-dir", str(tmp / "sim")]
-    sim, sim_wall, _ = run_cli(sim_args, env, "simulation")
+    sim, sim_wall, sim_stolen = run_cli(sim_args, env)
     fed_dir = tmp / "federation"
     start = time.perf_counter()
     record = federation.up(nodes, fed_dir, threads=0 if args.defaults else args.node_threads)
@@ -138,7 +135,7 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
         env_fed = dict(env, FLWR_HOME=record["flwr_home"])
         server = threads(args.server_threads or args.sim_threads)
         dep_args = ["sft", *common, *server, "--output-dir", str(tmp / "dep"), "--federation", federation.CONNECTION]
-        dep, dep_wall, _ = run_cli(dep_args, env_fed, "deployment")
+        dep, dep_wall, dep_stolen = run_cli(dep_args, env_fed)
     finally:
         federation.down(fed_dir)
     return {
@@ -150,7 +147,7 @@ def one_pair(args, common: list[str], env: dict, nodes: int, tmp: Path) -> dict:
         "diff": max_difference(tmp / "sim", tmp / "dep"),
         "sim_parts": phases(tmp / "sim"),
         "dep_parts": phases(tmp / "dep"),
-        "steal": dict(STEAL),
+        "steal": {"simulation": sim_stolen, "deployment": dep_stolen},
     }
 
 

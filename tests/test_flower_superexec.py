@@ -199,8 +199,11 @@ def test_the_node_wrapper_wakes_its_superexec_for_each_stored_message(monkeypatc
     assert kw["pass_fds"] == (fd,) and kw["env"][superexec.PRELOAD_ENV] == "flwr-clientapp"
     os.set_blocking(fd, False)
 
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # what the loop's waits hand to the real sleep
     loop.time.sleep(3)  # no message yet: the idle wait is the poll, then grows
-    assert waits.idle.wait == pytest.approx(0.3)
+    loop.time.sleep(0.5)  # a wait for the reply: at most the poll
+    assert slept == [0.2, 0.2] and waits.idle.wait == pytest.approx(0.3)
     assert loop._pull_and_store_message() is None
     with pytest.raises(BlockingIOError):
         os.read(fd, 1)  # nothing stored: no wake-up
