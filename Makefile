@@ -25,13 +25,17 @@ demo: $(STAMP)
 quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/openfedllm sft --config configs/sft_quick.yaml
 
-# --durations: the slowest tests in every log, so the suite's budget (about 15 minutes) stays visible
+# --durations: the slowest tests in every log, so the suite's budget (about 15 minutes) stays visible.
+# -n auto: one pytest-xdist worker per core. The tiny-model tests are Python-bound (one core each),
+# so two run side by side; the real federations share one worker (xdist_group "federation"), one
+# after another, as each of them uses most of the machine.
+XDIST := -n auto --dist loadgroup
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) --durations=15
 
 # The inner loop: everything but the tests marked slow (real federations, the real model).
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) -m "not slow"
 
 # The gates CI runs before the tests: lint, formatting, types.
 lint: $(STAMP)

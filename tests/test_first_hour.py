@@ -326,13 +326,13 @@ def test_the_training_loss_plot_of_a_hundred_clients_draws_the_mean_a_band_and_a
     from openfedllm import plots
 
     drawn = []
-    original = plots.plt.Axes.plot
+    original = plots.pyplot().Axes.plot
 
     def spy(ax, *args, **kwargs):
         drawn.append(kwargs.get("label"))
         return original(ax, *args, **kwargs)
 
-    monkeypatch.setattr(plots.plt.Axes, "plot", spy)
+    monkeypatch.setattr(plots.pyplot().Axes, "plot", spy)
     records = [
         {"type": "client", "phase": "federated", "round": r, "client": c, "loss": 2.0 - 0.1 * r + 0.01 * c}
         for r in (1, 2, 3)

@@ -477,8 +477,9 @@ def claim_lines(rows: list[dict]) -> list[str]:
 
 
 def plot_results(rows: list[dict], out_dir: Path) -> Path:
-    from .plots import plt
+    from .plots import pyplot
 
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = method_order(rows)
     metrics = [

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PHASE_STYLE = {"federated": "-", "local": "--", "centralized": ":"}
 
 
 MAX_CLIENT_LINES = 8  # more clients than this: the federation's mean and range, and a few clients drawn
 DOMAIN_MARKERS = "osv^D<>pPX*h"  # overlapping accuracy lines stay apart by their markers
+
+
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on servers), imported on first use:
+    the ~0.7 s it costs is paid by a run when it draws, not by every process that imports the rounds
+    (a deployed server, each node's worker, a CLI call that stops at a bad input)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_run(records: list[dict], out_dir: Path, title: str = "") -> list[Path]:
@@ -40,7 +48,7 @@ def run_title(run_dir: Path, cfg) -> str:
 
 
 def _train_loss(records: list[dict], path: Path, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     clients = defaultdict(list)
     baselines = defaultdict(list)
     for r in records:
@@ -92,7 +100,7 @@ def _evaluation(records: list[dict], path: Path, title: str = "") -> Path:
     has_alignment = any(key in r for r in evals for key in ALIGNMENT)
     has_benchmarks = any(r.get("benchmarks") for r in evals)
     panels = 1 + has_acc + has_alignment + has_benchmarks
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     ax_loss = axes[0][0]
     fed_points = sorted((r["round"], r["loss"]) for r in evals if r["phase"] == "federated" and r["loss"] is not None)
     if fed_points:
@@ -139,7 +147,7 @@ def _evaluation(records: list[dict], path: Path, title: str = "") -> Path:
 
 def compare_runs(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
     """Several runs' federated held-out loss and mean accuracy, overlaid (`openfedllm plot A B ...`)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for name, records in runs:
         evals = sorted(
             (r for r in records if r.get("type") == "eval" and r["phase"] == "federated"), key=lambda r: r["round"]
@@ -247,7 +255,7 @@ def _benchmarks(ax, evals: list[dict]) -> None:
 
 def _aggregation_error(records: list[dict], path: Path, title: str = "") -> Path:
     """Per layer type, how far each round's global adapter is from the mean of the clients' products."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     series = defaultdict(list)
     for r in records:
         if r.get("type") == "aggregation" and r["phase"] == "federated":
@@ -269,6 +277,8 @@ def _aggregation_error(records: list[dict], path: Path, title: str = "") -> Path
 
 def _label(ax, ylabel: str, title: str) -> None:
     ax.set_xlabel("round")
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -280,5 +290,5 @@ def _label(ax, ylabel: str, title: str) -> None:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
