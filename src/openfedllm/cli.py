@@ -150,7 +150,7 @@ def _train_command(argv: list[str], objective: str) -> int:
 
     quiet_libraries()
     from .distributed import rank_run_dir, silence_followers, start
-    from .rounds import run
+    from .rounds import resume_point, run
     from .rundir import console_log
     from .setup import prepare
 
@@ -159,11 +159,13 @@ def _train_command(argv: list[str], objective: str) -> int:
     with console_log(run_dir) if rank == 0 else contextlib.nullcontext():
         if world > 1:
             print(f"Each client trains data-parallel over {world} processes (torch.distributed); rank 0 writes")
+        # a damaged run directory fails here, before the data and the model load
+        checkpoint = resume_point(config, run_dir, extend) if args.resume else None
         setup = prepare(config)  # every check on data and model happens here, before any file is written
         created = not run_dir.exists()
         try:
             with rank_run_dir(run_dir, bool(args.resume), rank) as own_dir:
-                run(setup, own_dir, resume=bool(args.resume), extend=extend)
+                run(setup, own_dir, resume=bool(args.resume), extend=extend, checkpoint=checkpoint)
         except UserError:
             if rank == 0 and created and not (run_dir / "checkpoints").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping

@@ -32,7 +32,7 @@ from .client import LocalSteps, cosine_lr, train_local
 from .client_state import ClientStore
 from .combine import Combiner, client_side, plain
 from .compression import RESIDUAL, Wire, array_bytes
-from .config import phases_of, to_dict
+from .config import RunConfig, phases_of, to_dict
 from .data.lazy import LazyRows, client_rows
 from .errors import UserError
 from .evaluation.heldout import benchmark_overlap, evaluate
@@ -526,18 +526,37 @@ def check_progress(progress: dict, phases: list[str], rounds: int, log: MetricsL
         raise UserError(f"{where}: {lines!r} metrics lines, but metrics.jsonl has {written} readable ones")
 
 
+def resume_point(cfg: RunConfig, run_dir: Path, extend: bool = False) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from, checked against the run's config and its metrics
+    log; None if the run was stopped before its first checkpoint. It needs no model: the CLI asks
+    before loading one, so a damaged run directory fails in seconds, not after a model load."""
+    checkpoint = load_checkpoint(run_dir)
+    if extend:
+        checkpoint = extension_point(run_dir, checkpoint, cfg.fed.rounds)
+    if checkpoint is not None:
+        log = MetricsLog(run_dir / "metrics.jsonl")
+        check_progress(checkpoint.progress, phases_of(cfg), cfg.fed.rounds, log, run_dir)
+    return checkpoint
+
+
 def run(
-    setup: Setup, run_dir: Path, resume: bool = False, clients: Clients | None = None, extend: bool = False
+    setup: Setup,
+    run_dir: Path,
+    resume: bool = False,
+    clients: Clients | None = None,
+    extend: bool = False,
+    checkpoint: Checkpoint | None = None,
 ) -> dict:
     """Run (or continue) every phase; returns the summary written to summary.json. `clients` trains
     the federated phase's rounds (a deployment's nodes); by default the simulation's LocalClients.
     `extend`: the config's fed.rounds grew; continue the federated phase from its last checkpoint to
-    the new total, then run the baselines again for the new length."""
+    the new total, then run the baselines again for the new length. `checkpoint`: what
+    `resume_point` gave, if the caller asked already."""
     cfg = setup.config
     log = MetricsLog(run_dir / "metrics.jsonl")
-    checkpoint = load_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        checkpoint = resume_point(cfg, run_dir, extend)  # None again costs nothing: no checkpoint files
     if extend:
-        checkpoint = extension_point(run_dir, checkpoint, cfg.fed.rounds)
         save_config(run_dir, to_dict(cfg))
     done: list[str] = []
     print(banner(setup, run_dir, checkpoint is not None), flush=True)
@@ -577,7 +596,6 @@ def run(
         tqdm.write("[before training]  " + eval_text(before))
     else:
         progress = checkpoint.progress
-        check_progress(progress, phases_of(cfg), cfg.fed.rounds, log, run_dir)
         start_console_log()
         log.truncate(progress["metrics_lines"])
         done = list(progress["done"])
