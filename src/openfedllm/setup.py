@@ -67,10 +67,13 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
         torch.set_num_threads(config.train.threads)
     device = models.resolve_device(config.model.device)  # an absent device fails before any data is read
     model_path = models.resolve_model(config.model.name)
+    dpo = config.train.objective == "dpo"
+    # The data is read (a malformed file refused) before the tokenizer loads: transformers' import
+    # alone is ~2.5 s here, and a bad file should not wait for it.
+    read = read_preferences(config) if dpo else load_examples(config.data, config.train.seed, config.fed.split)
     tokenizer = models.load_tokenizer(model_path)
     check_template(config.data.template, tokenizer)
-    dpo = config.train.objective == "dpo"
-    data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout)
+    data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout, read)
     clients = split_clients(data["train_domains"], config) if train else [[] for _ in range(config.fed.num_clients)]
     if train and config.fed.rank_by_size and not config.fed.client_ranks:
         from .lora_aggregation import ranks_by_size
@@ -171,10 +174,13 @@ def load_model(config: RunConfig, model_path: str, device: torch.device):
     return model
 
 
-def instruction_data(config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True) -> dict:
+def instruction_data(
+    config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True, read: tuple | None = None
+) -> dict:
     """SFT rows: each example tokenized once for the whole run, not per round (the training rows
-    only with `train_rows`, the held-out ones only with `heldout_rows`)."""
-    train, heldout = load_examples(config.data, config.train.seed, config.fed.split)
+    only with `train_rows`, the held-out ones only with `heldout_rows`). `read`: what
+    `load_examples` gave, if the caller read the data already."""
+    train, heldout = read or load_examples(config.data, config.train.seed, config.fed.split)
     if not heldout_rows:
         heldout = []
     limit = config.data.max_length
@@ -223,22 +229,30 @@ def instruction_data(config: RunConfig, tokenizer, train_rows: bool = True, held
     }
 
 
-def preference_data(config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True) -> dict:
-    """DPO pairs of the built-in preference set or a user's file, tokenized once (the training pairs
-    only with `train_rows`, the held-out ones and tasks only with `heldout_rows`)."""
+def read_preferences(config: RunConfig) -> tuple[list, list, list[Example]]:
+    """(training pairs, held-out pairs, held-out tasks) of the built-in preference set or a user's
+    file, not yet tokenized."""
     data = config.data
-    tasks: list[Example] = []
-    if data.path or data.name:
-        prefs, report, where = load_preference_data(data)
-        print(f"Preference data {where}: {report.summary(len(prefs))}")
-        if data.eval_path:  # the user's validation pairs are the held-out ones
-            held, held_report, held_where = load_preference_data(replace(data, path=data.eval_path, name=""))
-            print(f"Validation pairs {held_where}: {held_report.summary(len(held))}")
-            train = prefs
-        else:
-            train, held = split_heldout(prefs, data, config.train.seed)
-    else:
-        train, held, tasks = builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)
+    if not (data.path or data.name):
+        return builtin_preferences(data.train_per_domain, data.heldout_per_domain, config.train.seed)
+    prefs, report, where = load_preference_data(data)
+    print(f"Preference data {where}: {report.summary(len(prefs))}")
+    if data.eval_path:  # the user's validation pairs are the held-out ones
+        held, held_report, held_where = load_preference_data(replace(data, path=data.eval_path, name=""))
+        print(f"Validation pairs {held_where}: {held_report.summary(len(held))}")
+        return prefs, held, []
+    train, held = split_heldout(prefs, data, config.train.seed)
+    return train, held, []
+
+
+def preference_data(
+    config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True, read: tuple | None = None
+) -> dict:
+    """DPO pairs of the built-in preference set or a user's file, tokenized once (the training pairs
+    only with `train_rows`, the held-out ones and tasks only with `heldout_rows`). `read`: what
+    `read_preferences` gave, if the caller read the data already."""
+    data = config.data
+    train, held, tasks = read or read_preferences(config)
 
     def pairs(prefs):
         tokenized = [
