@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: two torch thread pools of 2 threads on 2 cores would spin
+    # against each other (the tiny model's steps gain nothing from a second thread anyway)
     import torch
 
     torch.set_num_threads(1)

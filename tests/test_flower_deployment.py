@@ -25,9 +25,7 @@ from openfedllm.flower import federation  # noqa: E402
 
 from .conftest import tiny_run_args  # noqa: E402
 
-# real Flower federations: SuperLink, SuperNodes, TLS. One xdist worker runs them one after another:
-# each takes most of both cores, and two at once would only slow each other.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("federation")]
+pytestmark = pytest.mark.slow  # real Flower federations: SuperLink, SuperNodes, TLS
 
 NO_BASELINES = ["--baselines.local", "false", "--baselines.centralized", "false"]
 CONN = federation.CONNECTION
