@@ -1,6 +1,7 @@
 """The CLI end to end on the tiny model: run directory, resume, export, and every bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openfedllm import rounds
+from openfedllm import models, rounds
 from openfedllm.cli import main
 
 from .conftest import tiny_run_args
@@ -102,6 +103,24 @@ def test_resume_after_interruption_gives_the_identical_adapter(
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert strip(read(out)) == strip(read(finished_run))  # no duplicated or missing records
+
+
+def test_a_damaged_checkpoint_stops_a_resume_before_the_data_and_the_model_load(
+    finished_run, tmp_path, capsys, monkeypatch
+):
+    import openfedllm.setup
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "checkpoints" / "server_state.pt").write_bytes(b"\x00garbage")
+
+    def no_prepare(*args, **kwargs):
+        raise AssertionError("the data and the model loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(openfedllm.setup, "prepare", no_prepare)
+    assert main(["sft", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoints/server_state.pt is damaged" in err and len(err.splitlines()) == 1, err
 
 
 def test_export_merged_model_matches_base_plus_adapter(finished_run, tiny_model_dir, tmp_path):
@@ -209,10 +228,15 @@ def test_bad_input_fails_with_one_line(args, message, tmp_path, capsys):
         ),
     ],
 )
-def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp_path, capsys):
+def test_malformed_data_file_names_the_row(content, message, tiny_model_dir, tmp_path, capsys, monkeypatch):
     data = tmp_path / "data.jsonl"
     data.write_text(content)
     out = tmp_path / "run"
+
+    def no_tokenizer(path):
+        raise AssertionError("the tokenizer loaded before the data was checked")
+
+    monkeypatch.setattr(models, "load_tokenizer", no_tokenizer)  # the file is refused before it loads
     assert main(tiny_run_args(tiny_model_dir, out, "--data.path", str(data))) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and str(data) in err and len(err.splitlines()) == 1

@@ -276,9 +276,9 @@ def _aggregation_error(records: list[dict], path: Path, title: str = "") -> Path
 
 
 def _label(ax, ylabel: str, title: str) -> None:
-    ax.set_xlabel("round")
     from matplotlib.ticker import MaxNLocator
 
+    ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_ylabel(ylabel)
     ax.set_title(title)
