@@ -373,8 +373,7 @@ def test_data_inspect_prints_the_split_and_draws_it(tiny_model_dir, tmp_path, ca
 def test_over_length_rows_are_counted_and_cut_or_dropped(mode, tiny_model_dir, tmp_path):
     from openfedllm.config import build
     from openfedllm.data import split_heldout
-    from openfedllm.models import load_tokenizer
-    from openfedllm.setup import instruction_data as _instruction_data
+    from openfedllm.setup import tokenized_data
 
     rows = [{"instruction": f"short {i}", "output": "a"} for i in range(6)]
     rows += [{"instruction": "long " * 80 + str(i), "output": "c"} for i in range(2)]  # the answer falls past 40
@@ -386,7 +385,7 @@ def test_over_length_rows_are_counted_and_cut_or_dropped(mode, tiny_model_dir, t
     train, _ = split_heldout(rows, config.data, config.train.seed)  # the same seeded held-out choice
     long_prompts = sum(r["output"] == "c" for r in train)
     long_answers = sum(r["instruction"].startswith("count") for r in train)
-    data = _instruction_data(config, load_tokenizer(str(tiny_model_dir)))
+    _, data = tokenized_data(config, str(tiny_model_dir))
     assert long_prompts and long_answers and data["over_length"] == long_prompts + long_answers
     if mode == "drop":
         assert len(data["train_rows"]) == len(train) - long_prompts - long_answers and data["dropped"] == 0

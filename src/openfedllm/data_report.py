@@ -12,7 +12,6 @@ from pathlib import Path
 
 from . import models
 from .config import RunConfig
-from .data.templates import check_template
 from .partition import label_mix
 from .textfmt import text_table
 
@@ -20,14 +19,12 @@ TOP_LABELS = 8  # labels drawn by name in the plot; the rest are "other"
 
 
 def inspect(config: RunConfig, png: Path) -> list[dict]:
-    from .setup import instruction_data, preference_data, split_clients
+    from .setup import split_clients, tokenized_data
 
     config.validate()
-    tokenizer = models.load_tokenizer(models.resolve_model(config.model.name))
-    check_template(config.data.template, tokenizer)
     dpo = config.train.objective == "dpo"
     config.data.tokenize = "eager"  # every row's token counts are the report
-    data = preference_data(config, tokenizer) if dpo else instruction_data(config, tokenizer)
+    _, data = tokenized_data(config, models.resolve_model(config.model.name))
     labels = data["train_domains"]
     clients = split_clients(labels, config)
     rows = []

@@ -68,12 +68,7 @@ def prepare(config: RunConfig, train: bool = True, heldout: bool = True) -> Setu
     device = models.resolve_device(config.model.device)  # an absent device fails before any data is read
     model_path = models.resolve_model(config.model.name)
     dpo = config.train.objective == "dpo"
-    # The data is read (a malformed file refused) before the tokenizer loads: transformers' import
-    # alone is ~2.5 s here, and a bad file should not wait for it.
-    read = read_preferences(config) if dpo else load_examples(config.data, config.train.seed, config.fed.split)
-    tokenizer = models.load_tokenizer(model_path)
-    check_template(config.data.template, tokenizer)
-    data = (preference_data if dpo else instruction_data)(config, tokenizer, train, heldout, read)
+    tokenizer, data = tokenized_data(config, model_path, train, heldout)
     clients = split_clients(data["train_domains"], config) if train else [[] for _ in range(config.fed.num_clients)]
     if train and config.fed.rank_by_size and not config.fed.client_ranks:
         from .lora_aggregation import ranks_by_size
@@ -174,13 +169,24 @@ def load_model(config: RunConfig, model_path: str, device: torch.device):
     return model
 
 
+def tokenized_data(config: RunConfig, model_path: str, train: bool = True, heldout: bool = True) -> tuple:
+    """(tokenizer, the run's rows tokenized: `instruction_data` or `preference_data`). The data is
+    read (a malformed file refused) before the tokenizer loads: transformers' import alone is ~2.5 s
+    here, and a bad file should not wait for it."""
+    dpo = config.train.objective == "dpo"
+    read = read_preferences(config) if dpo else load_examples(config.data, config.train.seed, config.fed.split)
+    tokenizer = models.load_tokenizer(model_path)
+    check_template(config.data.template, tokenizer)
+    return tokenizer, (preference_data if dpo else instruction_data)(config, tokenizer, read, train, heldout)
+
+
 def instruction_data(
-    config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True, read: tuple | None = None
+    config: RunConfig, tokenizer, read: tuple, train_rows: bool = True, heldout_rows: bool = True
 ) -> dict:
     """SFT rows: each example tokenized once for the whole run, not per round (the training rows
     only with `train_rows`, the held-out ones only with `heldout_rows`). `read`: what
-    `load_examples` gave, if the caller read the data already."""
-    train, heldout = read or load_examples(config.data, config.train.seed, config.fed.split)
+    `load_examples` gave."""
+    train, heldout = read
     if not heldout_rows:
         heldout = []
     limit = config.data.max_length
@@ -246,13 +252,13 @@ def read_preferences(config: RunConfig) -> tuple[list, list, list[Example]]:
 
 
 def preference_data(
-    config: RunConfig, tokenizer, train_rows: bool = True, heldout_rows: bool = True, read: tuple | None = None
+    config: RunConfig, tokenizer, read: tuple, train_rows: bool = True, heldout_rows: bool = True
 ) -> dict:
     """DPO pairs of the built-in preference set or a user's file, tokenized once (the training pairs
     only with `train_rows`, the held-out ones and tasks only with `heldout_rows`). `read`: what
-    `read_preferences` gave, if the caller read the data already."""
+    `read_preferences` gave."""
     data = config.data
-    train, held, tasks = read or read_preferences(config)
+    train, held, tasks = read
 
     def pairs(prefs):
         tokenized = [
