@@ -66,7 +66,20 @@ def worker(args) -> dict:
     tokenizer = models.load_tokenizer(path)
     model = models.load_base_model(path, dtype="bfloat16" if args.worker == "C" else "float32")
     torch.manual_seed(0)
-    model = models.add_lora(model, 8, 16, 0.05, ["q_proj", "v_proj"])
+    if args.worker == "A":  # peft as a plain loop uses it: its own nn.Dropout on the LoRA input
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            target_modules=["q_proj", "v_proj"],
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    else:  # the same initial adapter (same seed, same shapes), with openfedllm's SkipDropout
+        model = models.add_lora(model, 8, 16, 0.05, ["q_proj", "v_proj"])
     rows, clients = job_data(args, tokenizer)
     pad = tokenizer.pad_token_id
     defaults = TrainConfig()

@@ -6,6 +6,9 @@ batch order, the learning-rate schedule, the client sampling) passes them all. T
 The numbers were recorded from this run; change them only for a change meant to move them, and
 say so in its commit. The tolerance (5e-5 on losses near 6.4) absorbs floating-point differences
 between CPUs; every change of that kind seen so far moved them by more than 1e-3.
+Re-recorded once for a change meant to move them: LoRA dropout drawn by geometric skips
+(openfedllm/skip_dropout.py) draws other masks from the same seed; with peft's own dropout the run
+still gives the previous numbers exactly, and the new ones differ from them by at most 2.6e-3.
 """
 
 import json
@@ -17,14 +20,14 @@ from openfedllm.cli import main
 from .conftest import tiny_run_args
 
 CLIENT_LOSSES = [
-    (1, 0, 6.395993),
-    (1, 2, 6.410676),
-    (2, 0, 6.346993),
-    (2, 1, 6.371397),
-    (3, 0, 6.331829),
-    (3, 2, 6.345497),
+    (1, 0, 6.395440),
+    (1, 2, 6.411296),
+    (2, 0, 6.347109),
+    (2, 1, 6.372626),
+    (3, 0, 6.329262),
+    (3, 2, 6.348001),
 ]  # (round, client, mean training loss of its local steps)
-HELDOUT_LOSSES = [(0, 6.436705), (1, 6.393893), (2, 6.354853), (3, 6.340129)]  # (round, held-out loss)
+HELDOUT_LOSSES = [(0, 6.436705), (1, 6.393758), (2, 6.355233), (3, 6.340652)]  # (round, held-out loss)
 
 
 def test_three_rounds_of_fedavg_give_the_recorded_losses(tiny_model_dir, tmp_path):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal, Union
 import torch
 
 from .errors import UserError
+from .skip_dropout import use_skip_dropout
 from .userfiles import check_safetensors, read_json
 
 if TYPE_CHECKING:
@@ -296,9 +297,11 @@ def add_lora(model, rank: int, alpha: int, dropout: float, target_modules: list[
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"lora.target_modules: {exc}") from None
+    use_skip_dropout(model)  # same dropout distribution, a fraction of the random draws on a CPU
+    return model
 
 
 def adapter_config(path: str) -> dict:
@@ -336,7 +339,9 @@ def load_adapter(model, path: str):
     """The model with a saved LoRA adapter on it, trainable (e.g. an SFT run's result, to continue with DPO)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, adapter_config(path)["path"], is_trainable=True)
+    model = PeftModel.from_pretrained(model, adapter_config(path)["path"], is_trainable=True)
+    use_skip_dropout(model)
+    return model
 
 
 def adapter_disabled(model):
