@@ -31,17 +31,17 @@ def dropped_positions(n: int, p: float, draws: int | None = None) -> torch.Tenso
 
     `draws`: gaps drawn per batch (default: the expected count plus six standard deviations, so
     that one batch almost always reaches n; tests set it small to exercise the continuation)."""
-    log_keep = math.log1p(-p)
+    per_log = 1.0 / math.log1p(-p)
     if draws is None:
         draws = int(n * p + 6 * math.sqrt(n * p * (1 - p))) + 16
     found, start = [], 0  # start: the first index not yet decided
     while True:
-        uniform = 1.0 - torch.rand(draws, dtype=torch.float64)  # on (0, 1]: log is finite
-        gaps = torch.floor(torch.log(uniform) / log_keep) + 1  # Geometric(p) on {1, 2, ...}
-        positions = start - 1 + torch.cumsum(gaps, 0).to(torch.long)
+        # U = 1 - rand is on (0, 1], so log(U) = log1p(-rand) is finite; gaps are Geometric(p) on {1, 2, ...}
+        gaps = torch.rand(draws, dtype=torch.float64).neg_().log1p_().mul_(per_log).floor_().add_(1)
+        positions = torch.cumsum(gaps, 0).to(torch.long).add_(start - 1)
         last = int(positions[-1])
         if last >= n:
-            found.append(positions[positions < n])
+            found.append(positions[: int(torch.searchsorted(positions, n))])  # sorted: those below n
             return torch.cat(found) if len(found) > 1 else found[0]
         found.append(positions)
         start = last + 1
