@@ -3,8 +3,8 @@
 peft puts `nn.Dropout(p)` on the input of every LoRA layer (`lora_B(lora_A(dropout(x)))`). On a
 CPU, torch draws that mask with one random number per element (`bernoulli_` over the whole
 input), keeps it for the backward, and multiplies by it twice. On the reference job (p = 0.05, two
-masks of ~600 x 576 per layer per pass) that was the largest cost of a local step after the
-matrix multiplies (docs/benchmarks.md).
+masks of ~600 x 576 per layer per pass) drawing the masks alone was ~7% of a local step
+(docs/benchmarks.md).
 
 The positions a Bernoulli(p) mask zeroes form a Bernoulli process, so the gaps between
 consecutive dropped positions are independent Geometric(p) variates on {1, 2, ...}, and one is
