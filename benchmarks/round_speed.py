@@ -13,6 +13,9 @@ AdamW lr 5e-5 with a cosine across rounds, fp32, gradient clipping 1.0.
   C  (with --bf16) B on a bfloat16 base model (`model.dtype: bfloat16`), the adapter in float32: a
      different number format, so its losses are compared, not expected to be equal. Pays on CPUs
      with AMX / AVX512-BF16 (torch then runs bf16 matrix multiplies through oneDNN).
+  D  (with --backward-bf16) B with `train.backward_precision: bfloat16`: the backward pass's
+     products through frozen weights from bfloat16-rounded inputs, everything else float32. D
+     draws the same dropout masks as B, so |B - D| is the precision's own effect on the losses.
 
 Both run the same steps on the same batches from the same initial adapter. Each run is its own
 process (so its peak RSS is its own), A/B/A/B interleaved so that machine drift hits both, torch
@@ -21,7 +24,7 @@ min/median/max over the pairs, and both loss trajectories (a faster step that le
 does not count).
 
     python benchmarks/round_speed.py [--data ALPACA.json] [--rounds 3] [--repeats 3]
-                                     [--reference gc|plain] [--threads 2] [--bf16]
+                                     [--reference gc|plain] [--threads 2] [--bf16] [--backward-bf16]
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def worker(args) -> dict:
         model = get_peft_model(model, lora)
     else:  # the same initial adapter (same seed, same shapes), with openfedllm's SkipDropout
         model = models.add_lora(model, 8, 16, 0.05, ["q_proj", "v_proj"])
+    if args.worker == "D":
+        from openfedllm.backward_precision import use_bf16_backward
+
+        use_bf16_backward(model)
     rows, clients = job_data(args, tokenizer)
     pad = tokenizer.pad_token_id
     defaults = TrainConfig()
@@ -118,7 +125,7 @@ def worker(args) -> dict:
                 padded += len(idx) * max(len(client_rows[i].input_ids) for i in idx)
                 loss_tokens += sum(sum(t != -100 for t in client_rows[i].labels[1:]) for i in idx)
             models.load_trainable_state(model, state)
-            if args.worker == "A":  # B and C: train_local
+            if args.worker == "A":  # B, C and D: train_local
                 step_losses, times = plain_steps(client_rows, lr, seed)
             else:
                 result = train_local(
@@ -203,7 +210,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--bf16", action="store_true", help="also run C: B on a bfloat16 base model")
-    add_worker_arguments(parser, ["A", "B", "C"])
+    parser.add_argument("--backward-bf16", action="store_true", help="also run D: B with bfloat16 backward products")
+    add_worker_arguments(parser, ["A", "B", "C", "D"])
     args = parser.parse_args()
     if answer_as_worker(args, worker):
         return
@@ -222,7 +230,7 @@ def main() -> None:
         f"reference A = plain loop {'with' if args.reference == 'gc' else 'without'} gradient checkpointing"
     )
     print(batch_stats(args))
-    variants = "ABC" if args.bf16 else "AB"
+    variants = "AB" + ("C" if args.bf16 else "") + ("D" if args.backward_bf16 else "")
     results: dict[str, list] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for variant in variants:
@@ -255,6 +263,9 @@ def main() -> None:
         print(f"loss per step {variant}: " + " ".join(f"{x:.4f}" for x in losses))
         gap = max(abs(a - b) for a, b in zip(loss_a, losses))
         print(f"largest per-step loss difference |A - {variant}|: {gap:.2e}")
+    if "D" in variants:  # the same masks: the precision's own effect
+        gap = max(abs(b - d) for b, d in zip(results["B"][0]["losses"], results["D"][0]["losses"]))
+        print(f"largest per-step loss difference |B - D|: {gap:.2e}")
     if tmp:
         os.unlink(tmp.name)
 

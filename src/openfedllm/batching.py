@@ -13,12 +13,14 @@ through `linear_cross_entropy`, which never stores the (tokens x vocabulary) log
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
 
+from .backward_precision import bf16_products, uses_bf16_backward
 from .data.templates import IGNORE, Tokenized
 from .models import model_device
 
@@ -138,10 +140,12 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
     and their softmax. Same arithmetic as autograd (one matmul forward, one for the input
     gradient), far less memory. Per-token outputs serve both a summed loss (SFT) and per-row
     sums that enter a nonlinear loss (DPO): backward scales each token's row by its own grad.
+    With `bf16`, the gradient's product takes bfloat16-rounded inputs (`backward_precision`);
+    the logits, so the losses, stay float32.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):
+    def forward(ctx, hidden, weight, bias, targets, chunk, bf16):
         losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], chunk):
@@ -151,14 +155,15 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
             losses[start : start + chunk] = -logp.gather(1, t[:, None])[:, 0]
             probs = logp.exp_()  # softmax, in place
             probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d CE / d logits
-            grad[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+            with bf16_products() if bf16 else contextlib.nullcontext():
+                grad[start : start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad)
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
         (grad,) = ctx.saved_tensors
-        return grad * grad_losses.to(grad.dtype)[:, None], None, None, None, None
+        return grad * grad_losses.to(grad.dtype)[:, None], None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -171,7 +176,7 @@ def linear_cross_entropy(
         and (head.bias is None or not head.bias.requires_grad)
     )
     if frozen and torch.is_grad_enabled() and hidden.requires_grad:
-        return _FrozenLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
+        return _FrozenLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, uses_bf16_backward(head))
     if not torch.is_grad_enabled():
         # Evaluation: chunked, so the full logits never exist at once either.
         return torch.cat(

@@ -21,6 +21,7 @@ import yaml
 from .algorithms import AlgorithmName, FedAdam, FedAvgM, FedProx, Scaffold
 from .algorithms.fedopt import FirstMoment, SecondMoment
 from .algorithms.scaffold import Correction
+from .backward_precision import BackwardPrecision
 from .client import Optimizer
 from .compression import CodecName, ScaleGranularity
 from .data.templates import OverLength, Template
@@ -313,6 +314,11 @@ class TrainConfig:
     threads: int = opt(0, "torch CPU threads; 0 keeps torch's default", low=0)
     gradient_checkpointing: bool = opt(
         False, "recompute activations in the backward pass: less memory, ~30% more time (7B recipes turn it on)"
+    )
+    backward_precision: BackwardPrecision = opt(
+        "float32",
+        "products through frozen weights in the backward pass: float32, or bfloat16 (inputs rounded, "
+        "float32 sums; forward and losses stay float32; pays on CPUs with AMX or AVX512-BF16)",
     )
 
 

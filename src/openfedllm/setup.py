@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import attacks, faults, memory, models
+from . import attacks, backward_precision, faults, memory, models
 from .client import Objective, next_token_loss
 from .config import RunConfig
 from .data import Example, load_examples, split_heldout
@@ -156,8 +156,8 @@ def load_model(config: RunConfig, model_path: str, device: torch.device):
             f"Starting from the adapter in {found['path']} (rank {found['rank']}, "
             f"modules {', '.join(found['target_modules'])})"
         )
-        return models.load_adapter(model, found["path"])
-    if config.model.finetune == "lora":
+        model = models.load_adapter(model, found["path"])
+    elif config.model.finetune == "lora":
         if not config.lora.target_modules:  # the names used are saved with the run's config
             config.lora.target_modules = models.attention_modules(model)
         torch.manual_seed(config.train.seed)  # the initial adapter is part of the run's identity
@@ -166,6 +166,13 @@ def load_model(config: RunConfig, model_path: str, device: torch.device):
         )
         if config.fed.lora_aggregation == "ffa":  # A stays at this seeded init on every client and node
             models.freeze_lora_a(model)
+    if config.train.backward_precision == "bfloat16":
+        backward_precision.use_bf16_backward(model)
+        if device.type != "cpu" or not backward_precision.supported():
+            print(
+                "train.backward_precision bfloat16: no bfloat16 matrix units here (AMX or AVX512-BF16 on a "
+                "CPU), so the backward pass stays float32"
+            )
     return model
 
 
