@@ -6,9 +6,12 @@ gradient of its own), and the output layer does the same at the loss positions. 
 `train.backward_precision: bfloat16` those products round their inputs (dL/dy and W) to bfloat16
 and accumulate in float32, through oneDNN's bf16 "fpmath" mode: the rounding that bfloat16
 mixed-precision training applies everywhere, here only on this half. What stays float32:
-- the forward pass, so every loss and every logit (a step's loss is the float32 one, exactly);
-- the gradients of the trainable weights (LoRA's A and B, and every weight in full fine-tuning:
-  a weight that requires a gradient is left as it is);
+- the forward pass, so every loss and logit (the first step's loss is float32's exactly; later
+  ones differ only through the updates);
+- the products through trainable weights, and those that form their gradients (LoRA's A and B,
+  and every weight in full fine-tuning: a weight that requires a gradient is left as it is),
+  though the gradient reaching a layer has passed through the rounded products of the layers
+  above it;
 - attention's backward (torch's own kernel) and every elementwise op.
 
 On CPUs with AMX or AVX512-BF16 (where `torch.ops.mkldnn._is_mkldnn_bf16_supported()` holds)
