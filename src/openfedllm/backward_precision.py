@@ -16,9 +16,10 @@ mixed-precision training applies everywhere, here only on this half. What stays 
 
 On CPUs with AMX or AVX512-BF16 (where `torch.ops.mkldnn._is_mkldnn_bf16_supported()` holds)
 these products run 1.3-1.8x faster at the reference job's shapes, each weight coming from memory
-as in a step (2-9x when it stays in cache); docs/benchmarks.md has the step time and the losses. torch routes only products of some size to oneDNN; small ones (a few rows)
-stay float32. Elsewhere, and on a GPU, torch computes all of them in float32 as before, and the
-setting changes nothing (on a GPU, `model.dtype: bfloat16` is the lever).
+as in a step (2-9x when it stays in cache); docs/benchmarks.md has the step time and the losses.
+torch routes only products of some size to oneDNN; small ones (a few rows) stay float32.
+Elsewhere, and on a GPU, torch computes all of them in float32 as before, and the setting changes
+nothing (on a GPU, `model.dtype: bfloat16` is the lever).
 """
 
 from __future__ import annotations
