@@ -93,8 +93,3 @@ def use_bf16_backward(model: nn.Module) -> int:
             module.__class__ = BF16BackwardLinear
             count += 1
     return count
-
-
-def uses_bf16_backward(head: nn.Module) -> bool:
-    """Whether `head` (the output layer) was given bfloat16 backward products."""
-    return isinstance(head, BF16BackwardLinear)

@@ -20,7 +20,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .backward_precision import bf16_products, uses_bf16_backward
+from .backward_precision import BF16BackwardLinear, bf16_products
 from .data.templates import IGNORE, Tokenized
 from .models import model_device
 
@@ -176,7 +176,9 @@ def linear_cross_entropy(
         and (head.bias is None or not head.bias.requires_grad)
     )
     if frozen and torch.is_grad_enabled() and hidden.requires_grad:
-        return _FrozenLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, uses_bf16_backward(head))
+        return _FrozenLinearCrossEntropy.apply(
+            hidden, head.weight, head.bias, targets, chunk, isinstance(head, BF16BackwardLinear)
+        )
     if not torch.is_grad_enabled():
         # Evaluation: chunked, so the full logits never exist at once either.
         return torch.cat(
