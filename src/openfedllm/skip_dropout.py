@@ -80,9 +80,10 @@ class SkipDropout(torch.nn.Dropout):
 def use_skip_dropout(model) -> int:
     """Each LoRA layer's `nn.Dropout` in `model` replaced by a `SkipDropout` of the same p.
 
-    This is the one place outside peft's state-dict functions that touches a LoRA layer, and it
-    only swaps a weightless module: the adapter's state dict, which is all the federated code sees,
-    is unchanged. Returns how many were replaced (0 when peft keeps its dropouts elsewhere: then
+    Beside `backward_precision.use_bf16_backward` (which changes the class of a LoRA layer's
+    frozen `base_layer`), this is the one place outside peft's state-dict functions that touches a
+    LoRA layer, and it only swaps a weightless module: the adapter's state dict, which is all the
+    federated code sees, is unchanged. Returns how many were replaced (0 when peft keeps its dropouts elsewhere: then
     peft's own run)."""
     replaced = 0
     for module in model.modules():
