@@ -91,9 +91,16 @@ def test_every_algorithm_is_registered_with_its_paper():
 def test_the_config_choice_is_the_registry():
     from typing import get_args
 
-    from openfedllm.algorithms import AlgorithmName
+    from openfedllm.names import AlgorithmName
 
     assert get_args(AlgorithmName) == tuple(ALGORITHMS)
+
+
+def test_the_config_defaults_are_each_algorithms_own():
+    """config.py writes the algorithms' defaults out (so that it reads without torch): each must be
+    the default of the class it configures."""
+    for name, cls in ALGORITHMS.items():
+        assert vars(cls.from_config(FedConfig())) == vars(cls()), name
 
 
 def test_config_values_reach_the_algorithms():

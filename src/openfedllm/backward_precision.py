@@ -25,13 +25,10 @@ nothing (on a GPU, `model.dtype: bfloat16` is the lever).
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-BackwardPrecision = Literal["float32", "bfloat16"]
 
 
 def supported() -> bool:

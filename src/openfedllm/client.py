@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Protocol, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +23,7 @@ from .batching import make_batch, packing_works, split_passes, token_losses
 from .data.templates import IGNORE, Tokenized
 from .errors import UserError
 from .models import model_device
+from .names import Optimizer
 
 
 @dataclass
@@ -160,7 +161,6 @@ def cosine_lr(round_index: int, rounds: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * round_index / rounds))
 
 
-Optimizer = Literal["adamw", "sgd"]
 OPTIMIZERS = get_args(Optimizer)
 
 

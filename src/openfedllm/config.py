@@ -18,20 +18,25 @@ from typing import Literal
 
 import yaml
 
-from .algorithms import AlgorithmName, FedAdam, FedAvgM, FedProx, Scaffold
-from .algorithms.fedopt import FirstMoment, SecondMoment
-from .algorithms.scaffold import Correction
-from .backward_precision import BackwardPrecision
-from .client import Optimizer
 from .compression import CodecName, ScaleGranularity
 from .data.templates import OverLength, Template
-from .dpo import Loss
 from .errors import UserError
 from .evaluation.choice import Mode
-from .lora_aggregation import LoraAggregationName
-from .models import Dtype, Finetune, Quantization
+from .names import (
+    AggregatorName,
+    AlgorithmName,
+    BackwardPrecision,
+    Correction,
+    Dtype,
+    Finetune,
+    FirstMoment,
+    LoraAggregationName,
+    Loss,
+    Optimizer,
+    Quantization,
+    SecondMoment,
+)
 from .partition import Split
-from .robust import AggregatorName
 from .userfiles import read_yaml
 
 Objective = Literal["sft", "dpo"]  # what local steps minimise
@@ -157,7 +162,8 @@ class DataConfig:
 @dataclass
 class FedConfig:
     """The federation. Each algorithm's hyperparameters default to its own class's defaults
-    (algorithms/): one place for a default; these flat keys only name them for the YAML and CLI."""
+    (algorithms/), written out here so that reading a config needs no torch; a test holds each
+    `Algorithm.from_config(FedConfig())` equal to the class built with no arguments."""
 
     algorithm: AlgorithmName = opt("fedavg", "FL algorithm (see `openfedllm algorithms`)")
     lora_aggregation: LoraAggregationName = opt(
@@ -213,40 +219,36 @@ class FedConfig:
     key_max_size: int = opt(0, "split key: larger keys are subsampled to this many rows; 0: no cap", low=0)
     quantity_exponent: float = opt(1.0, "split quantity: client k's share is proportional to (k + 1)^-exponent", low=0)
     shards_per_client: int = opt(2, "split shards: label-sorted shards dealt to each client", above=0)
-    fedprox_mu: float = opt(
-        FedProx.mu, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg", low=0
-    )
-    scaffold_server_lr: float = opt(Scaffold.server_lr, "SCAFFOLD: global step size eta_g", above=0)
+    fedprox_mu: float = opt(0.01, "FedProx: weight mu of the proximal term (mu/2)*||w - x||^2; 0 is FedAvg", low=0)
+    scaffold_server_lr: float = opt(1.0, "SCAFFOLD: global step size eta_g", above=0)
     scaffold_correction: Correction = opt(
-        Scaffold.correction,
+        "update",
         "SCAFFOLD: where c - c_i enters a local step: update (after the "
         "optimizer; the paper's rule under SGD) or gradient (before Adam rescales it)",
     )
-    fedavgm_server_lr: float = opt(FedAvgM.server_lr, "FedAvgM: server learning rate eta_s", above=0)
-    fedavgm_momentum: float = opt(
-        FedAvgM.momentum, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg", low=0, below=1
-    )
+    fedavgm_server_lr: float = opt(1.0, "FedAvgM: server learning rate eta_s", above=0)
+    fedavgm_momentum: float = opt(0.9, "FedAvgM: server momentum beta; 0 with eta_s 1 is FedAvg", low=0, below=1)
     fedavgm_damped: bool = opt(
-        FedAvgM.damped,
+        False,
         "FedAvgM: v <- beta*v + (1-beta)*Delta, v = Delta in round 1 (the OpenFedLLM "
         "reference); false: v <- beta*v + Delta (Hsu et al., Flower)",
     )
-    fedopt_server_lr: float = opt(FedAdam.server_lr, "FedAdagrad/FedYogi/FedAdam: server learning rate eta", above=0)
+    fedopt_server_lr: float = opt(1e-2, "FedAdagrad/FedYogi/FedAdam: server learning rate eta", above=0)
     fedopt_beta1: float = opt(
-        FedAdam.beta1,
+        0.9,
         "FedAdagrad/FedYogi/FedAdam: decay of the first moment m (Reddi et al.; "
         "the reference and Flower use 0 for FedAdagrad)",
         low=0,
         below=1,
     )
     fedopt_first_moment: FirstMoment = opt(
-        FedAdam.first_moment,
+        "zero",
         "FedAdagrad/FedYogi/FedAdam: m before round 1: zero (the paper) or "
         "delta (m = Delta in round 1, as the OpenFedLLM reference)",
     )
-    fedopt_beta2: float = opt(FedAdam.beta2, "FedYogi/FedAdam: decay of the second moment v", low=0, below=1)
+    fedopt_beta2: float = opt(0.99, "FedYogi/FedAdam: decay of the second moment v", low=0, below=1)
     fedopt_tau: float = opt(
-        FedAdam.tau, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM", above=0
+        1e-3, "FedAdagrad/FedYogi/FedAdam: adaptivity tau; larger behaves more like FedAvgM", above=0
     )
     min_clients: int = opt(
         1,
@@ -273,7 +275,7 @@ class FedConfig:
         0.0, "--federation local-simulation: GPU share per virtual client (0.5: two clients per GPU)", low=0, high=1.0
     )
     fedopt_second_moment: SecondMoment = opt(
-        FedAdam.second_moment,
+        "delta",
         "FedAdagrad/FedYogi/FedAdam: square Delta in v (delta, the "
         "paper) or m (momentum, as the OpenFedLLM reference code does)",
     )

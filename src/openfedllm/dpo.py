@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,8 @@ from .batching import make_batch, packing_works, row_logprobs
 from .client import Batching, StepStats
 from .data.preference import PairRow
 from .data.templates import IGNORE
+from .names import Loss
 
-Loss = Literal["sigmoid", "ipo", "hinge"]
 LOSSES = get_args(Loss)
 
 

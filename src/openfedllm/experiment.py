@@ -34,14 +34,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import models
-from .algorithms import ALGORITHMS, AlgorithmName
+from .algorithms import ALGORITHMS
 from .compression import CODECS, CodecName
 from .config import RunConfig, apply_overrides, build, to_dict
 from .errors import UserError
 from .evaluation.heldout import evaluate
-from .lora_aggregation import LORA_AGGREGATIONS, LoraAggregationName
+from .lora_aggregation import LORA_AGGREGATIONS
+from .names import AggregatorName, AlgorithmName, LoraAggregationName
 from .personalize import own_accuracy
-from .robust import AGGREGATORS, AggregatorName
+from .robust import AGGREGATORS
 from .rounds import resume_phase, run_phase
 from .rundir import MetricsLog, load_checkpoint, save_config
 from .setup import Setup, prepare

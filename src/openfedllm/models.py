@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 
@@ -30,12 +30,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 StateDict = dict[str, torch.Tensor]
-# The base weights' dtype; auto: bfloat16 on a GPU that has it, else float16 (trained with a loss
-# scaler) on a GPU, float32 on the CPU (and on Apple's MPS, whose half-precision training is not
-# dependable across macOS versions).
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-Finetune = Literal["lora", "full"]  # LoRA adapters, or every weight
-Quantization = Literal["none", "8bit", "4bit"]  # the frozen base weights: as they are, int8, or NF4 (QLoRA)
 # What trains: a transformers causal LM, with a peft LoRA adapter on it unless every weight trains.
 Model = Union["PreTrainedModel", "PeftModel"]
 
@@ -78,7 +72,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """The dtype `model.dtype` means on `device` (see `Dtype`)."""
+    """The dtype `model.dtype` means on `device` (see `names.Dtype`)."""
     if dtype != "auto":
         return dtype
     if device.type == "cuda":

@@ -8,8 +8,6 @@ Each algorithm is a small module on the interface of `base.Algorithm`: a server 
 
 from __future__ import annotations
 
-from typing import Literal
-
 from ..errors import UserError
 from .base import Algorithm, ClientTask, ClientUpdate, StateDict, example_weighted_mean, weighted_mean
 from .fedavg import FedAvg
@@ -18,8 +16,7 @@ from .fedopt import FIRST_MOMENTS, SECOND_MOMENTS, FedAdagrad, FedAdam, FedYogi
 from .fedprox import FedProx
 from .scaffold import CORRECTIONS, Scaffold
 
-AlgorithmName = Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedyogi", "fedadam"]
-ALGORITHMS: dict[str, type[Algorithm]] = {  # in AlgorithmName's order (a test keeps them equal)
+ALGORITHMS: dict[str, type[Algorithm]] = {  # in names.AlgorithmName's order (a test keeps them equal)
     "fedavg": FedAvg,
     "fedprox": FedProx,
     "scaffold": Scaffold,

@@ -22,14 +22,13 @@ The reference and Flower also run FedAdagrad without momentum: `fed.fedopt_beta1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
+from ..names import FirstMoment, SecondMoment
 from .base import Algorithm, ClientUpdate, StateDict, apply_step, to_float64
 
-SecondMoment = Literal["delta", "momentum"]
-FirstMoment = Literal["zero", "delta"]
 SECOND_MOMENTS = get_args(SecondMoment)
 FIRST_MOMENTS = get_args(FirstMoment)
 

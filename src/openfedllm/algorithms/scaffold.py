@@ -26,14 +26,14 @@ the optimizer, literally as written, whatever the optimizer does with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
 from ..client import StepHooks
+from ..names import Correction
 from .base import Algorithm, ClientTask, ClientUpdate, StateDict, apply_step, to_float64
 
-Correction = Literal["update", "gradient"]
 CORRECTIONS = get_args(Correction)
 
 

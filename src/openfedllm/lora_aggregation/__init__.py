@@ -9,10 +9,9 @@ the exact mean of the clients' products.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from ..algorithms import ClientUpdate, StateDict
 from ..errors import UserError
+from ..names import LoraAggregationName
 from .base import LoraAggregation, Outcome, exact_sum
 from .factors import Stack, error_norms, modules
 from .fedex import FedEx
@@ -22,7 +21,6 @@ from .flora import FLoRA
 from .naive import Naive
 from .svd import SVD
 
-LoraAggregationName = Literal["naive", "ffa", "fedsa", "flora", "svd", "fedex"]
 LORA_AGGREGATIONS: dict[str, type[LoraAggregation]] = {  # in LoraAggregationName's order
     "naive": Naive,
     "ffa": FFA,

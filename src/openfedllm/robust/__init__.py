@@ -7,9 +7,9 @@ each in its own module citing its paper. `fed.norm_bound` (norm_bound.py) clips 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 from ..algorithms.base import client_moves as moves_of
+from ..names import AggregatorName
 from .krum import krum, multikrum
 from .mean import mean
 from .median import median
@@ -17,7 +17,6 @@ from .moves import Moves, clip, norm, squared_distances
 from .norm_bound import bound
 from .trimmed_mean import trimmed_mean
 
-AggregatorName = Literal["mean", "median", "trimmed_mean", "krum", "multikrum"]
 AGGREGATORS: dict[str, Callable] = {  # in AggregatorName's order
     "mean": mean,
     "median": median,
