@@ -1,7 +1,7 @@
 """The names a config may choose among, for the modules that compute with torch.
 
-Each alias belongs to the module that implements it (and is importable from there, as before);
-it is written here so that `config.py` reads, checks and documents a run without importing torch.
+Each alias lists what one module implements (its comment names the module), and is written here
+rather than there so that `config.py` reads, checks and documents a run without importing torch.
 That keeps `openfedllm sft --help` and a mistyped key at a fraction of a second instead of torch's
 ~2.5 s import (a test in tests/test_cli.py holds it). Names whose modules need no torch
 (partition, templates, compression, evaluation.choice) stay where they are.
