@@ -30,7 +30,11 @@ quick: $(STAMP)
 # tiny-model tests are Python-bound (one core each), so two run side by side. Not --dist loadgroup:
 # with pytest 9.2, xdist 3.8's groups are ignored (it renames item._nodeid, which pytest no longer
 # reads). Nor loadfile: the real federations' file alone would then take ~17 min on one worker.
-XDIST := -n auto
+# --maxschedchunk 1: a worker is sent the next test when it has fewer than two queued. By default
+# xdist sends batches of up to a quarter of what is left, so one worker could be handed most of
+# the federations at once and run them alone while the other had run out (the suite summed
+# 1,769 s of tests on 2 workers but took 1,138 s); tests/conftest.py puts the slow tests first.
+XDIST := -n auto --maxschedchunk 1
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) --durations=15
 

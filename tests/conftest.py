@@ -21,6 +21,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(items):
+    """The tests marked slow first (each file's order kept): with `make test`'s one-at-a-time
+    scheduling (--maxschedchunk 1), the minute-long federations spread over both workers from the
+    start and the suite ends on tests of seconds, instead of one worker finishing a batch of
+    federations while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
     "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
